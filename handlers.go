@@ -1,0 +1,706 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/julienschmidt/httprouter"
+)
+
+const maxBodyBytes = 1 << 20
+
+var (
+	tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{1,62}$`)
+	subjectPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9@._:+-]{0,199}$`)
+	toolNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`)
+	domainPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	traceIDPattern  = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+	statusPattern   = regexp.MustCompile(`^[a-z][a-z_]{0,31}$`)
+	uuidPattern     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	traceparentRE   = regexp.MustCompile(`^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$`)
+)
+
+var trustLevels = []string{"L0", "L1", "L2", "L3", "L4"}
+
+// App holds what handlers share.
+type App struct {
+	store      Store
+	log        *slog.Logger
+	adminToken string
+	origins    map[string]bool
+	live       bool
+	version    string
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
+type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error
+
+// routes registers every route; read it top to bottom to see the API.
+func (a *App) routes() http.Handler {
+	r := httprouter.New()
+	r.GET("/api/v1/health", a.handle(a.health))
+	r.GET("/api/v1/health/db", a.handle(a.healthDB))
+	r.POST("/api/v1/tenants", a.handle(a.operator(a.createTenant)))
+	r.POST("/api/v1/keys", a.handle(a.authed(a.issueKey, "admin")))
+	r.GET("/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
+	r.DELETE("/api/v1/keys/:id", a.handle(a.authed(a.revokeKey, "admin")))
+	r.GET("/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
+	r.POST("/api/v1/events", a.handle(a.authed(a.reportEvents, "agent")))
+	r.GET("/api/v1/events", a.handle(a.authed(a.listEvents, "agent", "approver", "admin")))
+
+	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
+	})
+	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route"))
+	})
+	r.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
+		a.log.Error("panic", "route", r.URL.Path, "panic", fmt.Sprint(v))
+		writeError(w, newError(http.StatusInternalServerError, codeInternal, "internal error"))
+	}
+	r.HandleOPTIONS = false
+	return a.cors(a.logRequests(r))
+}
+
+// handle turns a handler's error into the JSON error answer.
+func (a *App) handle(fn handlerFunc) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		if err := fn(w, r, ps); err != nil {
+			e := errorFor(err)
+			if e.Status >= 500 {
+				a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "code", e.Code, "err", err.Error())
+			}
+			writeError(w, e)
+		}
+	}
+}
+
+// operator guards routes reserved to the holder of ATL_ADMIN_TOKEN.
+func (a *App) operator(fn handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+		token, ok := bearer(r)
+		if !ok || a.adminToken == "" ||
+			subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
+			return newError(http.StatusUnauthorized, codeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
+		}
+		return fn(w, r, ps)
+	}
+}
+
+// authed authenticates the key, checks its role and any tenant_id in the query,
+// and records a refused (403/409) request in the audit trail.
+func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+		key, ok := bearer(r)
+		if !ok || len(key) > 200 {
+			return errUnauthorized
+		}
+		p, err := a.store.Authenticate(r.Context(), key)
+		if err != nil {
+			return err
+		}
+		err = func() error {
+			if !slices.Contains(roles, p.Role) {
+				return errForbidden
+			}
+			if t := r.URL.Query().Get("tenant_id"); t != "" && t != p.TenantID {
+				return errMismatch
+			}
+			return fn(w, r, ps, p)
+		}()
+		if err == nil {
+			return nil
+		}
+		if e := errorFor(err); e.Status == http.StatusForbidden || e.Status == http.StatusConflict {
+			audit := newAudit(r, p, "denied", e.Status)
+			audit.Error = &e.Code
+			if aerr := a.store.InsertAudit(context.WithoutCancel(r.Context()), p, audit); aerr != nil {
+				a.log.Error("audit of a refused request failed", "tenant", p.TenantID, "err", aerr.Error())
+			}
+		}
+		return err
+	}
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	return strings.TrimSpace(h[len(prefix):]), true
+}
+
+// newAudit starts the audit row of a request. Agents are recorded as agent_id;
+// user_id is X-User-ID, or the key's subject for a human's key.
+func newAudit(r *http.Request, p Principal, status string, httpStatus int) *AuditLog {
+	a := &AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
+		Status: status, HTTPStatus: httpStatus, started: requestStart(r)}
+	if p.Role == "agent" {
+		a.AgentID = &p.Subject
+	}
+	if u := r.Header.Get("X-User-ID"); u != "" && len(u) <= 200 && utf8.ValidString(u) {
+		a.UserID = &u
+	} else if p.Role != "agent" {
+		a.UserID = &p.Subject
+	}
+	return a
+}
+
+// routePattern names the route without ids, so audit rows group by route.
+func routePattern(r *http.Request) string {
+	path := r.URL.Path
+	if len(path) > 150 {
+		path = path[:150]
+	}
+	parts := strings.Split(path, "/")
+	for i, part := range parts {
+		if uuidPattern.MatchString(part) {
+			parts[i] = ":id"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+// traceID takes the body's trace id, else the W3C traceparent's, else a new one.
+func traceID(r *http.Request, fromBody string) string {
+	if fromBody != "" {
+		return fromBody
+	}
+	if m := traceparentRE.FindStringSubmatch(r.Header.Get("traceparent")); m != nil {
+		return m[1]
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+type ctxKey int
+
+const startKey ctxKey = 0
+
+func requestStart(r *http.Request) time.Time {
+	if t, ok := r.Context().Value(startKey).(time.Time); ok {
+		return t
+	}
+	return time.Now()
+}
+
+// decode reads one JSON object of at most maxBodyBytes into v, refusing unknown
+// fields, trailing data, invalid UTF-8 and a tenant_id other than the caller's.
+func decode(r *http.Request, v any, p *Principal) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		return newError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "send the body as application/json")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return newError(http.StatusRequestEntityTooLarge, codeBodyTooLarge, "the body is over %d bytes", maxBodyBytes)
+		}
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the body could not be read")
+	}
+	if !utf8.Valid(body) {
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
+	}
+	if hasEscapedNUL(body) {
+		return newError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
+	}
+	if p != nil {
+		var probe struct {
+			TenantID *string `json:"tenant_id"`
+		}
+		if json.Unmarshal(body, &probe) == nil && probe.TenantID != nil && *probe.TenantID != p.TenantID {
+			return errMismatch
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the body holds more than one JSON value")
+	}
+	return nil
+}
+
+// hasEscapedNUL finds a \u0000 escape (not an escaped backslash followed by
+// "u0000"): PostgreSQL's text and jsonb cannot hold NUL, so both stores refuse it.
+func hasEscapedNUL(body []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(body[i:], []byte(`\u0000`))
+		if j < 0 {
+			return false
+		}
+		k := i + j
+		slashes := 0
+		for k-1-slashes >= 0 && body[k-1-slashes] == '\\' {
+			slashes++
+		}
+		if slashes%2 == 0 {
+			return true
+		}
+		i = k + 1
+	}
+}
+
+func jsonError(err error) *Error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			return newError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
+		}
+		return newError(http.StatusBadRequest, codeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
+	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF):
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+	case errors.Is(err, io.EOF):
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is empty")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return newError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	case "slice", "array":
+		return "array"
+	case "map", "struct":
+		return "object"
+	}
+	return "number"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	writeJSON(w, e.Status, map[string]any{"error": map[string]string{"code": e.Code, "message": e.Message}})
+}
+
+func validation(format string, args ...any) *Error {
+	return newError(http.StatusBadRequest, codeValidation, format, args...)
+}
+
+// ---- health
+
+func (a *App) health(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "storage": a.store.Kind(),
+		"version": a.version, "live_enabled": a.live})
+	return nil
+}
+
+func (a *App) healthDB(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	d, err := a.store.PingDB(ctx)
+	if err != nil {
+		e := errorFor(err)
+		if e.Status < 500 {
+			e = errorFor(context.DeadlineExceeded)
+		}
+		if e.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "failed", "storage": a.store.Kind(),
+			"error": map[string]string{"code": e.Code, "message": e.Message}})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "storage": a.store.Kind(),
+		"latency_ms": float64(d.Microseconds()) / 1000})
+	return nil
+}
+
+// ---- tenants and keys
+
+type createTenantRequest struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+func (a *App) createTenant(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	var req createTenantRequest
+	if err := decode(r, &req, nil); err != nil {
+		return err
+	}
+	if !tenantIDPattern.MatchString(req.ID) {
+		return validation("id must match ^[a-z0-9][a-z0-9_-]{1,62}$")
+	}
+	if req.Name == "" {
+		req.Name = req.ID
+	}
+	if utf8.RuneCountInString(req.Name) > 200 || strings.ContainsRune(req.Name, 0) {
+		return validation("name must be 1 to 200 characters")
+	}
+	t, k, err := a.store.CreateTenant(r.Context(), req.ID, req.Name)
+	if err != nil {
+		if e := errorFor(err); e.Code == "already_exists" {
+			return newError(http.StatusConflict, "tenant_exists", "a tenant with this id already exists")
+		}
+		return err
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"tenant": t, "api_key": k.APIKey, "api_key_id": k.ID})
+	return nil
+}
+
+type issueKeyRequest struct {
+	TenantID *string `json:"tenant_id"`
+	Role     string  `json:"role"`
+	Subject  string  `json:"subject"`
+}
+
+func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	var req issueKeyRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	if !slices.Contains([]string{"agent", "approver", "admin"}, req.Role) {
+		return validation("role must be agent, approver or admin")
+	}
+	if !subjectPattern.MatchString(req.Subject) {
+		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+	}
+	audit := newAudit(r, p, "ok", http.StatusCreated)
+	k, err := a.store.IssueKey(r.Context(), p, req.Role, req.Subject, audit)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	keys, err := a.store.ListKeys(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		keys = []APIKey{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": keys, "count": len(keys)})
+	return nil
+}
+
+func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+	}
+	audit := newAudit(r, p, "ok", http.StatusOK)
+	k, err := a.store.RevokeKey(r.Context(), p, strings.ToLower(id), audit)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+// ---- audit logs
+
+func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	q := r.URL.Query()
+	var f AuditFilter
+	var err error
+	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
+		return err
+	}
+	f.AgentID, f.TraceID, f.Status, f.Mode = q.Get("agent_id"), q.Get("trace_id"), q.Get("status"), q.Get("mode")
+	if f.Status != "" && !slices.Contains([]string{"ok", "pending_approval", "denied", "error"}, f.Status) {
+		return validation("status must be ok, pending_approval, denied or error")
+	}
+	if f.Mode != "" && f.Mode != "dry_run" && f.Mode != "live" {
+		return validation("mode must be dry_run or live")
+	}
+	limit := f.Limit
+	f.Limit++ // one more tells whether there is a next page
+	rows, err := a.store.QueryAudit(r.Context(), p, f)
+	if err != nil {
+		return err
+	}
+	var next *string
+	if len(rows) > limit {
+		rows = rows[:limit]
+		c := encodeCursor(rows[limit-1].CreatedAt, rows[limit-1].ID)
+		next = &c
+	}
+	if rows == nil {
+		rows = []AuditLog{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+	return nil
+}
+
+// pageParams reads limit (default 50, max 500), cursor, since and until.
+func pageParams(q map[string][]string) (limit int, before *Cursor, since, until *time.Time, err error) {
+	get := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	limit = 50
+	if s := get("limit"); s != "" {
+		n, convErr := strconv.Atoi(s)
+		if convErr != nil || n < 1 || n > 500 {
+			return 0, nil, nil, nil, newError(http.StatusBadRequest, "invalid_limit", "limit must be a whole number from 1 to 500")
+		}
+		limit = n
+	}
+	if s := get("cursor"); s != "" {
+		if before, err = decodeCursor(s); err != nil {
+			return 0, nil, nil, nil, err
+		}
+	}
+	for _, t := range []struct {
+		name string
+		dst  **time.Time
+	}{{"since", &since}, {"until", &until}} {
+		if s := get(t.name); s != "" {
+			v, perr := time.Parse(time.RFC3339Nano, s)
+			if perr != nil {
+				return 0, nil, nil, nil, validation("%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.name)
+			}
+			*t.dst = &v
+		}
+	}
+	return limit, before, since, until, nil
+}
+
+func encodeCursor(at time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(s string) (*Cursor, error) {
+	bad := newError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, bad
+	}
+	at, id, ok := strings.Cut(string(raw), "|")
+	if !ok || !uuidPattern.MatchString(id) {
+		return nil, bad
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		return nil, bad
+	}
+	return &Cursor{CreatedAt: t, ID: id}, nil
+}
+
+// ---- events
+
+type eventInput struct {
+	TenantID          *string         `json:"tenant_id"`
+	Domain            string          `json:"domain"`
+	WorkflowName      *string         `json:"workflow_name"`
+	Agent             string          `json:"agent"`
+	TrustLevel        string          `json:"trust_level"`
+	Stage             string          `json:"stage"`
+	ToolName          string          `json:"tool_name"`
+	ToolArgs          json.RawMessage `json:"tool_args"`
+	ToolResult        json.RawMessage `json:"tool_result"`
+	Status            string          `json:"status"`
+	ApprovalRequestID *string         `json:"approval_request_id"`
+	SandboxID         *string         `json:"sandbox_id"`
+	TraceID           string          `json:"trace_id"`
+	Mode              string          `json:"mode"`
+	LatencyMS         *int            `json:"latency_ms"`
+	Error             *string         `json:"error"`
+}
+
+// reportEventsRequest is either {"events": [...]} or one event object.
+type reportEventsRequest struct {
+	Events []eventInput `json:"events"`
+	eventInput
+}
+
+const maxEventsPerRequest = 1000
+
+func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	var req reportEventsRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	inputs := req.Events
+	if inputs == nil {
+		inputs = []eventInput{req.eventInput}
+	} else if req.ToolName != "" || req.Status != "" {
+		return validation("send either one event or {\"events\": [...]}, not both")
+	}
+	if len(inputs) == 0 || len(inputs) > maxEventsPerRequest {
+		return validation("events must hold 1 to %d events", maxEventsPerRequest)
+	}
+	trace := traceID(r, "")
+	events := make([]Event, len(inputs))
+	for i, in := range inputs {
+		e, err := in.toEvent(p, trace)
+		if err != nil {
+			if len(inputs) > 1 {
+				err.Message = fmt.Sprintf("events[%d]: %s", i, err.Message)
+			}
+			return err
+		}
+		events[i] = e
+	}
+	audit := newAudit(r, p, "ok", http.StatusCreated)
+	audit.TraceID = events[0].TraceID
+	if events[0].Mode == "live" {
+		audit.Mode = "live"
+	}
+	out, err := a.store.InsertEvents(r.Context(), p, events, audit)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"items": out, "count": len(out)})
+	return nil
+}
+
+func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
+	if in.TenantID != nil && *in.TenantID != p.TenantID {
+		return Event{}, errMismatch
+	}
+	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
+		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
+		ApprovalRequestID: in.ApprovalRequestID, SandboxID: in.SandboxID, TraceID: in.TraceID, Mode: in.Mode,
+		LatencyMS: in.LatencyMS, Error: in.Error}
+	if e.Agent == "" {
+		e.Agent = p.Subject
+	}
+	if e.TraceID == "" {
+		e.TraceID = trace
+	}
+	switch {
+	case !toolNamePattern.MatchString(e.ToolName):
+		return e, validation("tool_name is required: 1 to 128 characters of letters, digits and _.:-")
+	case !statusPattern.MatchString(e.Status):
+		return e, validation("status is required: lower-case letters and _, up to 32")
+	case e.Domain != "" && !domainPattern.MatchString(e.Domain):
+		return e, validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+	case e.TrustLevel != "" && !slices.Contains(trustLevels, e.TrustLevel):
+		return e, validation("trust_level must be one of L0, L1, L2, L3, L4")
+	case e.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, e.Stage):
+		return e, validation("stage must be plan, execute, review or commit")
+	case e.Mode != "" && e.Mode != "dry_run" && e.Mode != "live":
+		return e, validation("mode must be dry_run or live")
+	case !traceIDPattern.MatchString(e.TraceID):
+		return e, validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+	case utf8.RuneCountInString(e.Agent) > 200 || strings.ContainsRune(e.Agent, 0):
+		return e, validation("agent must be at most 200 characters")
+	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
+		return e, validation("approval_request_id must be a UUID")
+	case e.LatencyMS != nil && *e.LatencyMS < 0:
+		return e, validation("latency_ms must not be negative")
+	case e.SandboxID != nil && utf8.RuneCountInString(*e.SandboxID) > 200:
+		return e, validation("sandbox_id must be at most 200 characters")
+	case e.WorkflowName != nil && utf8.RuneCountInString(*e.WorkflowName) > 200:
+		return e, validation("workflow_name must be at most 200 characters")
+	}
+	if len(e.ToolArgs) > 0 && string(e.ToolArgs) != "null" && e.ToolArgs[0] != '{' {
+		return e, validation("tool_args must be an object")
+	}
+	return e, nil
+}
+
+func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	q := r.URL.Query()
+	var f EventFilter
+	var err error
+	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
+		return err
+	}
+	f.Agent, f.TraceID, f.Status, f.ToolName = q.Get("agent"), q.Get("trace_id"), q.Get("status"), q.Get("tool_name")
+	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !uuidPattern.MatchString(f.ApprovalRequestID) {
+		return validation("approval_request_id must be a UUID")
+	}
+	limit := f.Limit
+	f.Limit++
+	rows, err := a.store.QueryEvents(r.Context(), p, f)
+	if err != nil {
+		return err
+	}
+	var next *string
+	if len(rows) > limit {
+		rows = rows[:limit]
+		c := encodeCursor(rows[limit-1].CreatedAt, rows[limit-1].ID)
+		next = &c
+	}
+	if rows == nil {
+		rows = []Event{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+	return nil
+}
+
+// ---- middleware
+
+// statusRecorder remembers the status for the request log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (a *App) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), startKey, start)))
+		a.log.Info("request", "method", r.Method, "path", routePattern(r), "status", rec.status,
+			"ms", float64(time.Since(start).Microseconds())/1000)
+	})
+}
+
+// cors answers browsers from ALLOWED_ORIGINS only; with none set, no CORS headers are sent.
+func (a *App) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && (a.origins[origin] || a.origins["*"]) {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-User-ID, traceparent")
+				h.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}

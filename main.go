@@ -1,0 +1,253 @@
+// Command atl is the Agent Trust Layer: a thin HTTP service in front of
+// PostgreSQL functions that record, gate and isolate AI agents' tool calls.
+package main
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/tern/v2/migrate"
+)
+
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+// versionTable is where tern records the applied migration.
+const versionTable = "public.atl_schema_version"
+
+// Config is read from the environment; see the README's table.
+type Config struct {
+	DatabaseURL      string
+	DataDir          string
+	Port             string
+	AdminToken       string
+	AllowedOrigins   []string
+	LiveEnabled      bool
+	Migrate          bool
+	DBWait           time.Duration
+	StatementTimeout time.Duration
+	ShutdownTimeout  time.Duration
+}
+
+func configFromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		DatabaseURL: getenv("DATABASE_URL"),
+		DataDir:     or(getenv("ATL_DATA_DIR"), "./data"),
+		Port:        or(getenv("PORT"), "8080"),
+		AdminToken:  getenv("ATL_ADMIN_TOKEN"),
+	}
+	for _, o := range strings.Split(getenv("ALLOWED_ORIGINS"), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.AllowedOrigins = append(c.AllowedOrigins, o)
+		}
+	}
+	var err error
+	if c.LiveEnabled, err = envBool(getenv, "LIVE_ENABLED", false); err != nil {
+		return c, err
+	}
+	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
+		return c, err
+	}
+	if c.DBWait, err = envDuration(getenv, "ATL_DB_WAIT", 30*time.Second); err != nil {
+		return c, err
+	}
+	if c.StatementTimeout, err = envDuration(getenv, "ATL_STATEMENT_TIMEOUT", 5*time.Second); err != nil {
+		return c, err
+	}
+	if c.ShutdownTimeout, err = envDuration(getenv, "ATL_SHUTDOWN_TIMEOUT", 20*time.Second); err != nil {
+		return c, err
+	}
+	if _, err := strconv.ParseUint(c.Port, 10, 16); err != nil {
+		return c, fmt.Errorf("PORT must be a port number, got %q", c.Port)
+	}
+	return c, nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func envBool(getenv func(string) string, name string, def bool) (bool, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return def, fmt.Errorf("%s must be true or false, got %q", name, v)
+	}
+	return b, nil
+}
+
+func envDuration(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return def, fmt.Errorf("%s must be a duration such as 5s, got %q", name, v)
+	}
+	return d, nil
+}
+
+func version() string {
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		return info.Main.Version
+	}
+	return "dev"
+}
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Println("atl", version())
+		return
+	}
+	cfg, err := configFromEnv(os.Getenv)
+	if err != nil {
+		log.Error("configuration", "err", err.Error())
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log, nil); err != nil {
+		log.Error("atl stopped", "err", err.Error())
+		os.Exit(1)
+	}
+}
+
+// openStore picks PostgreSQL when DATABASE_URL is set, else the JSONL files.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error) {
+	if cfg.DatabaseURL == "" {
+		log.Info("no DATABASE_URL: storing in JSONL files", "dir", cfg.DataDir)
+		return OpenJSONLStore(cfg.DataDir, log)
+	}
+	if cfg.Migrate {
+		if err := migrateWithRetry(ctx, cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	pool, err := connectPool(ctx, cfg.DatabaseURL, cfg.StatementTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return NewPGStore(pool), nil
+}
+
+// run serves until ctx ends, then drains in-flight requests. When ready is
+// given, it receives the listener's address once the service accepts requests.
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string) error {
+	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	origins := map[string]bool{}
+	for _, o := range cfg.AllowedOrigins {
+		origins[o] = true
+	}
+	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled, version: version()}
+	if cfg.AdminToken == "" {
+		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")
+	}
+	ln, err := net.Listen("tcp", ":"+cfg.Port)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           app.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("atl listening", "addr", ln.Addr().String(), "storage", store.Kind(), "version", app.version)
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining in-flight requests")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("atl stopped cleanly")
+	return nil
+}
+
+// migrations returns tern's migrator with ATL's SQL loaded, on conn.
+func migrations(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
+	m, err := migrate.NewMigrator(ctx, conn, versionTable)
+	if err != nil {
+		return nil, err
+	}
+	m.Data["app_role"] = runtimeRole
+	sub, err := fs.Sub(sqlFiles, "sql")
+	if err != nil {
+		return nil, err
+	}
+	return m, m.LoadMigrations(sub)
+}
+
+// migrateUp applies pending migrations; tern's advisory lock serialises replicas.
+func migrateUp(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	m, err := migrations(ctx, conn)
+	if err != nil {
+		return err
+	}
+	return m.Migrate(ctx)
+}
+
+func migrateWithRetry(ctx context.Context, cfg Config, log *slog.Logger) error {
+	deadline := time.Now().Add(cfg.DBWait)
+	for {
+		err := migrateUp(ctx, cfg.DatabaseURL)
+		if err == nil {
+			return nil
+		}
+		if !isConnError(err) || time.Now().After(deadline) {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		log.Warn("database not reachable yet; retrying", "err", err.Error())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

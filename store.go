@@ -1,0 +1,381 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// runtimeRole is the role every tenant transaction switches to; it cannot bypass RLS.
+const runtimeRole = "atl_app"
+
+// Principal is who a request acts as: the key's tenant, role and subject.
+type Principal struct {
+	TenantID string
+	KeyID    string
+	Role     string
+	Subject  string
+}
+
+type Tenant struct {
+	ID                string    `json:"id"`
+	Name              string    `json:"name"`
+	DefaultTrustLevel string    `json:"default_trust_level"`
+	CreatedAt         time.Time `json:"created_at"`
+}
+
+type APIKey struct {
+	ID        string     `json:"id"`
+	TenantID  string     `json:"tenant_id"`
+	Role      string     `json:"role"`
+	Subject   string     `json:"subject"`
+	KeyPrefix string     `json:"key_prefix"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at"`
+	// APIKey is the secret, present only in the answer that issues it.
+	APIKey string `json:"api_key,omitempty"`
+}
+
+type AuditLog struct {
+	ID         string    `json:"id"`
+	TenantID   string    `json:"tenant_id"`
+	TraceID    string    `json:"trace_id"`
+	AgentID    *string   `json:"agent_id"`
+	Route      string    `json:"route"`
+	Mode       string    `json:"mode"`
+	Status     string    `json:"status"`
+	HTTPStatus int       `json:"http_status"`
+	LatencyMS  int       `json:"latency_ms"`
+	UserID     *string   `json:"user_id"`
+	Error      *string   `json:"error"`
+	CreatedAt  time.Time `json:"created_at"`
+
+	// started is when the request arrived; latency is measured up to the write.
+	started time.Time
+}
+
+type Event struct {
+	ID                string          `json:"id"`
+	TenantID          string          `json:"tenant_id"`
+	Domain            string          `json:"domain"`
+	WorkflowName      *string         `json:"workflow_name"`
+	Agent             string          `json:"agent"`
+	TrustLevel        string          `json:"trust_level"`
+	Stage             string          `json:"stage"`
+	ToolName          string          `json:"tool_name"`
+	ToolArgs          json.RawMessage `json:"tool_args"`
+	ToolResult        json.RawMessage `json:"tool_result"`
+	Status            string          `json:"status"`
+	ApprovalRequestID *string         `json:"approval_request_id"`
+	SandboxID         *string         `json:"sandbox_id"`
+	TraceID           string          `json:"trace_id"`
+	Mode              string          `json:"mode"`
+	LatencyMS         *int            `json:"latency_ms"`
+	Error             *string         `json:"error"`
+	CreatedAt         time.Time       `json:"created_at"`
+}
+
+// Cursor is a keyset position: rows strictly older than (CreatedAt, ID).
+type Cursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+type AuditFilter struct {
+	AgentID, TraceID, Status, Mode string
+	Since, Until                   *time.Time
+	Before                         *Cursor
+	Limit                          int
+}
+
+type EventFilter struct {
+	Agent, TraceID, Status, ToolName, ApprovalRequestID string
+	Since, Until                                        *time.Time
+	Before                                              *Cursor
+	Limit                                               int
+}
+
+// Store is what handlers need from storage; PostgreSQL and JSONL implement it.
+// Every write method takes the audit row to append in the same transaction.
+type Store interface {
+	Kind() string
+	PingDB(ctx context.Context) (time.Duration, error)
+	CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error)
+	Authenticate(ctx context.Context, apiKey string) (Principal, error)
+	IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error)
+	ListKeys(ctx context.Context, p Principal) ([]APIKey, error)
+	RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error)
+	InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error
+	QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error)
+	InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error)
+	QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error)
+	Close()
+}
+
+// querier is satisfied by a pool, a connection and a transaction.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// PGStore keeps everything in PostgreSQL and calls the atl.* functions.
+type PGStore struct {
+	pool *pgxpool.Pool
+}
+
+func NewPGStore(pool *pgxpool.Pool) *PGStore { return &PGStore{pool: pool} }
+
+func (s *PGStore) Kind() string { return "postgres" }
+func (s *PGStore) Close()       { s.pool.Close() }
+
+func (s *PGStore) PingDB(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	var one int
+	err := s.pool.QueryRow(ctx, "select 1").Scan(&one)
+	return time.Since(start), err
+}
+
+const setTenantSQL = `select set_config('role', $1::text, true), set_config('app.tenant_id', $2::text, true)`
+
+// inTenant runs fn in one transaction as the runtime role with app.tenant_id set,
+// appends the audit row (when given) in the same transaction, and commits.
+func (s *PGStore) inTenant(ctx context.Context, tenant string, audit *AuditLog, fn func(tx pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, tenant); err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if audit != nil {
+		if err := insertAudit(ctx, tx, audit); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+const createTenantSQL = `select id, name, default_trust_level, created_at, api_key_id::text, api_key
+from atl.tenant_create($1::text, $2::text)`
+
+func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error) {
+	var t Tenant
+	var k APIKey
+	err := s.inTenant(ctx, id, nil, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, createTenantSQL, id, name).
+			Scan(&t.ID, &t.Name, &t.DefaultTrustLevel, &t.CreatedAt, &k.ID, &k.APIKey)
+	})
+	if err != nil {
+		return Tenant{}, APIKey{}, err
+	}
+	k.TenantID, k.Role, k.Subject, k.KeyPrefix, k.CreatedAt = t.ID, "admin", "admin", keyPrefix(k.APIKey), t.CreatedAt
+	return t, k, nil
+}
+
+const authenticateSQL = `select tenant_id, key_id::text, role, subject from atl.api_key_authenticate($1::text)`
+
+func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, error) {
+	var p Principal
+	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Principal{}, errUnauthorized
+	}
+	return p, err
+}
+
+const issueKeySQL = `select id::text, role, subject, key_prefix, created_at, api_key from atl.api_key_issue($1::text, $2::text)`
+
+func (s *PGStore) IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error) {
+	k := APIKey{TenantID: p.TenantID}
+	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, issueKeySQL, role, subject).
+			Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.APIKey)
+	})
+	return k, err
+}
+
+const listKeysSQL = `select id::text, role, subject, key_prefix, created_at, revoked_at from atl.api_key_list()`
+
+func (s *PGStore) ListKeys(ctx context.Context, p Principal) ([]APIKey, error) {
+	var keys []APIKey
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, listKeysSQL)
+		if err != nil {
+			return err
+		}
+		keys, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (APIKey, error) {
+			k := APIKey{TenantID: p.TenantID}
+			err := row.Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.RevokedAt)
+			return k, err
+		})
+		return err
+	})
+	return keys, err
+}
+
+const revokeKeySQL = `select id::text, role, subject, key_prefix, created_at, revoked_at from atl.api_key_revoke($1::uuid)`
+
+func (s *PGStore) RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
+	k := APIKey{TenantID: p.TenantID}
+	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, revokeKeySQL, id).
+			Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.RevokedAt)
+	})
+	return k, err
+}
+
+const insertAuditSQL = `select id::text, created_at from atl.audit_log_insert(
+  $1::text, $2::text, $3::text, $4::text, $5::text, $6::integer, $7::integer, $8::text, $9::text)`
+
+func insertAudit(ctx context.Context, q querier, a *AuditLog) error {
+	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+	return q.QueryRow(ctx, insertAuditSQL, a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
+		a.HTTPStatus, a.LatencyMS, a.UserID, a.Error).Scan(&a.ID, &a.CreatedAt)
+}
+
+func (s *PGStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {
+	return s.inTenant(ctx, p.TenantID, audit, func(pgx.Tx) error { return nil })
+}
+
+const queryAuditSQL = `select tenant_id, id::text, trace_id, agent_id, route, mode, status, http_status,
+  latency_ms, user_id, error, created_at
+from atl.audit_log_query($1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz,
+  $7::timestamptz, $8::uuid, $9::integer)`
+
+func (s *PGStore) QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error) {
+	var out []AuditLog
+	bTime, bID := cursorArgs(f.Before)
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, queryAuditSQL, nullable(f.AgentID), nullable(f.TraceID), nullable(f.Status),
+			nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (AuditLog, error) {
+			var a AuditLog
+			err := row.Scan(&a.TenantID, &a.ID, &a.TraceID, &a.AgentID, &a.Route, &a.Mode, &a.Status,
+				&a.HTTPStatus, &a.LatencyMS, &a.UserID, &a.Error, &a.CreatedAt)
+			return a, err
+		})
+		return err
+	})
+	return out, err
+}
+
+const insertEventsSQL = `select ` + eventColumns + ` from atl.event_insert(
+  $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[],
+  $10::uuid[], $11::text[], $12::text[], $13::text[], $14::integer[], $15::text[])`
+
+const eventColumns = `tenant_id, id::text, domain, workflow_name, agent, trust_level, stage, tool_name,
+  tool_args, tool_result, status, approval_request_id::text, sandbox_id, trace_id, mode, latency_ms, error, created_at`
+
+func scanEvent(row pgx.CollectableRow) (Event, error) {
+	var e Event
+	err := row.Scan(&e.TenantID, &e.ID, &e.Domain, &e.WorkflowName, &e.Agent, &e.TrustLevel, &e.Stage, &e.ToolName,
+		&e.ToolArgs, &e.ToolResult, &e.Status, &e.ApprovalRequestID, &e.SandboxID, &e.TraceID, &e.Mode,
+		&e.LatencyMS, &e.Error, &e.CreatedAt)
+	return e, err
+}
+
+func (s *PGStore) InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error) {
+	n := len(events)
+	domain, workflow, agent, level, stage := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n), make([]*string, n)
+	tool, args, result, status := make([]string, n), make([]*string, n), make([]*string, n), make([]string, n)
+	request, sandbox, trace, mode := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n)
+	latency, errText := make([]*int, n), make([]*string, n)
+	for i, e := range events {
+		domain[i], workflow[i], agent[i], level[i], stage[i] = nullable(e.Domain), e.WorkflowName, e.Agent, nullable(e.TrustLevel), nullable(e.Stage)
+		tool[i], args[i], result[i], status[i] = e.ToolName, rawText(e.ToolArgs), rawText(e.ToolResult), e.Status
+		request[i], sandbox[i], trace[i], mode[i] = e.ApprovalRequestID, e.SandboxID, e.TraceID, nullable(e.Mode)
+		latency[i], errText[i] = e.LatencyMS, e.Error
+	}
+	var out []Event
+	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, insertEventsSQL, domain, workflow, agent, level, stage, tool, args, result,
+			status, request, sandbox, trace, mode, latency, errText)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, scanEvent)
+		return err
+	})
+	return out, err
+}
+
+const queryEventsSQL = `select ` + eventColumns + ` from atl.event_query($1::text, $2::text, $3::text, $4::text,
+  $5::uuid, $6::timestamptz, $7::timestamptz, $8::timestamptz, $9::uuid, $10::integer)`
+
+func (s *PGStore) QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error) {
+	var out []Event
+	bTime, bID := cursorArgs(f.Before)
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, queryEventsSQL, nullable(f.Agent), nullable(f.TraceID), nullable(f.Status),
+			nullable(f.ToolName), nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, scanEvent)
+		return err
+	})
+	return out, err
+}
+
+func cursorArgs(c *Cursor) (*time.Time, *string) {
+	if c == nil {
+		return nil, nil
+	}
+	return &c.CreatedAt, &c.ID
+}
+
+// nullable turns "" into SQL NULL so the function applies its default or skips the filter.
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func rawText(m json.RawMessage) *string {
+	if len(m) == 0 || string(m) == "null" {
+		return nil
+	}
+	s := string(m)
+	return &s
+}
+
+func keyPrefix(key string) string {
+	if len(key) < 12 {
+		return key
+	}
+	return key[:12]
+}
+
+// connectPool opens a pool whose every connection has a statement timeout,
+// waiting up to wait for the database to come up.
+func connectPool(ctx context.Context, url string, statementTimeout time.Duration) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 3 * time.Second
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["statement_timeout"]; !ok {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(statementTimeout.Milliseconds())
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "atl"
+	}
+	return pgxpool.NewWithConfig(ctx, cfg)
+}

@@ -1,0 +1,428 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// JSONLStore is the embedded default: append-only JSONL files under one
+// directory, loaded into memory at start. Every acknowledged write is fsynced.
+//
+//	tenants.jsonl              tenants
+//	keys.jsonl                 key issues and revocations (hashes only)
+//	tenants/<id>/trail.jsonl   the tenant's audit rows and events
+type JSONLStore struct {
+	dir string
+	log *slog.Logger
+
+	mu      sync.Mutex
+	tenants map[string]Tenant
+	keys    map[string]*jsonlKey // by id
+	byHash  map[[32]byte]*jsonlKey
+	audit   map[string][]AuditLog // by tenant, oldest first
+	events  map[string][]Event
+	files   map[string]*os.File
+}
+
+type jsonlKey struct {
+	APIKey
+	Hash []byte `json:"key_hash"`
+}
+
+// jsonlRecord is one line of any file; Type says which field is set.
+type jsonlRecord struct {
+	Type   string    `json:"type"`
+	Tenant *Tenant   `json:"tenant,omitempty"`
+	Key    *jsonlKey `json:"key,omitempty"`
+	Revoke *struct {
+		TenantID  string    `json:"tenant_id"`
+		ID        string    `json:"id"`
+		RevokedAt time.Time `json:"revoked_at"`
+	} `json:"revoke,omitempty"`
+	Audit *AuditLog `json:"audit,omitempty"`
+	Event *Event    `json:"event,omitempty"`
+}
+
+func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tenants"), 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &JSONLStore{dir: dir, log: log, tenants: map[string]Tenant{}, keys: map[string]*jsonlKey{},
+		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
+		files: map[string]*os.File{}}
+	if err := s.load(filepath.Join(dir, "tenants.jsonl")); err != nil {
+		return nil, err
+	}
+	if err := s.load(filepath.Join(dir, "keys.jsonl")); err != nil {
+		return nil, err
+	}
+	for id := range s.tenants {
+		if err := s.load(s.trailPath(id)); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *JSONLStore) trailPath(tenant string) string {
+	// tenant ids match ^[a-z0-9][a-z0-9_-]{1,62}$, so they are safe as a directory name.
+	return filepath.Join(s.dir, "tenants", tenant, "trail.jsonl")
+}
+
+// load replays one file. A line that does not parse is skipped with a warning;
+// a torn last line (a crash mid-write) is cut off so the next append starts clean.
+func (s *JSONLStore) load(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	var good int64
+	for lineNo := 1; ; lineNo++ {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			if len(line) > 0 {
+				s.log.Warn("jsonl: dropping torn last line", "file", path, "line", lineNo, "bytes", len(line))
+				if terr := f.Truncate(good); terr != nil {
+					return terr
+				}
+				return f.Sync()
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		good += int64(len(line))
+		var rec jsonlRecord
+		if err := json.Unmarshal(bytes.TrimSpace(line), &rec); err != nil {
+			s.log.Warn("jsonl: skipping unreadable line", "file", path, "line", lineNo)
+			continue
+		}
+		s.apply(rec)
+	}
+}
+
+func (s *JSONLStore) apply(rec jsonlRecord) {
+	switch {
+	case rec.Type == "tenant" && rec.Tenant != nil && tenantIDPattern.MatchString(rec.Tenant.ID):
+		s.tenants[rec.Tenant.ID] = *rec.Tenant
+	case rec.Type == "key" && rec.Key != nil && len(rec.Key.Hash) == sha256.Size:
+		k := *rec.Key
+		s.keys[k.ID] = &k
+		s.byHash[[32]byte(k.Hash)] = &k
+	case rec.Type == "revoke" && rec.Revoke != nil:
+		if k, ok := s.keys[rec.Revoke.ID]; ok && k.TenantID == rec.Revoke.TenantID {
+			at := rec.Revoke.RevokedAt
+			k.RevokedAt = &at
+		}
+	case rec.Type == "audit" && rec.Audit != nil:
+		s.audit[rec.Audit.TenantID] = append(s.audit[rec.Audit.TenantID], *rec.Audit)
+	case rec.Type == "event" && rec.Event != nil:
+		s.events[rec.Event.TenantID] = append(s.events[rec.Event.TenantID], *rec.Event)
+	}
+}
+
+// appendRecords writes records to one file in a single write and fsyncs it.
+// The caller holds s.mu.
+func (s *JSONLStore) appendRecords(path string, recs ...jsonlRecord) error {
+	var buf bytes.Buffer
+	for _, r := range recs {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		buf.Write(b)
+		buf.WriteByte('\n')
+	}
+	f, ok := s.files[path]
+	if !ok {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return err
+		}
+		var err error
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return err
+		}
+		s.files[path] = f
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func (s *JSONLStore) Kind() string { return "jsonl" }
+
+func (s *JSONLStore) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		f.Close()
+	}
+	s.files = map[string]*os.File{}
+}
+
+func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB }
+
+func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (Tenant, APIKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.tenants[id]; ok {
+		return Tenant{}, APIKey{}, newError(http.StatusConflict, "already_exists", "an object with this identity already exists")
+	}
+	t := Tenant{ID: id, Name: name, DefaultTrustLevel: "L3", CreatedAt: now()}
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "tenant", Tenant: &t}); err != nil {
+		return Tenant{}, APIKey{}, err
+	}
+	s.tenants[id] = t
+	k, err := s.issueKeyLocked(id, "admin", "admin")
+	return t, k, err
+}
+
+func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, error) {
+	h := sha256.Sum256([]byte(apiKey))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.byHash[h]
+	if !ok || k.RevokedAt != nil {
+		return Principal{}, errUnauthorized
+	}
+	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
+}
+
+func (s *JSONLStore) issueKeyLocked(tenant, role, subject string) (APIKey, error) {
+	secret, err := newAPIKey()
+	if err != nil {
+		return APIKey{}, err
+	}
+	h := sha256.Sum256([]byte(secret))
+	k := &jsonlKey{APIKey: APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject,
+		KeyPrefix: keyPrefix(secret), CreatedAt: now()}, Hash: h[:]}
+	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), jsonlRecord{Type: "key", Key: k}); err != nil {
+		return APIKey{}, err
+	}
+	s.keys[k.ID] = k
+	s.byHash[h] = k
+	out := k.APIKey
+	out.APIKey = secret
+	return out, nil
+}
+
+func (s *JSONLStore) IssueKey(_ context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, err := s.issueKeyLocked(p.TenantID, role, subject)
+	if err != nil {
+		return APIKey{}, err
+	}
+	return k, s.appendAuditLocked(p, audit)
+}
+
+func (s *JSONLStore) ListKeys(_ context.Context, p Principal) ([]APIKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []APIKey
+	for _, k := range s.keys {
+		if k.TenantID == p.TenantID {
+			out = append(out, k.APIKey)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return newerThan(out[i].CreatedAt, out[i].ID, out[j].CreatedAt, out[j].ID) })
+	return out, nil
+}
+
+func (s *JSONLStore) RevokeKey(_ context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if !ok || k.TenantID != p.TenantID {
+		return APIKey{}, newError(http.StatusNotFound, "key_not_found", "api key not found")
+	}
+	if k.RevokedAt != nil {
+		return k.APIKey, nil
+	}
+	if k.Role == "admin" {
+		others := 0
+		for _, o := range s.keys {
+			if o.TenantID == p.TenantID && o.Role == "admin" && o.RevokedAt == nil && o.ID != id {
+				others++
+			}
+		}
+		if others == 0 {
+			return APIKey{}, newError(http.StatusConflict, "last_admin_key",
+				"the last active admin key cannot be revoked; issue another admin key first")
+		}
+	}
+	rec := jsonlRecord{Type: "revoke", Revoke: &struct {
+		TenantID  string    `json:"tenant_id"`
+		ID        string    `json:"id"`
+		RevokedAt time.Time `json:"revoked_at"`
+	}{p.TenantID, id, now()}}
+	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), rec); err != nil {
+		return APIKey{}, err
+	}
+	at := rec.Revoke.RevokedAt
+	k.RevokedAt = &at
+	return k.APIKey, s.appendAuditLocked(p, audit)
+}
+
+func (s *JSONLStore) fillAudit(p Principal, a *AuditLog) {
+	a.ID, a.TenantID, a.CreatedAt = newUUID(), p.TenantID, now()
+	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+	if a.Mode == "" {
+		a.Mode = "dry_run"
+	}
+}
+
+func (s *JSONLStore) appendAuditLocked(p Principal, a *AuditLog) error {
+	if a == nil {
+		return nil
+	}
+	s.fillAudit(p, a)
+	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "audit", Audit: a}); err != nil {
+		return err
+	}
+	s.audit[p.TenantID] = append(s.audit[p.TenantID], *a)
+	return nil
+}
+
+func (s *JSONLStore) InsertAudit(_ context.Context, p Principal, a *AuditLog) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendAuditLocked(p, a)
+}
+
+func (s *JSONLStore) QueryAudit(_ context.Context, p Principal, f AuditFilter) ([]AuditLog, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rows := s.audit[p.TenantID]
+	var out []AuditLog
+	for i := len(rows) - 1; i >= 0 && len(out) < f.Limit; i-- {
+		a := rows[i]
+		if (f.AgentID != "" && (a.AgentID == nil || *a.AgentID != f.AgentID)) || (f.TraceID != "" && a.TraceID != f.TraceID) ||
+			(f.Status != "" && a.Status != f.Status) || (f.Mode != "" && a.Mode != f.Mode) ||
+			!inWindow(a.CreatedAt, a.ID, f.Since, f.Until, f.Before) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	recs := make([]jsonlRecord, 0, len(events)+1)
+	out := make([]Event, len(events))
+	at := now()
+	for i, e := range events {
+		e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, at
+		if e.Domain == "" {
+			e.Domain = "default"
+		}
+		if e.TrustLevel == "" {
+			e.TrustLevel = "L0"
+		}
+		if e.Stage == "" {
+			e.Stage = "execute"
+		}
+		if e.Mode == "" {
+			e.Mode = "dry_run"
+		}
+		out[i] = e
+		recs = append(recs, jsonlRecord{Type: "event", Event: &out[i]})
+	}
+	if audit != nil {
+		s.fillAudit(p, audit)
+		recs = append(recs, jsonlRecord{Type: "audit", Audit: audit})
+	}
+	// Events and their audit row go out in one write, so a crash keeps both or the torn tail is dropped.
+	if err := s.appendRecords(s.trailPath(p.TenantID), recs...); err != nil {
+		return nil, err
+	}
+	s.events[p.TenantID] = append(s.events[p.TenantID], out...)
+	if audit != nil {
+		s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
+	}
+	return out, nil
+}
+
+func (s *JSONLStore) QueryEvents(_ context.Context, p Principal, f EventFilter) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rows := s.events[p.TenantID]
+	var out []Event
+	for i := len(rows) - 1; i >= 0 && len(out) < f.Limit; i-- {
+		e := rows[i]
+		if (f.Agent != "" && e.Agent != f.Agent) || (f.TraceID != "" && e.TraceID != f.TraceID) ||
+			(f.Status != "" && e.Status != f.Status) || (f.ToolName != "" && e.ToolName != f.ToolName) ||
+			(f.ApprovalRequestID != "" && (e.ApprovalRequestID == nil || *e.ApprovalRequestID != f.ApprovalRequestID)) ||
+			!inWindow(e.CreatedAt, e.ID, f.Since, f.Until, f.Before) {
+			continue
+		}
+		out = append(out, e)
+	}
+	// Rows of one batch share a timestamp; order them as PostgreSQL does.
+	sort.SliceStable(out, func(i, j int) bool { return newerThan(out[i].CreatedAt, out[i].ID, out[j].CreatedAt, out[j].ID) })
+	return out, nil
+}
+
+func inWindow(at time.Time, id string, since, until *time.Time, before *Cursor) bool {
+	if since != nil && at.Before(*since) {
+		return false
+	}
+	if until != nil && !at.Before(*until) {
+		return false
+	}
+	return before == nil || newerThan(before.CreatedAt, before.ID, at, id)
+}
+
+// newerThan orders rows as the SQL keyset does: created_at desc, then id desc.
+func newerThan(aAt time.Time, aID string, bAt time.Time, bID string) bool {
+	if !aAt.Equal(bAt) {
+		return aAt.After(bAt)
+	}
+	return aID > bID
+}
+
+// now is truncated to microseconds, PostgreSQL's precision, so cursors agree in both stores.
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// newAPIKey has the same form as atl._api_key_new(): atl_ and 64 base64url characters.
+func newAPIKey() (string, error) {
+	var b [48]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return "atl_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
