@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -429,9 +430,11 @@ func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 // ---- audit logs
 
 func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q := r.URL.Query()
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return validation("the query string is malformed")
+	}
 	var f AuditFilter
-	var err error
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}
@@ -633,9 +636,11 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 }
 
 func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q := r.URL.Query()
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return validation("the query string is malformed")
+	}
 	var f EventFilter
-	var err error
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}

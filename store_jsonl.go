@@ -14,7 +14,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -74,6 +76,8 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 		if err := s.load(s.trailPath(id)); err != nil {
 			return nil, err
 		}
+		slices.SortStableFunc(s.events[id], func(a, b Event) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
+		slices.SortStableFunc(s.audit[id], func(a, b AuditLog) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	}
 	return s, nil
 }
@@ -360,7 +364,10 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 	if err := s.appendRecords(s.trailPath(p.TenantID), recs...); err != nil {
 		return nil, err
 	}
-	s.events[p.TenantID] = append(s.events[p.TenantID], out...)
+	// Memory is kept in keyset order (created_at, id), so a batch that shares a timestamp goes in by id.
+	sorted := slices.Clone(out)
+	slices.SortFunc(sorted, func(a, b Event) int { return strings.Compare(a.ID, b.ID) })
+	s.events[p.TenantID] = append(s.events[p.TenantID], sorted...)
 	if audit != nil {
 		s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
 	}
@@ -382,8 +389,6 @@ func (s *JSONLStore) QueryEvents(_ context.Context, p Principal, f EventFilter) 
 		}
 		out = append(out, e)
 	}
-	// Rows of one batch share a timestamp; order them as PostgreSQL does.
-	sort.SliceStable(out, func(i, j int) bool { return newerThan(out[i].CreatedAt, out[i].ID, out[j].CreatedAt, out[j].ID) })
 	return out, nil
 }
 
@@ -395,6 +400,14 @@ func inWindow(at time.Time, id string, since, until *time.Time, before *Cursor) 
 		return false
 	}
 	return before == nil || newerThan(before.CreatedAt, before.ID, at, id)
+}
+
+// keysetCompare orders rows oldest first, as memory keeps them.
+func keysetCompare(aAt time.Time, aID string, bAt time.Time, bID string) int {
+	if c := aAt.Compare(bAt); c != 0 {
+		return c
+	}
+	return strings.Compare(aID, bID)
 }
 
 // newerThan orders rows as the SQL keyset does: created_at desc, then id desc.

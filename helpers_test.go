@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const testOperatorToken = "test-operator-token"
+
+// testEnv is a running service and what tests need around it.
+type testEnv struct {
+	t     testing.TB
+	srv   *httptest.Server
+	store Store
+	dbURL string // empty in JSONL mode
+	dir   string // JSONL directory
+}
+
+// storeKinds lets route tests run against both stores.
+var storeKinds = []string{"postgres", "jsonl"}
+
+func testLogger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(io.Discard, nil))
+}
+
+// setup starts the service on a fresh database clone ("postgres") or a fresh
+// directory ("jsonl").
+func setup(t testing.TB, kind string) *testEnv {
+	t.Helper()
+	env := &testEnv{t: t}
+	switch kind {
+	case "postgres":
+		pool, url := newPool(t)
+		env.store, env.dbURL = NewPGStore(pool), url
+	case "jsonl":
+		env.dir = t.TempDir()
+		s, err := OpenJSONLStore(env.dir, testLogger())
+		require.NoError(t, err)
+		t.Cleanup(s.Close)
+		env.store = s
+	default:
+		t.Fatalf("unknown store %q", kind)
+	}
+	env.start()
+	return env
+}
+
+func (e *testEnv) start() {
+	app := &App{store: e.store, log: testLogger(), adminToken: testOperatorToken,
+		origins: map[string]bool{"https://console.example": true}, version: "test"}
+	e.srv = httptest.NewServer(app.routes())
+	e.t.Cleanup(e.srv.Close)
+}
+
+// response is a decoded answer.
+type response struct {
+	Status int
+	Header http.Header
+	Body   map[string]any
+	Raw    string
+}
+
+func (r response) code() string {
+	if e, ok := r.Body["error"].(map[string]any); ok {
+		s, _ := e["code"].(string)
+		return s
+	}
+	return ""
+}
+
+func (r response) str(k string) string {
+	s, _ := r.Body[k].(string)
+	return s
+}
+
+func (r response) items() []map[string]any {
+	raw, _ := r.Body["items"].([]any)
+	out := make([]map[string]any, len(raw))
+	for i, v := range raw {
+		out[i], _ = v.(map[string]any)
+	}
+	return out
+}
+
+// do sends a request; body may be nil, a string (sent as is) or a value to encode.
+func (e *testEnv) do(method, path, key string, body any, headers ...string) response {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		buf, err := json.Marshal(b)
+		require.NoError(e.t, err)
+		rd = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequestWithContext(context.Background(), method, e.srv.URL+path, rd)
+	require.NoError(e.t, err)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := e.srv.Client().Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(e.t, err)
+	out := response{Status: resp.StatusCode, Header: resp.Header, Raw: string(raw)}
+	if len(raw) > 0 {
+		require.NoError(e.t, json.Unmarshal(raw, &out.Body), "answer is not JSON: %s", raw)
+	}
+	return out
+}
+
+// tenant creates a tenant and returns its first admin key.
+func (e *testEnv) tenant(id string) string {
+	e.t.Helper()
+	r := e.do("POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": id, "name": "Tenant " + id})
+	require.Equal(e.t, http.StatusCreated, r.Status, r.Raw)
+	return r.str("api_key")
+}
+
+// key issues a key with role and subject and returns the secret.
+func (e *testEnv) key(adminKey, role, subject string) string {
+	e.t.Helper()
+	r := e.do("POST", "/api/v1/keys", adminKey, map[string]any{"role": role, "subject": subject})
+	require.Equal(e.t, http.StatusCreated, r.Status, r.Raw)
+	return r.str("api_key")
+}
+
+// requireError checks an error answer's status and stable code, and that it
+// leaks no SQL or internals.
+func requireError(t testing.TB, r response, status int, code string) {
+	t.Helper()
+	require.Equal(t, status, r.Status, r.Raw)
+	require.Equal(t, code, r.code(), r.Raw)
+	requireNoLeak(t, r.Raw)
+}
+
+func requireNoLeak(t testing.TB, raw string) {
+	t.Helper()
+	lower := strings.ToLower(raw)
+	for _, bad := range []string{"select ", "insert ", "sqlstate", "pgx", "goroutine", "panic", "atl.", "relation ", "violates"} {
+		require.NotContains(t, lower, bad, "answer leaks internals: %s", raw)
+	}
+}
