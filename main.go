@@ -117,9 +117,15 @@ func version() string {
 
 func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
-		fmt.Println("atl", version())
-		return
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "--version", "version":
+			fmt.Println("atl", version())
+			return
+		case "healthcheck":
+			// For container HEALTHCHECKs: exit 0 when the local service answers /api/v1/health.
+			os.Exit(healthcheck(or(os.Getenv("PORT"), "8080")))
+		}
 	}
 	cfg, err := configFromEnv(os.Getenv)
 	if err != nil {
@@ -132,6 +138,21 @@ func main() {
 		log.Error("atl stopped", "err", err.Error())
 		os.Exit(1)
 	}
+}
+
+func healthcheck(port string) int {
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get("http://127.0.0.1:" + port + "/api/v1/health")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "healthcheck:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "healthcheck: status", resp.StatusCode)
+		return 1
+	}
+	return 0
 }
 
 // openStore picks PostgreSQL when DATABASE_URL is set, else the JSONL files.

@@ -1,0 +1,30 @@
+# Run `make` for the list of targets.
+.DEFAULT_GOAL := help
+PORT ?= 8080
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+run: ## run the service (JSONL files under ./data unless DATABASE_URL is set)
+	go run .
+
+test: ## run the whole test suite (needs PostgreSQL, default 127.0.0.1:5432)
+	go test -race -count=1 ./...
+
+vet: ## gofmt check and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	go vet ./...
+
+build: ## build a static binary at ./bin/atl
+	CGO_ENABLED=0 go build -trimpath -o bin/atl .
+
+migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
+	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
+
+bench: ## run the benchmarks under bench/ (see bench/README.md)
+	bash bench/events.sh
+
+ci: ## what CI runs
+	bash .ci/run
+
+.PHONY: help run test vet build migrate bench ci

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	neturl "net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// cutProxy forwards TCP to PostgreSQL until cut, then drops every connection
+// and refuses new ones, as a database outage would look to the service.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+// TestDatabaseOutage: while PostgreSQL is unreachable, requests fail fast with
+// 503 and Retry-After; when it returns, the service recovers without a restart.
+func TestDatabaseOutage(t *testing.T) {
+	t.Parallel()
+	url := newDatabase(t)
+	u, err := neturl.Parse(url)
+	require.NoError(t, err)
+	proxy := newCutProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	pool, err := connectPool(context.Background(), u.String(), 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	env := &testEnv{t: t, store: NewPGStore(pool), dbURL: u.String()}
+	env.start()
+
+	admin := env.tenant("acme")
+	agent := env.key(admin, "agent", "bot")
+	event := map[string]any{"tool_name": "t", "status": "ok"}
+	require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/events", agent, event).Status)
+
+	proxy.cut()
+	for _, call := range []func() response{
+		func() response { return env.do("POST", "/api/v1/events", agent, event) },
+		func() response { return env.do("GET", "/api/v1/audit/logs", admin, nil) },
+	} {
+		start := time.Now()
+		r := call()
+		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		require.Equal(t, "1", r.Header.Get("Retry-After"))
+		require.Less(t, time.Since(start), 4*time.Second, "an outage fails fast")
+	}
+	r := env.do("GET", "/api/v1/health/db", "", nil)
+	require.Equal(t, http.StatusServiceUnavailable, r.Status)
+	require.Equal(t, "failed", r.str("status"))
+
+	proxy.restore()
+	require.Eventually(t, func() bool {
+		return env.do("POST", "/api/v1/events", agent, event).Status == http.StatusCreated
+	}, 10*time.Second, 50*time.Millisecond, "the service recovers by itself")
+	r = env.do("GET", "/api/v1/events", agent, nil)
+	require.EqualValues(t, 2, r.Body["count"], "what was acknowledged is there, what failed is not")
+}
+
+// TestShutdownDrainsInFlight: SIGTERM (here, the context) lets a request that
+// is already in flight finish, then run returns cleanly.
+func TestShutdownDrainsInFlight(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{DataDir: dir, Port: "0", AdminToken: testOperatorToken, ShutdownTimeout: 10 * time.Second}
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, testLogger(), ready) }()
+	addr := <-ready
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+
+	// Send the headers with Expect: 100-continue; the server answers 100 once
+	// the handler reads the body, so the request is provably in flight. Then
+	// cancel, then send the body.
+	conn, err := net.Dial("tcp", "127.0.0.1:"+port)
+	require.NoError(t, err)
+	defer conn.Close()
+	body := `{"id":"acme","name":"Acme"}`
+	_, err = fmt.Fprintf(conn, "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", testOperatorToken, len(body))
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Contains(t, line, "100 Continue")
+	_, err = br.ReadString('\n') // the blank line after the interim answer
+	require.NoError(t, err)
+	cancel()
+	_, err = conn.Write([]byte(body))
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after shutdown")
+	}
+	// The acknowledged tenant is on disk.
+	s, err := OpenJSONLStore(dir, testLogger())
+	require.NoError(t, err)
+	defer s.Close()
+	_, _, err = s.CreateTenant(context.Background(), "acme", "again")
+	require.Equal(t, http.StatusConflict, errorFor(err).Status)
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Parallel()
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	c, err := configFromEnv(env(nil))
+	require.NoError(t, err)
+	require.Equal(t, "8080", c.Port)
+	require.Equal(t, "./data", c.DataDir)
+	require.False(t, c.LiveEnabled)
+	require.True(t, c.Migrate)
+	require.Empty(t, c.AllowedOrigins)
+
+	c, err = configFromEnv(env(map[string]string{"PORT": "9000", "LIVE_ENABLED": "true", "ATL_MIGRATE": "false",
+		"ALLOWED_ORIGINS": "https://a.example, https://b.example", "ATL_STATEMENT_TIMEOUT": "2s"}))
+	require.NoError(t, err)
+	require.Equal(t, "9000", c.Port)
+	require.True(t, c.LiveEnabled)
+	require.False(t, c.Migrate)
+	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)
+	require.Equal(t, 2*time.Second, c.StatementTimeout)
+
+	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"}} {
+		_, err := configFromEnv(env(bad))
+		require.Error(t, err, "%v", bad)
+	}
+}
