@@ -59,11 +59,13 @@ const (
 )
 
 var (
-	errNotFound     = newError(http.StatusNotFound, codeNotFound, "not found")
-	errUnauthorized = newError(http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: send Authorization: Bearer <key>")
-	errForbidden    = newError(http.StatusForbidden, codeForbidden, "this key's role may not use this route")
-	errMismatch     = newError(http.StatusForbidden, codeTenantMismatch, "tenant_id does not match the key's tenant")
-	errNeedsDB      = newError(http.StatusServiceUnavailable, codeRequiresDatabase,
+	errNotFound       = newError(http.StatusNotFound, codeNotFound, "not found")
+	errUnauthorized   = newError(http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: send Authorization: Bearer <key>")
+	errForbidden      = newError(http.StatusForbidden, codeForbidden, "this key's role may not use this route")
+	errMismatch       = newError(http.StatusForbidden, codeTenantMismatch, "tenant_id does not match the key's tenant")
+	errPolicyNotFound = newError(http.StatusNotFound, "policy_not_found",
+		"this tool has no policy; it gets the tenant's default trust level")
+	errNeedsDB = newError(http.StatusServiceUnavailable, codeRequiresDatabase,
 		"this route needs PostgreSQL: set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL")
 )
 
@@ -149,6 +151,11 @@ func constraintHint(pgErr *pgconn.PgError) string {
 }
 
 func isConnError(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// The server answered: only "starting up" or "shutting down" is worth waiting for.
+		return pgErr.Code == "57P03" || pgErr.Code == "57P01" || strings.HasPrefix(pgErr.Code, "08")
+	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {
 		return true

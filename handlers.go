@@ -46,6 +46,7 @@ type App struct {
 	adminToken string
 	origins    map[string]bool
 	live       bool
+	liveClient *http.Client
 	version    string
 }
 
@@ -64,6 +65,17 @@ func (a *App) routes() http.Handler {
 	r.GET("/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
 	r.POST("/api/v1/events", a.handle(a.authed(a.reportEvents, "agent")))
 	r.GET("/api/v1/events", a.handle(a.authed(a.listEvents, "agent", "approver", "admin")))
+	r.PUT("/api/v1/policies", a.handle(a.authed(a.putTenantSettings, "admin")))
+	r.GET("/api/v1/policies", a.handle(a.authed(a.listPolicies, "agent", "approver", "admin")))
+	r.PUT("/api/v1/policies/:tool", a.handle(a.authed(a.putPolicy, "admin")))
+	r.GET("/api/v1/policies/:tool", a.handle(a.authed(a.getPolicy, "agent", "approver", "admin")))
+	r.DELETE("/api/v1/policies/:tool", a.handle(a.authed(a.deletePolicy, "admin")))
+	r.POST("/api/v1/agents/:agent_id/execute", a.handle(a.authed(a.execute, "agent")))
+	r.GET("/api/v1/approvals", a.handle(a.authed(a.listApprovals, "agent", "approver", "admin")))
+	// httprouter 1.3 cannot hold /approvals/expire beside /approvals/:id, so :id dispatches "expire".
+	r.POST("/api/v1/approvals/:id", a.handle(a.approvalsPost(a.authed(a.expireApprovals, "admin"))))
+	r.GET("/api/v1/approvals/:id", a.handle(a.authed(a.getApproval, "agent", "approver", "admin")))
+	r.POST("/api/v1/approvals/:id/decisions", a.handle(a.authed(a.decideApproval, "approver", "admin")))
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
@@ -708,4 +720,307 @@ func (a *App) cors(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// ---- policies
+
+type policyRequest struct {
+	TenantID            *string `json:"tenant_id"`
+	TrustLevel          string  `json:"trust_level"`
+	AutoApproveEligible *bool   `json:"auto_approve_eligible"`
+	ApprovalTTLSeconds  *int    `json:"approval_ttl_seconds"`
+	RequiredApprovals   *int    `json:"required_approvals"`
+	EndpointURL         *string `json:"endpoint_url"`
+}
+
+func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	var req policyRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	in := PolicyInput{ToolName: ps.ByName("tool"), TrustLevel: req.TrustLevel, AutoApproveEligible: req.AutoApproveEligible,
+		ApprovalTTLSeconds: req.ApprovalTTLSeconds, RequiredApprovals: req.RequiredApprovals, EndpointURL: req.EndpointURL}
+	switch {
+	case !toolNamePattern.MatchString(in.ToolName):
+		return validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
+	case !slices.Contains(trustLevels, in.TrustLevel):
+		return validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
+	case in.ApprovalTTLSeconds != nil && (*in.ApprovalTTLSeconds < 1 || *in.ApprovalTTLSeconds > 2592000):
+		return validation("approval_ttl_seconds must be from 1 to 2592000 (30 days)")
+	case in.RequiredApprovals != nil && (*in.RequiredApprovals < 1 || *in.RequiredApprovals > 10):
+		return validation("required_approvals must be from 1 to 10")
+	case in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible:
+		return validation("an L4 tool can never be auto-approved")
+	case in.EndpointURL != nil && !validEndpoint(*in.EndpointURL):
+		return validation("endpoint_url must be an absolute http or https URL")
+	}
+	out, err := a.store.PutPolicy(r.Context(), p, in, newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func validEndpoint(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && len(s) <= 2000 && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil
+}
+
+func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	out, err := a.store.GetPolicy(r.Context(), p, ps.ByName("tool"))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	out, err := a.store.ListPolicies(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) deletePolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	out, err := a.store.DeletePolicy(r.Context(), p, ps.ByName("tool"), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+type tenantSettingsRequest struct {
+	TenantID          *string  `json:"tenant_id"`
+	DefaultTrustLevel string   `json:"default_trust_level"`
+	AllowedDomains    []string `json:"allowed_domains"`
+}
+
+func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	var req tenantSettingsRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	if !slices.Contains(trustLevels, req.DefaultTrustLevel) {
+		return validation("default_trust_level is required and must be one of L0, L1, L2, L3, L4")
+	}
+	if req.AllowedDomains != nil && (len(req.AllowedDomains) == 0 || len(req.AllowedDomains) > 100) {
+		return validation("allowed_domains must hold 1 to 100 domains, or be null to accept any")
+	}
+	for _, d := range req.AllowedDomains {
+		if !domainPattern.MatchString(d) {
+			return validation("allowed_domains: %q must match ^[a-z0-9][a-z0-9_.-]{0,62}$", d)
+		}
+	}
+	out, err := a.store.PutTenantSettings(r.Context(), p, req.toSettings(), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (req tenantSettingsRequest) toSettings() TenantSettings {
+	return TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains}
+}
+
+// writeRaw sends JSON that SQL already encoded.
+func writeRaw(w http.ResponseWriter, status int, body json.RawMessage) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	_, _ = w.Write([]byte("\n"))
+}
+
+// ---- the gate
+
+type executeRequest struct {
+	TenantID          *string         `json:"tenant_id"`
+	Agent             string          `json:"agent"`
+	Workflow          string          `json:"workflow"`
+	Tool              string          `json:"tool"`
+	Args              json.RawMessage `json:"args"`
+	Stage             string          `json:"stage"`
+	TraceID           string          `json:"trace_id"`
+	Mode              string          `json:"mode"`
+	IdempotencyKey    string          `json:"idempotency_key"`
+	ApprovalRequestID string          `json:"approval_request_id"`
+	TrustLevel        string          `json:"trust_level"`
+	Domain            string          `json:"domain"`
+}
+
+var idempotencyKeyPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,200}$`)
+
+func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	var req executeRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	agent := ps.ByName("agent_id")
+	args := bytes.TrimSpace(req.Args)
+	switch {
+	case !subjectPattern.MatchString(agent):
+		return validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
+	case req.Agent != "" && req.Agent != agent:
+		return validation("agent in the body differs from the agent_id in the path")
+	case !toolNamePattern.MatchString(req.Tool):
+		return validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
+	case len(args) > 0 && string(args) != "null" && args[0] != '{':
+		return validation("args must be a JSON object")
+	case req.Mode != "" && req.Mode != "dry_run" && req.Mode != "live":
+		return validation("mode must be dry_run or live")
+	case req.TrustLevel != "" && !slices.Contains(trustLevels, req.TrustLevel):
+		return validation("trust_level must be one of L0, L1, L2, L3, L4")
+	case req.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, req.Stage):
+		return validation("stage must be plan, execute, review or commit")
+	case req.TraceID != "" && !traceIDPattern.MatchString(req.TraceID):
+		return validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
+		return validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
+	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
+		return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
+		return validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+	case utf8.RuneCountInString(req.Workflow) > 200:
+		return validation("workflow must be at most 200 characters")
+	}
+	audit := newAudit(r, p, "", 0)
+	in := ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
+		TraceID: traceID(r, req.TraceID), Mode: req.Mode, IdempotencyKey: req.IdempotencyKey,
+		ApprovalRequestID: strings.ToLower(req.ApprovalRequestID), TrustLevel: req.TrustLevel, Domain: req.Domain,
+		Route: audit.Route, LiveEnabled: a.live, Started: requestStart(r)}
+	if audit.UserID != nil {
+		in.UserID = *audit.UserID
+	}
+	res, err := a.store.Execute(r.Context(), p, in)
+	if err != nil {
+		return err
+	}
+	if res.Live != nil && !res.Replayed {
+		var traceOf struct {
+			TraceID string `json:"trace_id"`
+		}
+		_ = json.Unmarshal(res.Body, &traceOf)
+		// The dispatched event is committed before the call: a crash now leaves its trace.
+		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, args, traceOf.TraceID, a.version)
+		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, OutcomeInput{EventID: res.Live.EventID,
+			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
+			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, UserID: in.UserID})
+		if err != nil {
+			return err
+		}
+	}
+	if res.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	writeRaw(w, res.HTTPStatus, res.Body)
+	return nil
+}
+
+// ---- approvals
+
+func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return validation("the query string is malformed")
+	}
+	limit, before, _, _, err := pageParams(q)
+	if err != nil {
+		return err
+	}
+	status := strings.ToUpper(q.Get("status"))
+	if status != "" && !slices.Contains([]string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}, status) {
+		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+	}
+	rows, err := a.store.ListApprovals(r.Context(), p, status, before, limit+1)
+	if err != nil {
+		return err
+	}
+	var next *string
+	if len(rows) > limit {
+		rows = rows[:limit]
+		var last struct {
+			ID        string    `json:"id"`
+			CreatedAt time.Time `json:"created_at"`
+		}
+		if err := json.Unmarshal(rows[limit-1], &last); err != nil {
+			return err
+		}
+		c := encodeCursor(last.CreatedAt, last.ID)
+		next = &c
+	}
+	if rows == nil {
+		rows = []json.RawMessage{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+	return nil
+}
+
+var errApprovalNotFound = newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+
+func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errApprovalNotFound
+	}
+	out, err := a.store.GetApproval(r.Context(), p, strings.ToLower(id))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+type decisionRequest struct {
+	TenantID *string `json:"tenant_id"`
+	Decision string  `json:"decision"`
+	Reason   *string `json:"reason"`
+}
+
+func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errApprovalNotFound
+	}
+	var req decisionRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	if req.Decision != "APPROVE" && req.Decision != "REJECT" {
+		return validation("decision must be APPROVE or REJECT")
+	}
+	if req.Reason != nil && utf8.RuneCountInString(*req.Reason) > 2000 {
+		return validation("reason must be at most 2000 characters")
+	}
+	out, err := a.store.DecideApproval(r.Context(), p, strings.ToLower(id), req.Decision, req.Reason,
+		newAudit(r, p, "ok", http.StatusCreated))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusCreated, out)
+	return nil
+}
+
+// approvalsPost routes POST /api/v1/approvals/expire; any other id has no POST.
+func (a *App) approvalsPost(expire handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+		if ps.ByName("id") != "expire" {
+			return newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route")
+		}
+		return expire(w, r, ps)
+	}
+}
+
+func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	n, err := a.store.ExpireApprovals(r.Context(), p, newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"expired": n})
+	return nil
 }

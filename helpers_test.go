@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -23,6 +25,8 @@ type testEnv struct {
 	store Store
 	dbURL string // empty in JSONL mode
 	dir   string // JSONL directory
+
+	live, allowPrivate bool // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
 }
 
 // storeKinds lets route tests run against both stores.
@@ -34,9 +38,12 @@ func testLogger() *slog.Logger {
 
 // setup starts the service on a fresh database clone ("postgres") or a fresh
 // directory ("jsonl").
-func setup(t testing.TB, kind string) *testEnv {
+func setup(t testing.TB, kind string, opts ...func(*testEnv)) *testEnv {
 	t.Helper()
 	env := &testEnv{t: t}
+	for _, o := range opts {
+		o(env)
+	}
 	switch kind {
 	case "postgres":
 		pool, url := newPool(t)
@@ -56,7 +63,8 @@ func setup(t testing.TB, kind string) *testEnv {
 
 func (e *testEnv) start() {
 	app := &App{store: e.store, log: testLogger(), adminToken: testOperatorToken,
-		origins: map[string]bool{"https://console.example": true}, version: "test"}
+		origins: map[string]bool{"https://console.example": true}, version: "test",
+		live: e.live, liveClient: newLiveClient(2*time.Second, e.allowPrivate)}
 	e.srv = httptest.NewServer(app.routes())
 	e.t.Cleanup(e.srv.Close)
 }
@@ -160,4 +168,31 @@ func requireNoLeak(t testing.TB, raw string) {
 	for _, bad := range []string{"select ", "insert ", "sqlstate", "pgx", "goroutine", "panic", "atl.", "relation ", "violates"} {
 		require.NotContains(t, lower, bad, "answer leaks internals: %s", raw)
 	}
+}
+
+// liveOn switches LIVE_ENABLED on and allows 127.0.0.1 targets, as tests need.
+func liveOn(e *testEnv) { e.live, e.allowPrivate = true, true }
+
+// sql runs statements on the test database as its owner (a superuser), for
+// setting up states no API reaches, such as an expiry in the past.
+func (e *testEnv) sql(stmt string, args ...any) {
+	e.t.Helper()
+	require.NotEmpty(e.t, e.dbURL, "sql needs the postgres store")
+	conn, err := pgx.Connect(context.Background(), e.dbURL)
+	require.NoError(e.t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(context.Background(), stmt, args...)
+	require.NoError(e.t, err)
+}
+
+// policy puts a tool policy with the admin key.
+func (e *testEnv) policy(admin, tool string, body map[string]any) {
+	e.t.Helper()
+	r := e.do("PUT", "/api/v1/policies/"+tool, admin, body)
+	require.Equal(e.t, http.StatusOK, r.Status, r.Raw)
+}
+
+func (e *testEnv) execute(agentKey, agent string, body map[string]any, headers ...string) response {
+	e.t.Helper()
+	return e.do("POST", "/api/v1/agents/"+agent+"/execute", agentKey, body, headers...)
 }

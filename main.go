@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
 )
 
@@ -37,6 +38,8 @@ type Config struct {
 	AdminToken       string
 	AllowedOrigins   []string
 	LiveEnabled      bool
+	LiveTimeout      time.Duration
+	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
 	StatementTimeout time.Duration
@@ -57,6 +60,12 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	var err error
 	if c.LiveEnabled, err = envBool(getenv, "LIVE_ENABLED", false); err != nil {
+		return c, err
+	}
+	if c.AllowPrivate, err = envBool(getenv, "ATL_ALLOW_PRIVATE_TARGETS", false); err != nil {
+		return c, err
+	}
+	if c.LiveTimeout, err = envDuration(getenv, "ATL_LIVE_TIMEOUT", 10*time.Second); err != nil {
 		return c, err
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
@@ -185,7 +194,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	for _, o := range cfg.AllowedOrigins {
 		origins[o] = true
 	}
-	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled, version: version()}
+	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
+		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), version: version()}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")
 	}
@@ -242,7 +252,12 @@ func migrations(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) 
 
 // migrateUp applies pending migrations; tern's advisory lock serialises replicas.
 func migrateUp(ctx context.Context, url string) error {
-	conn, err := pgx.Connect(ctx, url)
+	// Parsed as a pool URL so pool settings such as pool_max_conns are not sent to the server.
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
 	if err != nil {
 		return err
 	}

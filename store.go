@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,7 @@ type Tenant struct {
 	ID                string    `json:"id"`
 	Name              string    `json:"name"`
 	DefaultTrustLevel string    `json:"default_trust_level"`
+	AllowedDomains    []string  `json:"allowed_domains,omitempty"`
 	CreatedAt         time.Time `json:"created_at"`
 }
 
@@ -115,7 +117,69 @@ type Store interface {
 	QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error)
 	InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error)
 	QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error)
+
+	PutPolicy(ctx context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error)
+	GetPolicy(ctx context.Context, p Principal, tool string) (json.RawMessage, error)
+	ListPolicies(ctx context.Context, p Principal) (json.RawMessage, error)
+	DeletePolicy(ctx context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error)
+	PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error)
+
+	// Execute decides a tool call and writes its own audit row and events.
+	Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error)
+	// RecordOutcome records what a live call dispatched by Execute returned.
+	RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error)
+
+	ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error)
+	GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error)
+	DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error)
+	ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error)
 	Close()
+}
+
+type PolicyInput struct {
+	ToolName            string
+	TrustLevel          string
+	AutoApproveEligible *bool
+	ApprovalTTLSeconds  *int
+	RequiredApprovals   *int
+	EndpointURL         *string
+}
+
+type TenantSettings struct {
+	DefaultTrustLevel string
+	AllowedDomains    []string
+}
+
+// ExecuteInput is one call to the gate, already validated.
+type ExecuteInput struct {
+	AgentID, Tool, Workflow, Stage, TraceID, Mode, IdempotencyKey string
+	Args                                                          json.RawMessage
+	ApprovalRequestID, TrustLevel, Domain, UserID, Route          string
+	LiveEnabled                                                   bool
+	Started                                                       time.Time
+}
+
+// GateResult is the gate's answer: a status and a body to send as is.
+type GateResult struct {
+	HTTPStatus int             `json:"http_status"`
+	Body       json.RawMessage `json:"body"`
+	Replayed   bool            `json:"replayed"`
+	// Live is set when the service must now make the live call.
+	Live *struct {
+		EndpointURL string `json:"endpoint_url"`
+		EventID     string `json:"event_id"`
+	} `json:"live"`
+}
+
+type OutcomeInput struct {
+	EventID        string
+	Succeeded      bool
+	UpstreamStatus int
+	Result         json.RawMessage
+	Error          string
+	LatencyMS      int
+	IdempotencyKey string
+	Route, UserID  string
 }
 
 // querier is satisfied by a pool, a connection and a transaction.
@@ -374,8 +438,123 @@ func connectPool(ctx context.Context, url string, statementTimeout time.Duration
 	if _, ok := cfg.ConnConfig.RuntimeParams["statement_timeout"]; !ok {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(statementTimeout.Milliseconds())
 	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgxpool's default (4 on this size of machine) queues requests behind few connections.
+		cfg.MaxConns = 16
+	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "atl"
 	}
 	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// jsonCall runs one SQL function returning jsonb in a tenant transaction.
+func (s *PGStore) jsonCall(ctx context.Context, p Principal, audit *AuditLog, sql string, args ...any) (json.RawMessage, error) {
+	var out json.RawMessage
+	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, sql, args...).Scan(&out)
+	})
+	return out, err
+}
+
+const putPolicySQL = `select atl.policy_put($1::text, $2::text, $3::boolean, $4::integer, $5::integer, $6::text)`
+
+func (s *PGStore) PutPolicy(ctx context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, putPolicySQL, in.ToolName, in.TrustLevel, in.AutoApproveEligible,
+		in.ApprovalTTLSeconds, in.RequiredApprovals, in.EndpointURL)
+}
+
+const getPolicySQL = `select atl.policy_get($1::text)`
+
+func (s *PGStore) GetPolicy(ctx context.Context, p Principal, tool string) (json.RawMessage, error) {
+	out, err := s.jsonCall(ctx, p, nil, getPolicySQL, tool)
+	if err == nil && (out == nil || string(out) == "null") {
+		return nil, errPolicyNotFound
+	}
+	return out, err
+}
+
+const listPoliciesSQL = `select atl.policy_list()`
+
+func (s *PGStore) ListPolicies(ctx context.Context, p Principal) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, listPoliciesSQL)
+}
+
+const deletePolicySQL = `select atl.policy_delete($1::text)`
+
+func (s *PGStore) DeletePolicy(ctx context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, deletePolicySQL, tool)
+}
+
+const putTenantSettingsSQL = `select atl.tenant_settings_put($1::text, $2::text[])`
+
+func (s *PGStore) PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, putTenantSettingsSQL, in.DefaultTrustLevel, in.AllowedDomains)
+}
+
+const gateExecuteSQL = `select atl.gate_execute(p_agent_id => $1::text, p_tool => $2::text, p_args => $3::jsonb,
+  p_workflow => $4::text, p_stage => $5::text, p_trace_id => $6::text, p_mode => $7::text,
+  p_idempotency_key => $8::text, p_approval_request_id => $9::uuid, p_trust_level => $10::text,
+  p_domain => $11::text, p_requested_by => $12::text, p_user_id => $13::text, p_live_enabled => $14::boolean,
+  p_route => $15::text, p_latency_ms => $16::integer)`
+
+func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error) {
+	var res GateResult
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, gateExecuteSQL, in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
+			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
+			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), p.Subject,
+			nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())).Scan(&res)
+	})
+	return res, err
+}
+
+const recordOutcomeSQL = `select atl.gate_record_outcome($1::uuid, $2::boolean, $3::integer, $4::jsonb, $5::text,
+  $6::integer, $7::text, $8::text, $9::text)`
+
+func (s *PGStore) RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error) {
+	var res GateResult
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, recordOutcomeSQL, in.EventID, in.Succeeded, in.UpstreamStatus, rawText(in.Result),
+			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.UserID)).Scan(&res)
+	})
+	return res, err
+}
+
+const listApprovalsSQL = `select atl.approval_list($1::text, $2::timestamptz, $3::uuid, $4::integer)`
+
+func (s *PGStore) ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	bTime, bID := cursorArgs(before)
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, listApprovalsSQL, nullable(status), bTime, bID, limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
+		return err
+	})
+	return out, err
+}
+
+const getApprovalSQL = `select atl.approval_get($1::uuid)`
+
+func (s *PGStore) GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, getApprovalSQL, id)
+}
+
+const decideApprovalSQL = `select atl.approval_decide($1::uuid, $2::text, $3::text, $4::text)`
+
+func (s *PGStore) DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, decideApprovalSQL, id, decision, p.Subject, reason)
+}
+
+const expireApprovalsSQL = `select atl.expire_stale_approvals()`
+
+func (s *PGStore) ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error) {
+	var n int
+	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n)
+	})
+	return n, err
 }

@@ -38,6 +38,44 @@ type JSONLStore struct {
 	audit   map[string][]AuditLog // by tenant, oldest first
 	events  map[string][]Event
 	files   map[string]*os.File
+
+	policies map[string]map[string]jsonlPolicy // by tenant, then tool
+	idem     map[string]map[string]jsonlIdem   // by tenant, then key
+}
+
+type jsonlPolicy struct {
+	TenantID            string    `json:"tenant_id"`
+	ToolName            string    `json:"tool_name"`
+	TrustLevel          string    `json:"trust_level"`
+	AutoApproveEligible bool      `json:"auto_approve_eligible"`
+	ApprovalTTLSeconds  int       `json:"approval_ttl_seconds"`
+	RequiredApprovals   *int      `json:"required_approvals"`
+	EndpointURL         *string   `json:"endpoint_url"`
+	UpdatedAt           time.Time `json:"updated_at"`
+	Deleted             bool      `json:"deleted,omitempty"`
+}
+
+// view is the policy as the API shows it, as atl._policy_json does.
+func (p jsonlPolicy) view() json.RawMessage {
+	required := 1
+	if p.TrustLevel == "L4" {
+		required = 2
+	}
+	if p.RequiredApprovals != nil {
+		required = *p.RequiredApprovals
+	}
+	b, _ := json.Marshal(map[string]any{"tool_name": p.ToolName, "trust_level": p.TrustLevel,
+		"auto_approve_eligible": p.AutoApproveEligible, "approval_ttl_seconds": p.ApprovalTTLSeconds,
+		"required_approvals": required, "endpoint_url": p.EndpointURL, "updated_at": p.UpdatedAt})
+	return b
+}
+
+type jsonlIdem struct {
+	TenantID   string          `json:"tenant_id"`
+	Key        string          `json:"key"`
+	Hash       string          `json:"request_hash"`
+	HTTPStatus int             `json:"http_status"`
+	Response   json.RawMessage `json:"response"`
 }
 
 type jsonlKey struct {
@@ -55,8 +93,11 @@ type jsonlRecord struct {
 		ID        string    `json:"id"`
 		RevokedAt time.Time `json:"revoked_at"`
 	} `json:"revoke,omitempty"`
-	Audit *AuditLog `json:"audit,omitempty"`
-	Event *Event    `json:"event,omitempty"`
+	Audit    *AuditLog    `json:"audit,omitempty"`
+	Event    *Event       `json:"event,omitempty"`
+	Policy   *jsonlPolicy `json:"policy,omitempty"`
+	Settings *Tenant      `json:"settings,omitempty"`
+	Idem     *jsonlIdem   `json:"idem,omitempty"`
 }
 
 func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
@@ -65,7 +106,7 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 	}
 	s := &JSONLStore{dir: dir, log: log, tenants: map[string]Tenant{}, keys: map[string]*jsonlKey{},
 		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
-		files: map[string]*os.File{}}
+		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{}}
 	if err := s.load(filepath.Join(dir, "tenants.jsonl")); err != nil {
 		return nil, err
 	}
@@ -142,6 +183,18 @@ func (s *JSONLStore) apply(rec jsonlRecord) {
 		s.audit[rec.Audit.TenantID] = append(s.audit[rec.Audit.TenantID], *rec.Audit)
 	case rec.Type == "event" && rec.Event != nil:
 		s.events[rec.Event.TenantID] = append(s.events[rec.Event.TenantID], *rec.Event)
+	case rec.Type == "policy" && rec.Policy != nil:
+		s.applyPolicy(*rec.Policy)
+	case rec.Type == "settings" && rec.Settings != nil:
+		if t, ok := s.tenants[rec.Settings.ID]; ok {
+			t.DefaultTrustLevel, t.AllowedDomains = rec.Settings.DefaultTrustLevel, rec.Settings.AllowedDomains
+			s.tenants[t.ID] = t
+		}
+	case rec.Type == "idem" && rec.Idem != nil:
+		if s.idem[rec.Idem.TenantID] == nil {
+			s.idem[rec.Idem.TenantID] = map[string]jsonlIdem{}
+		}
+		s.idem[rec.Idem.TenantID][rec.Idem.Key] = *rec.Idem
 	}
 }
 
@@ -438,4 +491,192 @@ func newAPIKey() (string, error) {
 		return "", err
 	}
 	return "atl_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
+	if s.policies[p.TenantID] == nil {
+		s.policies[p.TenantID] = map[string]jsonlPolicy{}
+	}
+	if p.Deleted {
+		delete(s.policies[p.TenantID], p.ToolName)
+		return
+	}
+	s.policies[p.TenantID][p.ToolName] = p
+}
+
+func (s *JSONLStore) PutPolicy(_ context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error) {
+	if in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible {
+		return nil, validation("an L4 tool can never be auto-approved")
+	}
+	pol := jsonlPolicy{TenantID: p.TenantID, ToolName: in.ToolName, TrustLevel: in.TrustLevel, ApprovalTTLSeconds: 3600,
+		RequiredApprovals: in.RequiredApprovals, EndpointURL: in.EndpointURL, UpdatedAt: now()}
+	if in.AutoApproveEligible != nil {
+		pol.AutoApproveEligible = *in.AutoApproveEligible
+	}
+	if in.ApprovalTTLSeconds != nil {
+		pol.ApprovalTTLSeconds = *in.ApprovalTTLSeconds
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &pol}); err != nil {
+		return nil, err
+	}
+	s.applyPolicy(pol)
+	return pol.view(), s.appendAuditLocked(p, audit)
+}
+
+func (s *JSONLStore) GetPolicy(_ context.Context, p Principal, tool string) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pol, ok := s.policies[p.TenantID][tool]
+	if !ok {
+		return nil, errPolicyNotFound
+	}
+	return pol.view(), nil
+}
+
+func (s *JSONLStore) ListPolicies(_ context.Context, p Principal) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	items := []json.RawMessage{}
+	for _, pol := range s.policies[p.TenantID] {
+		items = append(items, pol.view())
+	}
+	sort.Slice(items, func(i, j int) bool { return string(items[i]) < string(items[j]) })
+	t := s.tenants[p.TenantID]
+	return json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains, "items": items})
+}
+
+func (s *JSONLStore) DeletePolicy(_ context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pol, ok := s.policies[p.TenantID][tool]
+	if !ok {
+		return nil, errPolicyNotFound
+	}
+	gone := pol
+	gone.Deleted = true
+	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &gone}); err != nil {
+		return nil, err
+	}
+	s.applyPolicy(gone)
+	return pol.view(), s.appendAuditLocked(p, audit)
+}
+
+func (s *JSONLStore) PutTenantSettings(_ context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenants[p.TenantID]
+	t.DefaultTrustLevel, t.AllowedDomains = in.DefaultTrustLevel, in.AllowedDomains
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "settings", Settings: &t}); err != nil {
+		return nil, err
+	}
+	s.tenants[t.ID] = t
+	out, _ := json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains})
+	return out, s.appendAuditLocked(p, audit)
+}
+
+// Execute is the JSONL gate: L0-L2 in dry-run only, with the same level rule,
+// answers and records as atl.gate_execute; the rest needs PostgreSQL.
+func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (GateResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	args := in.Args
+	if len(args) == 0 || string(args) == "null" {
+		args = json.RawMessage(`{}`)
+	}
+	e := Event{Domain: or(in.Domain, "default"), Agent: in.AgentID, Stage: or(in.Stage, "execute"), ToolName: in.Tool,
+		ToolArgs: args, TraceID: in.TraceID, Mode: or(in.Mode, "dry_run")}
+	if in.Workflow != "" {
+		e.WorkflowName = &in.Workflow
+	}
+	if e.TraceID == "" {
+		e.TraceID = strings.ReplaceAll(newUUID(), "-", "")
+	}
+	var hash string
+	if in.IdempotencyKey != "" {
+		b, _ := json.Marshal([]any{in.AgentID, in.Tool, args, in.Workflow, e.Stage, e.Mode, in.ApprovalRequestID, in.TrustLevel, e.Domain})
+		hash = fmt.Sprintf("%x", sha256.Sum256(b))
+		if prev, ok := s.idem[p.TenantID][in.IdempotencyKey]; ok {
+			if prev.Hash != hash {
+				return GateResult{}, newError(http.StatusConflict, "idempotency_key_reused", "this idempotency_key was used for a different call")
+			}
+			return GateResult{HTTPStatus: prev.HTTPStatus, Body: prev.Response, Replayed: true}, nil
+		}
+	}
+	t := s.tenants[p.TenantID]
+	if t.AllowedDomains != nil && !slices.Contains(t.AllowedDomains, e.Domain) {
+		return GateResult{}, newError(http.StatusBadRequest, "domain_not_allowed", "domain %s is not accepted by this tenant", e.Domain)
+	}
+	level := or(t.DefaultTrustLevel, "L3")
+	if pol, ok := s.policies[p.TenantID][in.Tool]; ok {
+		level = pol.TrustLevel
+	}
+	if in.TrustLevel > level {
+		level = in.TrustLevel
+	}
+	e.TrustLevel = level
+	audit := &AuditLog{TraceID: e.TraceID, AgentID: &e.Agent, Route: in.Route, Mode: e.Mode, started: in.Started}
+	if in.UserID != "" {
+		audit.UserID = &in.UserID
+	}
+	answer := map[string]any{"trust_level": level, "mode": e.Mode, "trace_id": e.TraceID}
+	status := http.StatusOK
+	switch {
+	case e.Mode == "live" && !in.LiveEnabled:
+		status, e.Status, audit.Status = http.StatusForbidden, "refused", "denied"
+		code := "live_disabled"
+		e.Error, audit.Error = &code, &code
+		answer["status"] = "refused"
+		answer["error"] = map[string]string{"code": code, "message": "live mode is switched off (LIVE_ENABLED=false); use dry_run"}
+	case e.Mode == "live" || level == "L3" || level == "L4":
+		return GateResult{}, errNeedsDB
+	default:
+		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
+		if level == "L2" {
+			sandbox := "sbx_" + strings.ReplaceAll(newUUID(), "-", "")
+			e.SandboxID = &sandbox
+			answer["sandbox_id"] = sandbox
+		}
+	}
+	audit.HTTPStatus = status
+	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	answer["event_id"] = e.ID
+	body, _ := json.Marshal(answer)
+	s.fillAudit(p, audit)
+	recs := []jsonlRecord{{Type: "event", Event: &e}, {Type: "audit", Audit: audit}}
+	var idem *jsonlIdem
+	if in.IdempotencyKey != "" && status < 300 {
+		idem = &jsonlIdem{TenantID: p.TenantID, Key: in.IdempotencyKey, Hash: hash, HTTPStatus: status, Response: body}
+		recs = append(recs, jsonlRecord{Type: "idem", Idem: idem})
+	}
+	if err := s.appendRecords(s.trailPath(p.TenantID), recs...); err != nil {
+		return GateResult{}, err
+	}
+	s.events[p.TenantID] = append(s.events[p.TenantID], e)
+	s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
+	if idem != nil {
+		s.apply(jsonlRecord{Type: "idem", Idem: idem})
+	}
+	return GateResult{HTTPStatus: status, Body: body}, nil
+}
+
+func (s *JSONLStore) RecordOutcome(context.Context, Principal, OutcomeInput) (GateResult, error) {
+	return GateResult{}, errNeedsDB
+}
+
+func (s *JSONLStore) ListApprovals(context.Context, Principal, string, *Cursor, int) ([]json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) GetApproval(context.Context, Principal, string) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) DecideApproval(context.Context, Principal, string, string, *string, *AuditLog) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) ExpireApprovals(context.Context, Principal, *AuditLog) (int, error) {
+	return 0, errNeedsDB
 }

@@ -40,6 +40,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/atl-bench.XXXXXX")
 db=atl_bench_$$
 atl_pid=
+child=
 db_created=0
 
 # bench_url is base_url with its database name replaced by $db.
@@ -56,6 +57,10 @@ cleanup() {
   local status=$?
   set +e
   trap - EXIT INT TERM
+  if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
+    kill -TERM "$child" 2>/dev/null
+    wait "$child" 2>/dev/null
+  fi
   if [[ -n $atl_pid ]] && kill -0 "$atl_pid" 2>/dev/null; then
     kill -TERM "$atl_pid" 2>/dev/null
     for _ in $(seq 50); do
@@ -75,6 +80,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# run CMD...: runs it in the background and waits for it, so that a signal
+# interrupts the wait at once and cleanup stops it.
+run() {
+  "$@" &
+  child=$!
+  local status=0
+  wait "$child" || status=$?
+  child=
+  return "$status"
+}
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -154,7 +170,8 @@ post /events "$agent_key" "$event"
 psql "$bench_url" -X -q -c checkpoint >/dev/null
 say "POST /api/v1/events: $clients clients for ${seconds}s"
 lg_status=0
-ATL_BENCH_TOKEN=$agent_key "$tmp/loadgen" -url "$api/events" -c "$clients" -duration "${seconds}s" \
+export ATL_BENCH_TOKEN=$agent_key
+run "$tmp/loadgen" -url "$api/events" -c "$clients" -duration "${seconds}s" \
   -body "$event" >"$tmp/loadgen.out" || lg_status=$?
 sed '$d' "$tmp/loadgen.out" >&2
 lg_line=$(tail -n 1 "$tmp/loadgen.out")
@@ -194,7 +211,7 @@ pg_status=0
 pgbench_args=(-n -M prepared -c "$clients" -j "$threads" -T "$seconds" -f "$tmp/events.sql"
   --log --log-prefix="$tmp/pgbench_log")
 ((pgbench_auth)) && pgbench_args+=(-D "agent_key=$agent_key")
-"$pgbench" "${pgbench_args[@]}" "$bench_url" >"$tmp/pgbench.out" 2>"$tmp/pgbench.err" || pg_status=$?
+run "$pgbench" "${pgbench_args[@]}" "$bench_url" >"$tmp/pgbench.out" 2>"$tmp/pgbench.err" || pg_status=$?
 grep -E '^(number of (transactions actually processed|failed transactions)|latency average|tps)' \
   "$tmp/pgbench.out" | sed 's/^/  /' >&2 || true
 pg_tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$tmp/pgbench.out")
