@@ -89,12 +89,14 @@ func TestPgCronExpiresStaleApprovals(t *testing.T) {
 		  ('acme', 'bot', 'pay', 'COMMIT_PAY', '{"tool": "pay", "args": {}}', 'L3', 'bot', 'live-acme',
 		   now() + interval '1 hour', 1);`)
 	require.NoError(t, err)
-	_, err = db.Exec(ctx, "alter policy expiry_sweep_read on atl.approval_requests using (status in ('PENDING', 'EXPIRED'))") // TEMP-STANDIN
-	require.NoError(t, err) // TEMP-STANDIN
 
 	// Jobs left by killed runs point at dropped databases and fail every minute.
-	_, err = cron.Exec(ctx, `select cron.unschedule(jobid) from cron.job
-		where jobname like $1 and not exists (select 1 from pg_database d where d.datname = database)`,
+	_, err = cron.Exec(ctx, `
+		with stale as (
+		  select jobid from cron.job
+		  where jobname like $1 and not exists (select 1 from pg_database d where d.datname = database)),
+		runs as (delete from cron.job_run_details where jobid in (select jobid from stale))
+		select cron.unschedule(jobid) from stale`,
 		strings.ReplaceAll(cronTestJobPrefix, "_", `\_`)+"%")
 	require.NoError(t, err)
 

@@ -336,8 +336,9 @@ alter table atl.approval_requests enable row level security;
 alter table atl.approval_requests force row level security;
 create policy tenant_isolation on atl.approval_requests
   using (tenant_id = atl.current_tenant()) with check (tenant_id = atl.current_tenant());
+-- UPDATE checks SELECT policies on the new row too, so the sweeper also sees what it expired.
 create policy expiry_sweep_read on atl.approval_requests for select to atl_sweeper
-  using (status = 'PENDING');
+  using (status in ('PENDING', 'EXPIRED'));
 create policy expiry_sweep on atl.approval_requests for update to atl_sweeper
   using (status = 'PENDING') with check (status = 'EXPIRED');
 
