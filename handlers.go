@@ -1017,6 +1017,15 @@ func (a *App) approvalsPost(expire handlerFunc) handlerFunc {
 }
 
 func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	// The body is optional; when sent it may only name the caller's own tenant.
+	if r.ContentLength != 0 {
+		var req struct {
+			TenantID *string `json:"tenant_id"`
+		}
+		if err := decode(r, &req, &p); err != nil {
+			return err
+		}
+	}
 	n, err := a.store.ExpireApprovals(r.Context(), p, newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
 		return err

@@ -15,14 +15,24 @@ type tenantRoute struct {
 	body               map[string]any
 }
 
-func tenantRoutes() []tenantRoute {
-	return []tenantRoute{
+func tenantRoutes(kind string) []tenantRoute {
+	routes := []tenantRoute{
+		{"PUT", "/api/v1/policies/t", "admin", map[string]any{"trust_level": "L0"}},
+		{"PUT", "/api/v1/policies", "admin", map[string]any{"default_trust_level": "L3"}},
+		{"GET", "/api/v1/policies", "agent", nil},
+		{"GET", "/api/v1/policies/t", "agent", nil},
+		{"POST", "/api/v1/agents/bot/execute", "agent", map[string]any{"tool": "t"}},
 		{"POST", "/api/v1/keys", "admin", map[string]any{"role": "agent", "subject": "x"}},
 		{"GET", "/api/v1/keys", "admin", nil},
 		{"GET", "/api/v1/audit/logs", "agent", nil},
 		{"POST", "/api/v1/events", "agent", map[string]any{"tool_name": "t", "status": "ok"}},
 		{"GET", "/api/v1/events", "agent", nil},
 	}
+	if kind == "postgres" {
+		routes = append(routes, tenantRoute{"GET", "/api/v1/approvals", "approver", nil},
+			tenantRoute{"POST", "/api/v1/approvals/expire", "admin", map[string]any{}})
+	}
+	return routes
 }
 
 // TestIsolationHTTP tries to reach the second tenant's rows through every
@@ -44,7 +54,7 @@ func TestIsolationHTTP(t *testing.T) {
 			}
 			acme := keys["acme"]
 
-			for _, rt := range tenantRoutes() {
+			for _, rt := range tenantRoutes(kind) {
 				// A forged tenant_id in the query or the body is refused.
 				r := env.do(rt.method, rt.path+"?tenant_id=beta", acme[rt.role], rt.body)
 				requireError(t, r, http.StatusForbidden, codeTenantMismatch)

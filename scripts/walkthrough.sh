@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs the README's curl walkthrough against a fresh database and prints each
+# command with its real answer, as markdown. Used to produce the README.
+#   scripts/walkthrough.sh > /tmp/walkthrough.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+base=${ATL_WALKTHROUGH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+db="atl_walkthrough_$$"
+port=${WALKTHROUGH_PORT:-18090}
+tmp=$(mktemp -d)
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  psql -X -q "$base" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+psql -X -q "$base" -c "create database $db"
+go build -o "$tmp/atl" .
+export ATL=http://127.0.0.1:$port
+export OPERATOR=change-me-operator-token
+DATABASE_URL="${base/\/postgres\?/\/$db?}" PORT=$port ATL_ADMIN_TOKEN=$OPERATOR "$tmp/atl" 2>"$tmp/atl.log" &
+pid=$!
+for _ in $(seq 1 50); do curl -sf "$ATL/api/v1/health" >/dev/null && break; sleep 0.2; done
+
+# show CMD: prints the command as written and its answer (status line + JSON).
+show() {
+  printf '```console\n$ %s\n' "$1"
+  out=$(eval "$1 -s -w '\n%{http_code}'")
+  code=${out##*$'\n'}
+  body=${out%$'\n'*}
+  echo "HTTP $code"
+  if [ -n "$body" ]; then echo "$body" | jq . ; fi
+  echo "$body" >"$tmp/last.json"
+  printf '```\n\n'
+}
+# keep NAME JQ CMD: runs CMD quietly and exports the JQ field as NAME.
+keep() { export "$1"="$(eval "$3 -s" | jq -r "$2")"; }
+
+echo "### Health"; echo
+show 'curl $ATL/api/v1/health'
+show 'curl $ATL/api/v1/health/db'
+
+echo "### Tenants and keys"; echo
+show 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"'"'{"id":"acme","name":"Acme Travel"}'"'"
+ACME_ADMIN=$(jq -r .api_key "$tmp/last.json"); export ACME_ADMIN
+keep GLOBEX_ADMIN .api_key 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"'"'{"id":"globex","name":"Globex"}'"'"
+keep ADMIN .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ACME_ADMIN" --json '"'"'{"role":"admin","subject":"ops@acme.example"}'"'"
+echo '(`$ADMIN` below is an admin key of acme; `$GLOBEX_ADMIN` the admin key that came back when globex was created.)'; echo
+show 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"bot-1"}'"'"
+keep AGENT .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"booker"}'"'"
+keep ALICE .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"approver","subject":"alice@acme.example"}'"'"
+keep BOB .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"approver","subject":"bob@acme.example"}'"'"
+keep OLD_KEY_ID .id 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"retired-bot"}'"'"
+echo '(`$AGENT` is an agent key with subject `booker`; `$ALICE` and `$BOB` approver keys; `$OLD_KEY_ID` the id of a key to revoke.)'; echo
+show 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN"'
+show 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $ADMIN"'
+
+echo "### Events and the audit trail"; echo
+show 'curl $ATL/api/v1/events -H "Authorization: Bearer $AGENT" -H "X-User-ID: user-42" --json '"'"'{"events":[{"tool_name":"flights.search","status":"succeeded","stage":"plan","tool_args":{"to":"LIS"}},{"tool_name":"hotels.search","status":"succeeded","tool_args":{"city":"Lisbon"}}]}'"'"
+show 'curl "$ATL/api/v1/events?tool_name=hotels.search" -H "Authorization: Bearer $ALICE"'
+show 'curl "$ATL/api/v1/audit/logs?agent_id=booker&limit=1" -H "Authorization: Bearer $ADMIN"'
+echo "Another tenant naming acme is refused, and acme's ids are unknown to it:"; echo
+show 'curl "$ATL/api/v1/audit/logs?tenant_id=acme" -H "Authorization: Bearer $GLOBEX_ADMIN"'
+show 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $GLOBEX_ADMIN"'
+
+echo "### Policies"; echo
+show 'curl -X PUT $ATL/api/v1/policies/search -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L0"}'"'"
+show 'curl -X PUT $ATL/api/v1/policies/bookings.create -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L3","approval_ttl_seconds":900}'"'"
+show 'curl -X PUT $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L4"}'"'"
+show 'curl -X PUT $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L2"}'"'"
+show 'curl -X PUT $ATL/api/v1/policies -H "Authorization: Bearer $ADMIN" --json '"'"'{"default_trust_level":"L3"}'"'"
+show 'curl $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $AGENT"'
+show 'curl -X DELETE $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN"'
+show 'curl $ATL/api/v1/policies -H "Authorization: Bearer $AGENT"'
+show 'curl -X PUT $ATL/api/v1/policies/x -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L9"}'"'"
+
+echo "### The gate: L0 passes"; echo
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"search","args":{"q":"Lisbon hotels"}}'"'"
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"search","args":{},"mode":"live"}'"'"
+
+echo "### An L3 call: held, approved by one human, executed once"; echo
+keep L3 .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}'"'"
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}'"'"
+echo '(The first call answered the same; this retry with the same `idempotency_key` got it back without writing anything. `$L3` is its `approval_request_id`.)'; echo
+show 'curl "$ATL/api/v1/approvals?status=PENDING" -H "Authorization: Bearer $ALICE"'
+show 'curl $ATL/api/v1/approvals/$L3/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE","reason":"within the travel budget"}'"'"
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
+
+echo "### An L4 call: two distinct humans"; echo
+keep L4 .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"}}'"'"
+echo '(`$L4` is the `approval_request_id` of this held call.)'; echo
+show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE"}'"'"
+show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE"}'"'"
+show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"APPROVE","reason":"refund confirmed with customer"}'"'"
+show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"},"approval_request_id":"'"'"'$L4'"'"'"}'"'"
+show 'curl $ATL/api/v1/approvals/$L4 -H "Authorization: Bearer $AGENT"'
+show 'curl -X POST $ATL/api/v1/approvals/expire -H "Authorization: Bearer $ADMIN"'
+
+echo "<!-- database: $db; the service log is discarded -->"
