@@ -463,16 +463,7 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	if err != nil {
 		return err
 	}
-	var next *string
-	if len(rows) > limit {
-		rows = rows[:limit]
-		c := encodeCursor(rows[limit-1].CreatedAt, rows[limit-1].ID)
-		next = &c
-	}
-	if rows == nil {
-		rows = []AuditLog{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+	writePage(w, rows, limit, func(l AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
 	return nil
 }
 
@@ -510,6 +501,21 @@ func pageParams(q map[string][]string) (limit int, before *Cursor, since, until 
 		}
 	}
 	return limit, before, since, until, nil
+}
+
+// writePage answers a list fetched with limit+1 rows: the extra row only says
+// that there is a next page, whose cursor is the last row shown.
+func writePage[T any](w http.ResponseWriter, rows []T, limit int, position func(T) (time.Time, string)) {
+	var next *string
+	if len(rows) > limit {
+		rows = rows[:limit]
+		c := encodeCursor(position(rows[limit-1]))
+		next = &c
+	}
+	if rows == nil {
+		rows = []T{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
 }
 
 func encodeCursor(at time.Time, id string) string {
@@ -666,16 +672,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 	if err != nil {
 		return err
 	}
-	var next *string
-	if len(rows) > limit {
-		rows = rows[:limit]
-		c := encodeCursor(rows[limit-1].CreatedAt, rows[limit-1].ID)
-		next = &c
-	}
-	if rows == nil {
-		rows = []Event{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+	writePage(w, rows, limit, func(e Event) (time.Time, string) { return e.CreatedAt, e.ID })
 	return nil
 }
 
@@ -941,23 +938,14 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	var next *string
-	if len(rows) > limit {
-		rows = rows[:limit]
-		var last struct {
+	writePage(w, rows, limit, func(raw json.RawMessage) (time.Time, string) {
+		var at struct {
 			ID        string    `json:"id"`
 			CreatedAt time.Time `json:"created_at"`
 		}
-		if err := json.Unmarshal(rows[limit-1], &last); err != nil {
-			return err
-		}
-		c := encodeCursor(last.CreatedAt, last.ID)
-		next = &c
-	}
-	if rows == nil {
-		rows = []json.RawMessage{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
+		_ = json.Unmarshal(raw, &at) // SQL built it; both fields are always there
+		return at.CreatedAt, at.ID
+	})
 	return nil
 }
 
