@@ -76,6 +76,11 @@ func (a *App) routes() http.Handler {
 	r.POST("/api/v1/approvals/:id", a.handle(a.approvalsPost(a.authed(a.expireApprovals, "admin"))))
 	r.GET("/api/v1/approvals/:id", a.handle(a.authed(a.getApproval, "agent", "approver", "admin")))
 	r.POST("/api/v1/approvals/:id/decisions", a.handle(a.authed(a.decideApproval, "approver", "admin")))
+	r.POST("/api/v1/evals/runs", a.handle(a.authed(a.startEvalRun, "agent", "admin")))
+	r.GET("/api/v1/evals/runs", a.handle(a.authed(a.listEvalRuns, "agent", "approver", "admin")))
+	r.GET("/api/v1/evals/runs/:id", a.handle(a.authed(a.getEvalRun, "agent", "approver", "admin")))
+	r.POST("/api/v1/evals/runs/:id/complete", a.handle(a.authed(a.completeEvalRun, "agent", "admin")))
+	r.PUT("/api/v1/evals/baselines/:suite", a.handle(a.authed(a.pinEvalBaseline, "agent", "admin")))
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
@@ -1019,5 +1024,147 @@ func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprout
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"expired": n})
+	return nil
+}
+
+// ---- evals
+
+type startEvalRunRequest struct {
+	TenantID       *string  `json:"tenant_id"`
+	SuiteName      string   `json:"suite_name"`
+	ModelID        string   `json:"model_id"`
+	Provider       string   `json:"provider"`
+	BaselineRunID  string   `json:"baseline_run_id"`
+	DriftThreshold *float64 `json:"drift_threshold"`
+}
+
+func validName(s string) bool {
+	n := utf8.RuneCountInString(s)
+	return n >= 1 && n <= 200
+}
+
+var errRunNotFound = newError(http.StatusNotFound, "run_not_found", "eval run not found")
+
+func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	var req startEvalRunRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	switch {
+	case !validName(req.SuiteName) || !validName(req.ModelID) || !validName(req.Provider):
+		return validation("suite_name, model_id and provider are required, 1 to 200 characters each")
+	case req.DriftThreshold != nil && (*req.DriftThreshold < 0 || *req.DriftThreshold > 100):
+		return validation("drift_threshold must be from 0 to 100")
+	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
+		return newError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
+	}
+	out, err := a.store.StartEvalRun(r.Context(), p, EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
+		Provider: req.Provider, BaselineRunID: strings.ToLower(req.BaselineRunID), DriftThreshold: req.DriftThreshold},
+		newAudit(r, p, "ok", http.StatusCreated))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusCreated, out)
+	return nil
+}
+
+type completeEvalRunRequest struct {
+	TenantID *string         `json:"tenant_id"`
+	Results  json.RawMessage `json:"results"`
+	Status   string          `json:"status"`
+	Error    string          `json:"error"`
+}
+
+func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errRunNotFound
+	}
+	var req completeEvalRunRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	results := bytes.TrimSpace(req.Results)
+	switch {
+	case req.Status != "" && req.Status != "error":
+		return validation("status may only be error; passed or failed is decided by drift")
+	case req.Status == "" && (len(results) == 0 || results[0] != '{'):
+		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+	case utf8.RuneCountInString(req.Error) > 2000:
+		return validation("error must be at most 2000 characters")
+	}
+	out, err := a.store.CompleteEvalRun(r.Context(), p, strings.ToLower(id), results, req.Status, req.Error,
+		newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errRunNotFound
+	}
+	out, err := a.store.GetEvalRun(r.Context(), p, strings.ToLower(id))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return validation("the query string is malformed")
+	}
+	f := EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
+	if f.Limit, f.Before, _, _, err = pageParams(q); err != nil {
+		return err
+	}
+	if f.Status != "" && !slices.Contains([]string{"running", "passed", "failed", "error"}, f.Status) {
+		return validation("status must be running, passed, failed or error")
+	}
+	limit := f.Limit
+	f.Limit++
+	rows, err := a.store.ListEvalRuns(r.Context(), p, f)
+	if err != nil {
+		return err
+	}
+	writePage(w, rows, limit, func(raw json.RawMessage) (time.Time, string) {
+		var at struct {
+			ID        string    `json:"id"`
+			StartedAt time.Time `json:"started_at"`
+		}
+		_ = json.Unmarshal(raw, &at) // SQL built it; both fields are always there
+		return at.StartedAt, at.ID
+	})
+	return nil
+}
+
+type pinBaselineRequest struct {
+	TenantID *string `json:"tenant_id"`
+	RunID    string  `json:"run_id"`
+}
+
+func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	var req pinBaselineRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	suite := ps.ByName("suite")
+	if !validName(suite) {
+		return validation("the suite name must be 1 to 200 characters")
+	}
+	if !uuidPattern.MatchString(req.RunID) {
+		return errRunNotFound
+	}
+	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
 	return nil
 }

@@ -133,7 +133,24 @@ type Store interface {
 	GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error)
 	DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error)
 	ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error)
+
+	StartEvalRun(ctx context.Context, p Principal, in EvalRunInput, audit *AuditLog) (json.RawMessage, error)
+	CompleteEvalRun(ctx context.Context, p Principal, id string, results json.RawMessage, status, errText string, audit *AuditLog) (json.RawMessage, error)
+	GetEvalRun(ctx context.Context, p Principal, id string) (json.RawMessage, error)
+	ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error)
+	PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error)
 	Close()
+}
+
+type EvalRunInput struct {
+	SuiteName, ModelID, Provider, BaselineRunID string
+	DriftThreshold                              *float64
+}
+
+type EvalFilter struct {
+	SuiteName, ModelID, Provider, Status string
+	Before                               *Cursor
+	Limit                                int
 }
 
 type PolicyInput struct {
@@ -557,4 +574,45 @@ func (s *PGStore) ExpireApprovals(ctx context.Context, p Principal, audit *Audit
 		return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n)
 	})
 	return n, err
+}
+
+const startEvalRunSQL = `select atl.eval_run_start($1::text, $2::text, $3::text, $4::uuid, $5::numeric)`
+
+func (s *PGStore) StartEvalRun(ctx context.Context, p Principal, in EvalRunInput, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, startEvalRunSQL, in.SuiteName, in.ModelID, in.Provider, nullable(in.BaselineRunID), in.DriftThreshold)
+}
+
+const completeEvalRunSQL = `select atl.eval_run_complete($1::uuid, $2::jsonb, $3::text, $4::text)`
+
+func (s *PGStore) CompleteEvalRun(ctx context.Context, p Principal, id string, results json.RawMessage, status, errText string, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, completeEvalRunSQL, id, rawText(results), nullable(status), nullable(errText))
+}
+
+const getEvalRunSQL = `select atl.eval_run_get($1::uuid)`
+
+func (s *PGStore) GetEvalRun(ctx context.Context, p Principal, id string) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, getEvalRunSQL, id)
+}
+
+const listEvalRunsSQL = `select atl.eval_run_list($1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::uuid, $7::integer)`
+
+func (s *PGStore) ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	bTime, bID := cursorArgs(f.Before)
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, listEvalRunsSQL, nullable(f.SuiteName), nullable(f.ModelID), nullable(f.Provider),
+			nullable(f.Status), bTime, bID, f.Limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
+		return err
+	})
+	return out, err
+}
+
+const pinEvalBaselineSQL = `select atl.eval_baseline_pin($1::text, $2::uuid)`
+
+func (s *PGStore) PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, pinEvalBaselineSQL, suite, runID)
 }

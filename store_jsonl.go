@@ -680,3 +680,23 @@ func (s *JSONLStore) DecideApproval(context.Context, Principal, string, string, 
 func (s *JSONLStore) ExpireApprovals(context.Context, Principal, *AuditLog) (int, error) {
 	return 0, errNeedsDB
 }
+
+func (s *JSONLStore) StartEvalRun(context.Context, Principal, EvalRunInput, *AuditLog) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) CompleteEvalRun(context.Context, Principal, string, json.RawMessage, string, string, *AuditLog) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) GetEvalRun(context.Context, Principal, string) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) ListEvalRuns(context.Context, Principal, EvalFilter) ([]json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string, *AuditLog) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
