@@ -171,3 +171,34 @@ func TestEvalValidationAndIsolation(t *testing.T) {
 	jsonl := setup(t, "jsonl")
 	requireError(t, jsonl.do("GET", "/api/v1/evals/runs", jsonl.tenant("acme"), nil), http.StatusServiceUnavailable, codeRequiresDatabase)
 }
+
+// BenchmarkEvalComplete10k completes a 10,000-case run against a 10,000-case
+// baseline through atl.eval_run_complete (go test -bench EvalComplete -run ^$).
+func BenchmarkEvalComplete10k(b *testing.B) {
+	pool, _ := newPool(b)
+	ctx := context.Background()
+	cases := func(shift int) []byte {
+		m := map[string]any{}
+		for i := 0; i < 10000; i++ {
+			m[fmt.Sprintf("case-%05d", i)] = res((i+shift)%7 != 0, float64((i+shift)%100)/100)
+		}
+		raw, _ := json.Marshal(m)
+		return raw
+	}
+	_, err := sqlAs(ctx, pool, "bench", "select to_jsonb(id) from atl.tenant_create('bench', 'Bench')")
+	require.NoError(b, err)
+	complete := func(results []byte) {
+		out, err := sqlAs(ctx, pool, "bench", "select atl.eval_run_start('suite', 'm', 'p') -> 'id'")
+		require.NoError(b, err)
+		var id string
+		require.NoError(b, json.Unmarshal(out, &id))
+		_, err = sqlAs(ctx, pool, "bench", "select atl.eval_run_complete($1, $2) - 'drift_metadata'", id, results)
+		require.NoError(b, err)
+	}
+	complete(cases(0))
+	next := cases(3)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		complete(next)
+	}
+}

@@ -97,4 +97,14 @@ show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" -
 show 'curl $ATL/api/v1/approvals/$L4 -H "Authorization: Bearer $AGENT"'
 show 'curl -X POST $ATL/api/v1/approvals/expire -H "Authorization: Bearer $ADMIN"'
 
-echo "<!-- database: $db; the service log is discarded -->"
+echo "### Evals and drift"; echo
+show 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"'"'{"suite_name":"support-bot","model_id":"model-a","provider":"provider-1"}'"'"
+BASE=$(jq -r .id "$tmp/last.json"); export BASE
+echo '(`$BASE` is its `id`.) With no earlier run there is no baseline, so the drift is 0:'; echo
+show 'curl $ATL/api/v1/evals/runs/$BASE/complete -H "Authorization: Bearer $AGENT" --json '"'"'{"results":{"c1":{"passed":true,"score":0.9},"c2":{"passed":true,"score":0.8},"c3":{"passed":false,"score":0.2}}}'"'"
+keep RUN .id 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"'"'{"suite_name":"support-bot","model_id":"model-b","provider":"provider-2"}'"'"
+echo 'A second run (`$RUN`) on another model is compared with the latest passed run. By hand: c1 moves 0.2, c2 flips (1), c3 is only in the baseline (1), c4 only in the run (1): 100 × 3.2 / 4 = 80.00, over the threshold of 10:'; echo
+show 'curl $ATL/api/v1/evals/runs/$RUN/complete -H "Authorization: Bearer $AGENT" --json '"'"'{"results":{"c1":{"passed":true,"score":0.7},"c2":{"passed":false,"score":0.4},"c4":{"passed":true,"score":1}}}'"'"
+show 'curl -X PUT $ATL/api/v1/evals/baselines/support-bot -H "Authorization: Bearer $AGENT" --json '"'"'{"run_id":"'"'"'$BASE'"'"'"}'"'"
+show 'curl "$ATL/api/v1/evals/runs?suite_name=support-bot&status=failed" -H "Authorization: Bearer $ALICE"'
+show 'curl $ATL/api/v1/evals/runs/$BASE -H "Authorization: Bearer $ALICE"'
