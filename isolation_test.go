@@ -30,7 +30,9 @@ func tenantRoutes(kind string) []tenantRoute {
 	}
 	if kind == "postgres" {
 		routes = append(routes, tenantRoute{"GET", "/api/v1/approvals", "approver", nil},
-			tenantRoute{"POST", "/api/v1/approvals/expire", "admin", map[string]any{}})
+			tenantRoute{"POST", "/api/v1/approvals/expire", "admin", map[string]any{}},
+			tenantRoute{"POST", "/api/v1/evals/runs", "agent", map[string]any{"suite_name": "s", "model_id": "m", "provider": "p"}},
+			tenantRoute{"GET", "/api/v1/evals/runs", "approver", nil})
 	}
 	return routes
 }
