@@ -320,6 +320,23 @@ func TestApprovalRejectAndAutoApprove(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, r.Status, r.Raw)
 	require.EqualValues(t, 2, r.Body["required_approvals"])
 
+	// Paging walks the three requests once each, newest first.
+	seen := map[string]bool{}
+	for cursor, pages := "", 0; pages < 5; pages++ {
+		page := env.do("GET", "/api/v1/approvals?limit=1&cursor="+cursor, g.alice, nil)
+		require.Equal(t, http.StatusOK, page.Status, page.Raw)
+		for _, item := range page.items() {
+			require.False(t, seen[item["id"].(string)])
+			seen[item["id"].(string)] = true
+		}
+		next, ok := page.Body["next_cursor"].(string)
+		if !ok {
+			break
+		}
+		cursor = next
+	}
+	require.Len(t, seen, 3)
+
 	// No key may carry a system: subject.
 	requireError(t, env.do("POST", "/api/v1/keys", g.admin, map[string]any{"role": "approver", "subject": "system:auto-approve"}),
 		http.StatusBadRequest, codeValidation)

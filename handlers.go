@@ -523,6 +523,20 @@ func writePage[T any](w http.ResponseWriter, rows []T, limit int, position func(
 	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
 }
 
+// jsonPosition reads a row's keyset position from JSON that SQL built, where
+// id and the time field are always present.
+func jsonPosition(timeField string) func(json.RawMessage) (time.Time, string) {
+	return func(raw json.RawMessage) (time.Time, string) {
+		var row map[string]json.RawMessage
+		var id string
+		var at time.Time
+		_ = json.Unmarshal(raw, &row)
+		_ = json.Unmarshal(row["id"], &id)
+		_ = json.Unmarshal(row[timeField], &at)
+		return at, id
+	}
+}
+
 func encodeCursor(at time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
 }
@@ -943,14 +957,7 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(raw json.RawMessage) (time.Time, string) {
-		var at struct {
-			ID        string    `json:"id"`
-			CreatedAt time.Time `json:"created_at"`
-		}
-		_ = json.Unmarshal(raw, &at) // SQL built it; both fields are always there
-		return at.CreatedAt, at.ID
-	})
+	writePage(w, rows, limit, jsonPosition("created_at"))
 	return nil
 }
 
@@ -1133,14 +1140,7 @@ func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(raw json.RawMessage) (time.Time, string) {
-		var at struct {
-			ID        string    `json:"id"`
-			StartedAt time.Time `json:"started_at"`
-		}
-		_ = json.Unmarshal(raw, &at) // SQL built it; both fields are always there
-		return at.StartedAt, at.ID
-	})
+	writePage(w, rows, limit, jsonPosition("started_at"))
 	return nil
 }
 
