@@ -108,6 +108,22 @@ func TestApprovalRulesInSQL(t *testing.T) {
 	_, err = sqlAs(ctx, pool, "acme", "update atl.approval_requests set required_approvals = 0 returning to_jsonb(id)")
 	require.Error(t, err)
 
+	// The runtime role holds UPDATE on the status columns for the triggers,
+	// but a direct UPDATE cannot approve, re-arm or alter a request.
+	for stmt, hint := range map[string]string{
+		"update atl.approval_requests set status = 'APPROVED', approvals = 1 where id = $1 returning to_jsonb(id)": "forbidden",
+		"update atl.approval_requests set decided_at = now() where id = $1 returning to_jsonb(id)":                "forbidden",
+		"update atl.approval_requests set consumed_at = now() where id = $1 returning to_jsonb(id)":               "approval_consumed",
+	} {
+		_, err = sqlAs(ctx, pool, "acme", stmt, l3)
+		require.Equal(t, hint, hintOf(err), stmt)
+	}
+	out, err = sqlAs(ctx, pool, "acme", "select atl.gate_execute('bot', 'op', '{\"n\": 1}', p_approval_request_id => $1) -> 'body' -> 'status'", l4)
+	require.NoError(t, err)
+	require.Equal(t, `"allowed"`, string(out))
+	_, err = sqlAs(ctx, pool, "acme", "update atl.approval_requests set consumed_at = null where id = $1 returning to_jsonb(id)", l4)
+	require.Equal(t, "approval_consumed", hintOf(err), "a consumed approval cannot be re-armed")
+
 	// No tenant set: the functions see nothing and write nothing.
 	_, err = sqlAs(ctx, pool, "", "select atl.approval_decide($1, 'APPROVE', 'alice')", l3)
 	require.Error(t, err)
