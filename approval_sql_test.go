@@ -112,8 +112,8 @@ func TestApprovalRulesInSQL(t *testing.T) {
 	// but a direct UPDATE cannot approve, re-arm or alter a request.
 	for stmt, hint := range map[string]string{
 		"update atl.approval_requests set status = 'APPROVED', approvals = 1 where id = $1 returning to_jsonb(id)": "forbidden",
-		"update atl.approval_requests set decided_at = now() where id = $1 returning to_jsonb(id)":                "forbidden",
-		"update atl.approval_requests set consumed_at = now() where id = $1 returning to_jsonb(id)":               "approval_consumed",
+		"update atl.approval_requests set decided_at = now() where id = $1 returning to_jsonb(id)":                 "forbidden",
+		"update atl.approval_requests set consumed_at = now() where id = $1 returning to_jsonb(id)":                "approval_consumed",
 	} {
 		_, err = sqlAs(ctx, pool, "acme", stmt, l3)
 		require.Equal(t, hint, hintOf(err), stmt)
