@@ -447,9 +447,9 @@ func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 // ---- audit logs
 
 func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := parseQuery(r)
 	if err != nil {
-		return validation("the query string is malformed")
+		return err
 	}
 	var f AuditFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
@@ -470,6 +470,23 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	}
 	writePage(w, rows, limit, func(l AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
 	return nil
+}
+
+// parseQuery refuses a malformed query string, or values that are not
+// UTF-8 text PostgreSQL can hold, rather than quietly dropping them.
+func parseQuery(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, validation("the query string is malformed")
+	}
+	for k, vs := range q {
+		for _, v := range vs {
+			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) || len(v) > 1000 {
+				return nil, validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
+			}
+		}
+	}
+	return q, nil
 }
 
 // pageParams reads limit (default 50, max 500), cursor, since and until.
@@ -673,9 +690,9 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 }
 
 func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := parseQuery(r)
 	if err != nil {
-		return validation("the query string is malformed")
+		return err
 	}
 	var f EventFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
@@ -941,9 +958,9 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 // ---- approvals
 
 func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := parseQuery(r)
 	if err != nil {
-		return validation("the query string is malformed")
+		return err
 	}
 	limit, before, _, _, err := pageParams(q)
 	if err != nil {
@@ -1123,9 +1140,9 @@ func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.P
 }
 
 func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := parseQuery(r)
 	if err != nil {
-		return validation("the query string is malformed")
+		return err
 	}
 	f := EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
 	if f.Limit, f.Before, _, _, err = pageParams(q); err != nil {
