@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -47,6 +48,7 @@ type App struct {
 	origins    map[string]bool
 	live       bool
 	liveClient *http.Client
+	limiter    *rateLimiter
 	version    string
 }
 
@@ -132,6 +134,10 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 		p, err := a.store.Authenticate(r.Context(), key)
 		if err != nil {
 			return err
+		}
+		if ok, wait := a.limiter.allow(p.KeyID); !ok {
+			return &Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
+				Message: "this key is over its request rate; retry later", RetryAfter: int(math.Ceil(wait.Seconds()))}
 		}
 		err = func() error {
 			if !slices.Contains(roles, p.Role) {

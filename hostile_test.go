@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -142,4 +143,29 @@ func FuzzJSONLLoad(f *testing.F) {
 		}
 		s.Close()
 	})
+}
+
+func TestRateLimitPerKey(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	admin := env.tenant("acme")
+	noisy, quiet := env.key(admin, "agent", "noisy"), env.key(admin, "agent", "quiet")
+	// The limit is switched on after set-up; the clock stands still so no token refills.
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	limiter := newRateLimiter(1, 2)
+	limiter.now = func() time.Time { return at }
+	env.srv.Close()
+	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test", limiter: limiter}
+	env.srv = httptest.NewServer(app.routes())
+	t.Cleanup(env.srv.Close)
+
+	for i := 0; i < 2; i++ {
+		require.Equal(t, http.StatusOK, env.do("GET", "/api/v1/events", noisy, nil).Status)
+	}
+	r := env.do("GET", "/api/v1/events", noisy, nil)
+	requireError(t, r, http.StatusTooManyRequests, "rate_limited")
+	require.Equal(t, "1", r.Header.Get("Retry-After"))
+	require.Equal(t, http.StatusOK, env.do("GET", "/api/v1/events", quiet, nil).Status, "another key is not slowed")
+	at = at.Add(time.Second)
+	require.Equal(t, http.StatusOK, env.do("GET", "/api/v1/events", noisy, nil).Status, "a second later a token is back")
 }

@@ -39,6 +39,8 @@ type Config struct {
 	AllowedOrigins   []string
 	LiveEnabled      bool
 	LiveTimeout      time.Duration
+	RateLimit        float64
+	RateBurst        int
 	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
@@ -67,6 +69,16 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.LiveTimeout, err = envDuration(getenv, "ATL_LIVE_TIMEOUT", 10*time.Second); err != nil {
 		return c, err
+	}
+	if v := getenv("ATL_RATE_LIMIT"); v != "" {
+		if c.RateLimit, err = strconv.ParseFloat(v, 64); err != nil || c.RateLimit < 0 {
+			return c, fmt.Errorf("ATL_RATE_LIMIT must be requests a second per key (0: no limit), got %q", v)
+		}
+	}
+	if v := getenv("ATL_RATE_BURST"); v != "" {
+		if c.RateBurst, err = strconv.Atoi(v); err != nil || c.RateBurst < 0 {
+			return c, fmt.Errorf("ATL_RATE_BURST must be a whole number of requests, got %q", v)
+		}
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
 		return c, err
@@ -195,7 +207,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		origins[o] = true
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
-		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), version: version()}
+		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		version: version()}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")
 	}
