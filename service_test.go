@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -195,4 +196,49 @@ func TestConfigFromEnv(t *testing.T) {
 		_, err := configFromEnv(env(bad))
 		require.Error(t, err, "%v", bad)
 	}
+}
+
+// TestStatementTimeoutFreesThePool: while a lock stalls every write,
+// statement_timeout ends each stalled statement with a clear 503, and once the
+// lock is gone the pool serves again (it did not stay exhausted).
+func TestStatementTimeoutFreesThePool(t *testing.T) {
+	t.Parallel()
+	url := newDatabase(t)
+	pool, err := connectPool(context.Background(), url+"&pool_max_conns=4", 300*time.Millisecond)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	env := &testEnv{t: t, store: NewPGStore(pool), dbURL: url}
+	env.start()
+	agent := env.key(env.tenant("acme"), "agent", "bot")
+
+	ctx := context.Background()
+	locker, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer locker.Close(ctx)
+	tx, err := locker.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "lock table atl.agent_action_events in access exclusive mode")
+	require.NoError(t, err)
+
+	// More stalled requests than the pool has connections.
+	var wg sync.WaitGroup
+	answers := make([]response, 8)
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i] = env.do("POST", "/api/v1/events", agent, map[string]any{"tool_name": "t", "status": "ok"})
+		}()
+	}
+	wg.Wait()
+	for _, r := range answers {
+		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		require.Contains(t, r.Raw, "did not answer in time", "ended by statement_timeout")
+		require.NotEmpty(t, r.Header.Get("Retry-After"))
+	}
+	require.NoError(t, tx.Rollback(ctx))
+
+	r := env.do("POST", "/api/v1/events", agent, map[string]any{"tool_name": "t", "status": "ok"})
+	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+	require.EqualValues(t, 1, env.do("GET", "/api/v1/events", agent, nil).Body["count"], "no stalled write landed")
 }
