@@ -65,6 +65,8 @@ func (a *App) routes() http.Handler {
 	r.GET("/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
 	r.DELETE("/api/v1/keys/:id", a.handle(a.authed(a.revokeKey, "admin")))
 	r.GET("/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
+	r.GET("/api/v1/audit/verify", a.handle(a.authed(a.verifyAudit, "admin")))
+	r.GET("/api/v1/audit/head", a.handle(a.authed(a.auditHead, "agent", "approver", "admin")))
 	r.POST("/api/v1/events", a.handle(a.authed(a.reportEvents, "agent")))
 	r.GET("/api/v1/events", a.handle(a.authed(a.listEvents, "agent", "approver", "admin")))
 	r.PUT("/api/v1/policies", a.handle(a.authed(a.putTenantSettings, "admin")))
@@ -1185,6 +1187,26 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 		return errRunNotFound
 	}
 	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// ---- the hash chain
+
+func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	out, err := a.store.VerifyAudit(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+	out, err := a.store.AuditHead(r.Context(), p)
 	if err != nil {
 		return err
 	}

@@ -139,6 +139,9 @@ type Store interface {
 	GetEvalRun(ctx context.Context, p Principal, id string) (json.RawMessage, error)
 	ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error)
 	PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error)
+
+	VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error)
+	AuditHead(ctx context.Context, p Principal) (json.RawMessage, error)
 	Close()
 }
 
@@ -615,4 +618,16 @@ const pinEvalBaselineSQL = `select atl.eval_baseline_pin($1::text, $2::uuid)`
 
 func (s *PGStore) PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, pinEvalBaselineSQL, suite, runID)
+}
+
+const verifyAuditSQL = `select to_jsonb(v) from atl.audit_verify() v`
+
+func (s *PGStore) VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, verifyAuditSQL)
+}
+
+const auditHeadSQL = `select to_jsonb(h) from atl.audit_head() h`
+
+func (s *PGStore) AuditHead(ctx context.Context, p Principal) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, auditHeadSQL)
 }

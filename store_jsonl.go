@@ -700,3 +700,11 @@ func (s *JSONLStore) ListEvalRuns(context.Context, Principal, EvalFilter) ([]jso
 func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string, *AuditLog) (json.RawMessage, error) {
 	return nil, errNeedsDB
 }
+
+func (s *JSONLStore) VerifyAudit(context.Context, Principal) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
+
+func (s *JSONLStore) AuditHead(context.Context, Principal) (json.RawMessage, error) {
+	return nil, errNeedsDB
+}
