@@ -97,6 +97,10 @@ show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" -
 show 'curl $ATL/api/v1/approvals/$L4 -H "Authorization: Bearer $AGENT"'
 show 'curl -X POST $ATL/api/v1/approvals/expire -H "Authorization: Bearer $ADMIN"'
 
+echo "### The hash chain"; echo
+show 'curl $ATL/api/v1/audit/verify -H "Authorization: Bearer $ADMIN"'
+show 'curl $ATL/api/v1/audit/head -H "Authorization: Bearer $AGENT"'
+
 echo "### Evals and drift"; echo
 show 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"'"'{"suite_name":"support-bot","model_id":"model-a","provider":"provider-1"}'"'"
 BASE=$(jq -r .id "$tmp/last.json"); export BASE
