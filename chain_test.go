@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -123,4 +124,42 @@ func TestAuditChainTamper(t *testing.T) {
 			require.EqualValues(t, want, r.Body["first_broken_seq"], r.Raw)
 		})
 	}
+}
+
+// TestAuditChainRepeatableRead: under REPEATABLE READ a second writer cannot
+// read a stale head and fork the chain; it waits on the head's lock and then
+// fails with a serialisation error (answered 409 retry), leaving the chain intact.
+func TestAuditChainRepeatableRead(t *testing.T) {
+	t.Parallel()
+	env, admin := chainEnv(t)
+	pool, err := connectPool(context.Background(), env.dbURL, 5*time.Second)
+	require.NoError(t, err)
+	defer pool.Close()
+	ctx := context.Background()
+	begin := func() pgx.Tx {
+		tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme")
+		require.NoError(t, err)
+		return tx
+	}
+	const insert = "select atl.audit_log_insert('t', 'bot', 'POST /x', 'dry_run', 'ok', 201, 1, null, null)"
+	first, second := begin(), begin()
+	defer first.Rollback(ctx)                                        //nolint:errcheck
+	defer second.Rollback(ctx)                                       //nolint:errcheck
+	_, err = second.Exec(ctx, "select count(*) from atl.audit_logs") // takes its snapshot now
+	require.NoError(t, err)
+	_, err = first.Exec(ctx, insert)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := second.Exec(ctx, insert); done <- err }()
+	waitForLockWaiters(t, pool, 1)
+	require.NoError(t, first.Commit(ctx))
+	err = <-done
+	requireSQLState(t, err, "40001")
+	require.Equal(t, "retry", errorFor(err).Code)
+
+	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, true, r.Body["ok"], r.Raw)
+	require.EqualValues(t, 10, r.Body["checked"])
 }
