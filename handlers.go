@@ -12,10 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +53,7 @@ type App struct {
 	liveClient *http.Client
 	limiter    *rateLimiter
 	version    string
+	started    time.Time
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -60,6 +64,7 @@ func (a *App) routes() http.Handler {
 	r := httprouter.New()
 	r.GET("/api/v1/health", a.handle(a.health))
 	r.GET("/api/v1/health/db", a.handle(a.healthDB))
+	r.GET("/api/v1/stats", a.handle(a.operator(a.stats)))
 	r.POST("/api/v1/tenants", a.handle(a.operator(a.createTenant)))
 	r.POST("/api/v1/keys", a.handle(a.authed(a.issueKey, "admin")))
 	r.GET("/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
@@ -366,6 +371,34 @@ func (a *App) healthDB(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "storage": a.store.Kind(),
 		"latency_ms": float64(d.Microseconds()) / 1000})
 	return nil
+}
+
+// stats is for operators and the soak test: the process's memory and
+// goroutines, and the store's pool and per-tenant slots.
+func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	out := map[string]any{"storage": a.store.Kind(), "version": a.version, "goroutines": runtime.NumGoroutine(),
+		"heap_alloc_bytes": m.HeapAlloc, "sys_bytes": m.Sys, "gc_runs": m.NumGC, "rss_bytes": rssBytes(),
+		"uptime_seconds": int(time.Since(a.started).Seconds())}
+	if s, ok := a.store.(interface{ Stats() map[string]any }); ok {
+		maps.Copy(out, s.Stats())
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// rssBytes is the process's resident set size from /proc (0 where there is none).
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, resident int64
+	if _, err := fmt.Sscan(string(b), &size, &resident); err != nil {
+		return 0
+	}
+	return resident * int64(os.Getpagesize())
 }
 
 // ---- tenants and keys

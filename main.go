@@ -41,6 +41,8 @@ type Config struct {
 	LiveTimeout      time.Duration
 	RateLimit        float64
 	RateBurst        int
+	TenantConc       int // -1: a quarter of the pool
+	TenantWait       time.Duration
 	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
@@ -79,6 +81,15 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		if c.RateBurst, err = strconv.Atoi(v); err != nil || c.RateBurst < 0 {
 			return c, fmt.Errorf("ATL_RATE_BURST must be a whole number of requests, got %q", v)
 		}
+	}
+	c.TenantConc = -1
+	if v := getenv("ATL_TENANT_CONCURRENCY"); v != "" {
+		if c.TenantConc, err = strconv.Atoi(v); err != nil || c.TenantConc < 0 {
+			return c, fmt.Errorf("ATL_TENANT_CONCURRENCY must be a whole number of transactions (0: no bound), got %q", v)
+		}
+	}
+	if c.TenantWait, err = envDuration(getenv, "ATL_TENANT_QUEUE_WAIT", defaultTenantWait); err != nil {
+		return c, err
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
 		return c, err
@@ -191,7 +202,13 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error)
 	if err != nil {
 		return nil, err
 	}
-	return NewPGStore(pool), nil
+	store := NewPGStore(pool)
+	if cfg.TenantConc >= 0 {
+		store.WithTenantLimit(cfg.TenantConc, cfg.TenantWait)
+	} else if cfg.TenantWait != defaultTenantWait {
+		store.WithTenantLimit(max(1, int(pool.Config().MaxConns)/4), cfg.TenantWait)
+	}
+	return store, nil
 }
 
 // run serves until ctx ends, then drains in-flight requests. When ready is
@@ -208,7 +225,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
 		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
-		version: version()}
+		version: version(), started: time.Now()}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"math"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -63,4 +65,92 @@ func (l *rateLimiter) evictFull(now time.Time) {
 			delete(l.buckets, k)
 		}
 	}
+}
+
+// tenantSlots bounds the database transactions one tenant may have open at
+// once, so a tenant that floods the service queues on its own slots instead of
+// holding every pooled connection. A nil bound lets everything through.
+type tenantSlots struct {
+	max  int
+	wait time.Duration
+
+	mu      sync.Mutex
+	tenants map[string]*tenantSem
+	busy    uint64 // requests refused after waiting wait
+}
+
+type tenantSem struct {
+	ch   chan struct{}
+	refs int // holders and waiters; the entry goes when it falls to 0
+}
+
+func newTenantSlots(max int, wait time.Duration) *tenantSlots {
+	if max <= 0 {
+		return nil
+	}
+	return &tenantSlots{max: max, wait: wait, tenants: map[string]*tenantSem{}}
+}
+
+// errTenantBusy answers a request that waited too long for one of its tenant's slots.
+var errTenantBusy = &Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
+	Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
+
+// acquire takes one of tenant's slots, waiting at most l.wait; release gives it back.
+func (l *tenantSlots) acquire(ctx context.Context, tenant string) (release func(), err error) {
+	if l == nil {
+		return func() {}, nil
+	}
+	l.mu.Lock()
+	sem, ok := l.tenants[tenant]
+	if !ok {
+		sem = &tenantSem{ch: make(chan struct{}, l.max)}
+		l.tenants[tenant] = sem
+	}
+	sem.refs++
+	l.mu.Unlock()
+	done := func() {
+		l.mu.Lock()
+		if sem.refs--; sem.refs == 0 {
+			delete(l.tenants, tenant)
+		}
+		l.mu.Unlock()
+	}
+	select {
+	case sem.ch <- struct{}{}:
+		return func() { <-sem.ch; done() }, nil
+	default:
+	}
+	timer := time.NewTimer(l.wait)
+	defer timer.Stop()
+	select {
+	case sem.ch <- struct{}{}:
+		return func() { <-sem.ch; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	case <-timer.C:
+		done()
+		l.mu.Lock()
+		l.busy++
+		l.mu.Unlock()
+		return nil, errTenantBusy
+	}
+}
+
+// stats reports the bound, how many tenants are in the database now, how
+// many requests hold or wait for a slot, and how many were refused.
+func (l *tenantSlots) stats() map[string]any {
+	if l == nil {
+		return map[string]any{"max_per_tenant": 0}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	inUse, queued := 0, 0
+	for _, sem := range l.tenants {
+		n := len(sem.ch)
+		inUse += n
+		queued += sem.refs - n
+	}
+	return map[string]any{"max_per_tenant": l.max, "wait_ms": l.wait.Milliseconds(), "tenants_active": len(l.tenants),
+		"in_use": inUse, "queued": queued, "refused_total": l.busy}
 }

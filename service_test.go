@@ -191,8 +191,15 @@ func TestConfigFromEnv(t *testing.T) {
 	require.False(t, c.Migrate)
 	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)
 	require.Equal(t, 2*time.Second, c.StatementTimeout)
+	require.Equal(t, -1, c.TenantConc, "unset: a quarter of the pool")
 
-	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"}} {
+	c, err = configFromEnv(env(map[string]string{"ATL_TENANT_CONCURRENCY": "0", "ATL_TENANT_QUEUE_WAIT": "250ms"}))
+	require.NoError(t, err)
+	require.Equal(t, 0, c.TenantConc, "0: no bound")
+	require.Equal(t, 250*time.Millisecond, c.TenantWait)
+
+	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"},
+		{"ATL_TENANT_CONCURRENCY": "-1"}, {"ATL_TENANT_QUEUE_WAIT": "later"}} {
 		_, err := configFromEnv(env(bad))
 		require.Error(t, err, "%v", bad)
 	}
@@ -207,7 +214,8 @@ func TestStatementTimeoutFreesThePool(t *testing.T) {
 	pool, err := connectPool(context.Background(), url+"&pool_max_conns=4", 300*time.Millisecond)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	env := &testEnv{t: t, store: NewPGStore(pool), dbURL: url}
+	// No per-tenant bound here, so the stalled requests hold every pooled connection.
+	env := &testEnv{t: t, store: NewPGStore(pool).WithTenantLimit(0, 0), dbURL: url}
 	env.start()
 	agent := env.key(env.tenant("acme"), "agent", "bot")
 

@@ -211,13 +211,37 @@ type querier interface {
 
 // PGStore keeps everything in PostgreSQL and calls the atl.* functions.
 type PGStore struct {
-	pool *pgxpool.Pool
+	pool  *pgxpool.Pool
+	slots *tenantSlots
 }
 
-func NewPGStore(pool *pgxpool.Pool) *PGStore { return &PGStore{pool: pool} }
+// defaultTenantWait is how long a request waits for one of its tenant's slots.
+const defaultTenantWait = 5 * time.Second
+
+// NewPGStore lets each tenant use a quarter of the pool at once.
+func NewPGStore(pool *pgxpool.Pool) *PGStore {
+	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait)}
+}
+
+// WithTenantLimit sets how many transactions one tenant may have open at once
+// (0: no bound) and how long a request waits for one.
+func (s *PGStore) WithTenantLimit(n int, wait time.Duration) *PGStore {
+	s.slots = newTenantSlots(n, wait)
+	return s
+}
 
 func (s *PGStore) Kind() string { return "postgres" }
 func (s *PGStore) Close()       { s.pool.Close() }
+
+// Stats reports the pool and the per-tenant slots, for GET /api/v1/stats.
+func (s *PGStore) Stats() map[string]any {
+	st := s.pool.Stat()
+	return map[string]any{"pool": map[string]any{"max_conns": st.MaxConns(), "total_conns": st.TotalConns(),
+		"acquired_conns": st.AcquiredConns(), "idle_conns": st.IdleConns(), "constructing_conns": st.ConstructingConns(),
+		"acquire_count": st.AcquireCount(), "empty_acquire_count": st.EmptyAcquireCount(),
+		"canceled_acquire_count": st.CanceledAcquireCount(), "acquire_wait_ms": st.AcquireDuration().Milliseconds()},
+		"tenant_slots": s.slots.stats()}
+}
 
 func (s *PGStore) PingDB(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
@@ -231,6 +255,11 @@ const setTenantSQL = `select set_config('role', $1::text, true), set_config('app
 // inTenant runs fn in one transaction as the runtime role with app.tenant_id set,
 // appends the audit row (when given) in the same transaction, and commits.
 func (s *PGStore) inTenant(ctx context.Context, tenant string, audit *AuditLog, fn func(tx pgx.Tx) error) error {
+	release, err := s.slots.acquire(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	defer release()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
