@@ -2,8 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,8 +19,8 @@ import (
 )
 
 // chainEnv is a tenant with a trail of audit rows and events.
-func chainEnv(t *testing.T) (*testEnv, string) {
-	env := setup(t, "postgres")
+func chainEnv(t *testing.T, kind string) (*testEnv, string) {
+	env := setup(t, kind)
 	admin := env.tenant("acme")
 	agent := env.key(admin, "agent", "bot")
 	for i := 0; i < 4; i++ {
@@ -36,39 +42,58 @@ func (e *testEnv) scalar(sql string) int64 {
 
 func TestAuditChainIntact(t *testing.T) {
 	t.Parallel()
-	env, admin := chainEnv(t)
-	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
-	require.Equal(t, http.StatusOK, r.Status, r.Raw)
-	require.Equal(t, true, r.Body["ok"])
-	require.Nil(t, r.Body["first_broken_seq"])
-	// one audit row for the key issue, then an event and an audit row per POST
-	require.EqualValues(t, 9, r.Body["checked"])
-	head := env.do("GET", "/api/v1/audit/head", admin, nil)
-	require.EqualValues(t, 9, head.Body["seq"])
-	require.Len(t, head.str("hash"), 64)
-	requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env, admin := chainEnv(t, kind)
+			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
+			require.Equal(t, http.StatusOK, r.Status, r.Raw)
+			require.Equal(t, true, r.Body["ok"])
+			require.Nil(t, r.Body["first_broken_seq"])
+			// one audit row for the key issue, then an event and an audit row per POST
+			require.EqualValues(t, 9, r.Body["checked"])
+			head := env.do("GET", "/api/v1/audit/head", admin, nil)
+			require.EqualValues(t, 9, head.Body["seq"])
+			require.Len(t, head.str("hash"), 64)
+			require.NotEmpty(t, head.str("updated_at"))
+			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
+
+			// Another tenant's chain is its own, and starts empty.
+			other := env.tenant("beta")
+			head = env.do("GET", "/api/v1/audit/head", other, nil)
+			require.EqualValues(t, 0, head.Body["seq"])
+			require.Equal(t, strings.Repeat("0", 64), head.str("hash"))
+			r = env.do("GET", "/api/v1/audit/verify", other, nil)
+			require.Equal(t, [2]any{true, float64(0)}, [2]any{r.Body["ok"], r.Body["checked"]}, r.Raw)
+		})
+	}
 }
 
 // TestAuditChainConcurrent: concurrent writers queue on the chain head, so
 // the chain stays gap-free and verifies.
 func TestAuditChainConcurrent(t *testing.T) {
 	t.Parallel()
-	env, admin := chainEnv(t)
-	agent := env.key(admin, "agent", "bot-2")
-	var wg sync.WaitGroup
-	for i := 0; i < 16; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			env.do("POST", "/api/v1/events", agent, map[string]any{"events": []any{
-				map[string]any{"tool_name": "a", "status": "ok"}, map[string]any{"tool_name": "b", "status": "ok"}}})
-		}()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env, admin := chainEnv(t, kind)
+			agent := env.key(admin, "agent", "bot-2")
+			var wg sync.WaitGroup
+			for i := 0; i < 16; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					env.do("POST", "/api/v1/events", agent, map[string]any{"events": []any{
+						map[string]any{"tool_name": "a", "status": "ok"}, map[string]any{"tool_name": "b", "status": "ok"}}})
+				}()
+			}
+			wg.Wait()
+			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
+			require.Equal(t, true, r.Body["ok"], r.Raw)
+			require.EqualValues(t, 9+1+16*3, r.Body["checked"])
+			require.EqualValues(t, r.Body["checked"], r.Body["head_seq"])
+		})
 	}
-	wg.Wait()
-	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
-	require.Equal(t, true, r.Body["ok"], r.Raw)
-	require.EqualValues(t, 9+1+16*3, r.Body["checked"])
-	require.EqualValues(t, r.Body["checked"], r.Body["head_seq"])
 }
 
 // TestAuditChainTamper: a superuser with triggers disabled edits, deletes or
@@ -116,7 +141,7 @@ func TestAuditChainTamper(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			env, admin := chainEnv(t)
+			env, admin := chainEnv(t, "postgres")
 			want := c.tamper(env)
 			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 			require.Equal(t, http.StatusOK, r.Status, r.Raw)
@@ -131,7 +156,7 @@ func TestAuditChainTamper(t *testing.T) {
 // fails with a serialisation error (answered 409 retry), leaving the chain intact.
 func TestAuditChainRepeatableRead(t *testing.T) {
 	t.Parallel()
-	env, admin := chainEnv(t)
+	env, admin := chainEnv(t, "postgres")
 	pool, err := connectPool(context.Background(), env.dbURL, 5*time.Second)
 	require.NoError(t, err)
 	defer pool.Close()
@@ -162,4 +187,149 @@ func TestAuditChainRepeatableRead(t *testing.T) {
 	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 	require.Equal(t, true, r.Body["ok"], r.Raw)
 	require.EqualValues(t, 10, r.Body["checked"])
+}
+
+// trailLines reads a JSONL tenant trail as raw lines and, for each, its seq (0 when none).
+func trailLines(t *testing.T, path string) (lines []string, seqs []int64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		var rec struct{ Seq int64 }
+		require.NoError(t, json.Unmarshal([]byte(line), &rec))
+		lines, seqs = append(lines, line), append(seqs, rec.Seq)
+	}
+	return lines, seqs
+}
+
+// editLine changes one field of a JSON line, keeping the rest as it was.
+func editLine(t *testing.T, line string, edit func(map[string]any)) string {
+	t.Helper()
+	var m map[string]any
+	require.NoError(t, json.Unmarshal([]byte(line), &m))
+	edit(m)
+	b, err := json.Marshal(m)
+	require.NoError(t, err)
+	return string(b)
+}
+
+// TestAuditChainTamperJSONL: someone with access to the data directory edits,
+// deletes or inserts lines of a tenant's trail while ATL is stopped; after a
+// restart verify names the exact seq each time.
+func TestAuditChainTamperJSONL(t *testing.T) {
+	t.Parallel()
+	lineOf := func(seqs []int64, seq int64) int { return slices.Index(seqs, seq) }
+	cases := []struct {
+		name   string
+		tamper func(lines []string, seqs []int64) ([]string, int64, string)
+	}{
+		{"edit a field", func(lines []string, seqs []int64) ([]string, int64, string) {
+			i := lineOf(seqs, 5)
+			lines[i] = editLine(t, lines[i], func(m map[string]any) {
+				if a, ok := m["audit"].(map[string]any); ok {
+					a["http_status"] = 200
+				} else {
+					m["event"].(map[string]any)["status"] = "failed"
+				}
+			})
+			return lines, 5, "the row was altered"
+		}},
+		{"delete a row", func(lines []string, seqs []int64) ([]string, int64, string) {
+			i := lineOf(seqs, 4)
+			return slices.Delete(lines, i, i+1), 4, "a row is missing"
+		}},
+		{"insert a row outside the chain", func(lines []string, seqs []int64) ([]string, int64, string) {
+			forged := editLine(t, lines[lineOf(seqs, 3)], func(m map[string]any) {
+				delete(m, "seq")
+				delete(m, "prev_hash")
+				delete(m, "row_hash")
+			})
+			return slices.Insert(lines, lineOf(seqs, 6), forged), 1, "a row outside the chain"
+		}},
+		{"insert a forged row with a copied seq", func(lines []string, seqs []int64) ([]string, int64, string) {
+			forged := editLine(t, lines[lineOf(seqs, 6)], func(m map[string]any) { m["row_hash"] = strings.Repeat("ab", 32) })
+			return append(lines, forged), 6, "a seq appears twice"
+		}},
+		{"rewrite a row and its hash", func(lines []string, seqs []int64) ([]string, int64, string) {
+			i := lineOf(seqs, 3)
+			var rec jsonlRecord
+			require.NoError(t, json.Unmarshal([]byte(lines[i]), &rec))
+			if rec.Audit != nil {
+				mallory := "mallory"
+				rec.Audit.UserID = &mallory
+			} else {
+				rec.Event.Status = "failed"
+			}
+			prev, err := hex.DecodeString(rec.PrevHash)
+			require.NoError(t, err)
+			h, err := chainHash([32]byte(prev), rec)
+			require.NoError(t, err)
+			rec.RowHash = hex.EncodeToString(h[:])
+			b, err := json.Marshal(rec)
+			require.NoError(t, err)
+			lines[i] = string(b)
+			return lines, 4, "not linked to the previous row" // the row itself hashes right; its successor no longer links
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			env, admin := chainEnv(t, "jsonl")
+			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
+			require.Equal(t, true, r.Body["ok"], r.Raw)
+			env.store.Close()
+
+			path := filepath.Join(env.dir, "tenants", "acme", "trail.jsonl")
+			lines, seqs := trailLines(t, path)
+			lines, want, reason := c.tamper(lines, seqs)
+			require.NoError(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+
+			reopened, err := OpenJSONLStore(env.dir, testLogger())
+			require.NoError(t, err)
+			t.Cleanup(reopened.Close)
+			env.store = reopened
+			env.start()
+			r = env.do("GET", "/api/v1/audit/verify", admin, nil)
+			require.Equal(t, http.StatusOK, r.Status, r.Raw)
+			require.Equal(t, false, r.Body["ok"], r.Raw)
+			require.EqualValues(t, want, r.Body["first_broken_seq"], r.Raw)
+			require.Equal(t, reason, r.Body["reason"], r.Raw)
+		})
+	}
+}
+
+// TestAuditChainJSONLRestart: the chain continues across restarts. Cutting
+// lines off the end of the file cannot be seen from inside (a crash loses
+// only unacknowledged lines, so the file alone cannot tell the two apart);
+// the head pinned outside ATL shows it.
+func TestAuditChainJSONLRestart(t *testing.T) {
+	t.Parallel()
+	env, admin := chainEnv(t, "jsonl")
+	pinned := env.do("GET", "/api/v1/audit/head", admin, nil)
+	require.EqualValues(t, 9, pinned.Body["seq"])
+	reopen := func() {
+		env.store.Close()
+		s, err := OpenJSONLStore(env.dir, testLogger())
+		require.NoError(t, err)
+		t.Cleanup(s.Close)
+		env.store = s
+		env.start()
+	}
+	reopen()
+	require.Equal(t, pinned.Body, env.do("GET", "/api/v1/audit/head", admin, nil).Body, "the head survives a restart")
+	agent := env.key(admin, "agent", "bot-2")
+	require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/events", agent, map[string]any{"tool_name": "t", "status": "ok"}).Status)
+	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, [2]any{true, float64(12)}, [2]any{r.Body["ok"], r.Body["checked"]}, "seq goes on where it stopped: %s", r.Raw)
+	pinned = env.do("GET", "/api/v1/audit/head", admin, nil)
+
+	path := filepath.Join(env.dir, "tenants", "acme", "trail.jsonl")
+	lines, _ := trailLines(t, path)
+	env.store.Close()
+	require.NoError(t, os.WriteFile(path, []byte(strings.Join(lines[:len(lines)-2], "\n")+"\n"), 0o600))
+	reopen()
+	head := env.do("GET", "/api/v1/audit/head", admin, nil)
+	require.EqualValues(t, 10, head.Body["seq"], "the head is the last line left")
+	require.NotEqual(t, pinned.Body["hash"], head.Body["hash"], "so the head pinned at seq 12 no longer matches")
+	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"])
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,6 +43,7 @@ type JSONLStore struct {
 
 	policies map[string]map[string]jsonlPolicy // by tenant, then tool
 	idem     map[string]map[string]jsonlIdem   // by tenant, then key
+	chains   map[string]*jsonlChain            // by tenant
 }
 
 type jsonlPolicy struct {
@@ -98,6 +101,12 @@ type jsonlRecord struct {
 	Policy   *jsonlPolicy `json:"policy,omitempty"`
 	Settings *Tenant      `json:"settings,omitempty"`
 	Idem     *jsonlIdem   `json:"idem,omitempty"`
+
+	// The hash chain, on audit and event lines: as in SQL, a gap-free seq
+	// shared by both, the previous row's hash and this row's, in hex.
+	Seq      int64  `json:"seq,omitempty"`
+	PrevHash string `json:"prev_hash,omitempty"`
+	RowHash  string `json:"row_hash,omitempty"`
 }
 
 func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
@@ -106,7 +115,8 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 	}
 	s := &JSONLStore{dir: dir, log: log, tenants: map[string]Tenant{}, keys: map[string]*jsonlKey{},
 		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
-		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{}}
+		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{},
+		chains: map[string]*jsonlChain{}}
 	if err := s.load(filepath.Join(dir, "tenants.jsonl")); err != nil {
 		return nil, err
 	}
@@ -181,8 +191,10 @@ func (s *JSONLStore) apply(rec jsonlRecord) {
 		}
 	case rec.Type == "audit" && rec.Audit != nil:
 		s.audit[rec.Audit.TenantID] = append(s.audit[rec.Audit.TenantID], *rec.Audit)
+		s.chain(rec.Audit.TenantID).add(rec, rec.Audit.CreatedAt)
 	case rec.Type == "event" && rec.Event != nil:
 		s.events[rec.Event.TenantID] = append(s.events[rec.Event.TenantID], *rec.Event)
+		s.chain(rec.Event.TenantID).add(rec, rec.Event.CreatedAt)
 	case rec.Type == "policy" && rec.Policy != nil:
 		s.applyPolicy(*rec.Policy)
 	case rec.Type == "settings" && rec.Settings != nil:
@@ -356,7 +368,7 @@ func (s *JSONLStore) appendAuditLocked(p Principal, a *AuditLog) error {
 		return nil
 	}
 	s.fillAudit(p, a)
-	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "audit", Audit: a}); err != nil {
+	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "audit", Audit: a}); err != nil {
 		return err
 	}
 	s.audit[p.TenantID] = append(s.audit[p.TenantID], *a)
@@ -414,7 +426,7 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 		recs = append(recs, jsonlRecord{Type: "audit", Audit: audit})
 	}
 	// Events and their audit row go out in one write, so a crash keeps both or the torn tail is dropped.
-	if err := s.appendRecords(s.trailPath(p.TenantID), recs...); err != nil {
+	if err := s.appendTrail(p.TenantID, recs...); err != nil {
 		return nil, err
 	}
 	// Memory is kept in keyset order (created_at, id), so a batch that shares a timestamp goes in by id.
@@ -650,7 +662,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		idem = &jsonlIdem{TenantID: p.TenantID, Key: in.IdempotencyKey, Hash: hash, HTTPStatus: status, Response: body}
 		recs = append(recs, jsonlRecord{Type: "idem", Idem: idem})
 	}
-	if err := s.appendRecords(s.trailPath(p.TenantID), recs...); err != nil {
+	if err := s.appendTrail(p.TenantID, recs...); err != nil {
 		return GateResult{}, err
 	}
 	s.events[p.TenantID] = append(s.events[p.TenantID], e)
@@ -701,10 +713,145 @@ func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string,
 	return nil, errNeedsDB
 }
 
-func (s *JSONLStore) VerifyAudit(context.Context, Principal) (json.RawMessage, error) {
-	return nil, errNeedsDB
+// VerifyAudit recomputes the tenant's chain as atl.audit_verify() does, with the same answers.
+func (s *JSONLStore) VerifyAudit(_ context.Context, p Principal) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return json.Marshal(s.chain(p.TenantID).verify())
 }
 
-func (s *JSONLStore) AuditHead(context.Context, Principal) (json.RawMessage, error) {
-	return nil, errNeedsDB
+func (s *JSONLStore) AuditHead(_ context.Context, p Principal) (json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.chain(p.TenantID)
+	var at *time.Time
+	if c.headSeq > 0 {
+		at = &c.headAt
+	}
+	return json.Marshal(map[string]any{"seq": c.headSeq, "hash": hex.EncodeToString(c.head[:]), "updated_at": at})
+}
+
+// jsonlChain is a tenant's hash chain as read from and written to its trail file.
+type jsonlChain struct {
+	links   []jsonlLink
+	head    [32]byte // hash of the row with the highest seq
+	headSeq int64
+	headAt  time.Time
+}
+
+// jsonlLink is what verification needs of one chained line; computed is
+// SHA-256 of the line's own prev_hash and its canonical bytes.
+type jsonlLink struct {
+	seq                      int64
+	prev, row, computed      [32]byte
+	hashesParsed, wellFormed bool
+}
+
+func (s *JSONLStore) chain(tenant string) *jsonlChain {
+	c, ok := s.chains[tenant]
+	if !ok {
+		c = &jsonlChain{}
+		s.chains[tenant] = c
+	}
+	return c
+}
+
+// chainHash is row_hash: SHA-256 of the previous hash and the record's canonical
+// bytes, which are its JSON line as encoding/json writes it with row_hash empty.
+func chainHash(prev [32]byte, rec jsonlRecord) ([32]byte, error) {
+	rec.RowHash = ""
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(append(prev[:], b...)), nil
+}
+
+// add records a line read from a file or just written.
+func (c *jsonlChain) add(rec jsonlRecord, at time.Time) {
+	l := jsonlLink{seq: rec.Seq}
+	prev, perr := hex.DecodeString(rec.PrevHash)
+	row, rerr := hex.DecodeString(rec.RowHash)
+	l.hashesParsed = perr == nil && rerr == nil && len(prev) == 32 && len(row) == 32
+	if l.hashesParsed {
+		l.prev, l.row = [32]byte(prev), [32]byte(row)
+		computed, err := chainHash(l.prev, rec)
+		l.computed, l.wellFormed = computed, err == nil
+	}
+	c.links = append(c.links, l)
+	if l.seq > c.headSeq && l.hashesParsed {
+		c.head, c.headSeq, c.headAt = l.row, l.seq, at
+	}
+}
+
+// appendTrail links the tenant's audit and event records into its chain, in
+// order, and writes them with anything else to its trail file. The caller holds s.mu.
+func (s *JSONLStore) appendTrail(tenant string, recs ...jsonlRecord) error {
+	c := s.chain(tenant)
+	prev, seq := c.head, c.headSeq
+	for i := range recs {
+		if recs[i].Type != "audit" && recs[i].Type != "event" {
+			continue
+		}
+		seq++
+		recs[i].Seq, recs[i].PrevHash = seq, hex.EncodeToString(prev[:])
+		h, err := chainHash(prev, recs[i])
+		if err != nil {
+			return err
+		}
+		recs[i].RowHash = hex.EncodeToString(h[:])
+		prev = h
+	}
+	if err := s.appendRecords(s.trailPath(tenant), recs...); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		switch {
+		case r.Type == "audit" && r.Audit != nil:
+			c.add(r, r.Audit.CreatedAt)
+		case r.Type == "event" && r.Event != nil:
+			c.add(r, r.Event.CreatedAt)
+		}
+	}
+	return nil
+}
+
+// jsonlVerdict has the shape of atl.audit_verify()'s row.
+type jsonlVerdict struct {
+	OK             bool    `json:"ok"`
+	Checked        int64   `json:"checked"`
+	HeadSeq        int64   `json:"head_seq"`
+	FirstBrokenSeq *int64  `json:"first_broken_seq"`
+	Reason         *string `json:"reason"`
+}
+
+// verify walks the chain in seq order (rows without one first), as atl.audit_verify() does.
+func (c *jsonlChain) verify() jsonlVerdict {
+	links := slices.Clone(c.links)
+	slices.SortStableFunc(links, func(a, b jsonlLink) int { return cmp.Compare(a.seq, b.seq) })
+	var prev [32]byte
+	expect := int64(1)
+	broken := func(seq int64, reason string) jsonlVerdict {
+		return jsonlVerdict{Checked: expect - 1, HeadSeq: c.headSeq, FirstBrokenSeq: &seq, Reason: &reason}
+	}
+	for _, l := range links {
+		switch {
+		case l.seq <= 0:
+			return broken(expect, "a row outside the chain")
+		case l.seq > expect:
+			return broken(expect, "a row is missing")
+		case l.seq < expect:
+			return broken(l.seq, "a seq appears twice")
+		case !l.hashesParsed || l.prev != prev:
+			return broken(l.seq, "not linked to the previous row")
+		case !l.wellFormed || l.row != l.computed:
+			return broken(l.seq, "the row was altered")
+		}
+		prev = l.row
+		expect++
+	}
+	if c.headSeq != expect-1 || (c.headSeq > 0 && c.head != prev) {
+		return broken(expect, "rows after the last one are missing")
+	}
+	return jsonlVerdict{OK: true, Checked: expect - 1, HeadSeq: c.headSeq}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	neturl "net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,9 @@ var testDB struct {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	dropTestDatabases()
+	if atlBinary.path != "" {
+		os.RemoveAll(filepath.Dir(atlBinary.path))
+	}
 	os.Exit(code)
 }
 
