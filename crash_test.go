@@ -111,6 +111,12 @@ func (p *atlProcess) kill() {
 
 // call sends one request to the process; status 0 means no answer.
 func (p *atlProcess) call(client *http.Client, method, path, key string, body any) (int, map[string]any) {
+	status, out, _, _ := p.timedCall(client, method, path, key, body)
+	return status, out
+}
+
+// timedCall is call that also says how long the answer took and its headers.
+func (p *atlProcess) timedCall(client *http.Client, method, path, key string, body any) (int, map[string]any, time.Duration, http.Header) {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -120,18 +126,19 @@ func (p *atlProcess) call(client *http.Client, method, path, key string, body an
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, p.base+path, rd)
 	if err != nil {
-		return 0, nil
+		return 0, nil, 0, nil
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+key)
+	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, nil
+		return 0, nil, time.Since(start), nil
 	}
 	defer resp.Body.Close()
 	var out map[string]any
 	_ = json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, time.Since(start), resp.Header
 }
 
 // mustCall is call for the test goroutine: it fails the test on no answer.
