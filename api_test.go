@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -377,4 +380,53 @@ func TestErrorsAndCORS(t *testing.T) {
 	// Origins not listed get no CORS headers.
 	r := env.do("GET", "/api/v1/health", "", nil, "Origin", "https://evil.example")
 	require.Empty(t, r.Header.Get("Access-Control-Allow-Origin"))
+}
+
+// syncBuffer is a log destination that handlers may write to concurrently.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestLogsCarryNoSecrets: keys, the operator token, bodies and headers never
+// reach the log, whatever the answer; the log still says what happened.
+func TestLogsCarryNoSecrets(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			var logs syncBuffer
+			env := setup(t, kind, func(e *testEnv) { e.log = slog.New(slog.NewJSONHandler(&logs, nil)) })
+			admin := env.tenant("acme")
+			agent := env.key(admin, "agent", "bot")
+			env.policy(admin, "pay", map[string]any{"trust_level": "L0"})
+			const card = "4111-1111-secret-card"
+			require.Equal(t, http.StatusOK, env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"card": card}},
+				"X-User-ID", "user-"+card).Status)
+			require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/events", agent,
+				map[string]any{"tool_name": "pay", "status": "ok", "tool_args": map[string]any{"card": card}}).Status)
+			requireError(t, env.do("GET", "/api/v1/keys", "atl_forged_"+card, nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("POST", "/api/v1/events", agent, `{"tool_name": "`+card), http.StatusBadRequest, codeInvalidJSON)
+			requireError(t, env.do("GET", "/api/v1/keys?tenant_id=other", admin, nil), http.StatusForbidden, codeTenantMismatch)
+
+			out := logs.String()
+			require.Contains(t, out, `"path":"/api/v1/agents/bot/execute"`, "requests are logged")
+			require.Contains(t, out, `"status":401`)
+			for _, secret := range []string{testOperatorToken, admin, agent, keyPrefix(agent), card, "Bearer"} {
+				require.NotContains(t, out, secret)
+			}
+		})
+	}
 }

@@ -26,7 +26,8 @@ type testEnv struct {
 	dbURL string // empty in JSONL mode
 	dir   string // JSONL directory
 
-	live, allowPrivate bool // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
+	live, allowPrivate bool         // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
+	log                *slog.Logger // nil: discarded
 }
 
 // storeKinds lets route tests run against both stores.
@@ -62,7 +63,11 @@ func setup(t testing.TB, kind string, opts ...func(*testEnv)) *testEnv {
 }
 
 func (e *testEnv) start() {
-	app := &App{store: e.store, log: testLogger(), adminToken: testOperatorToken,
+	log := e.log
+	if log == nil {
+		log = testLogger()
+	}
+	app := &App{store: e.store, log: log, adminToken: testOperatorToken,
 		origins: map[string]bool{"https://console.example": true}, version: "test",
 		live: e.live, liveClient: newLiveClient(2*time.Second, e.allowPrivate)}
 	e.srv = httptest.NewServer(app.routes())
