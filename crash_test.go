@@ -149,6 +149,21 @@ func (p *atlProcess) mustCall(t *testing.T, client *http.Client, method, path, k
 	return status, out
 }
 
+// acme creates tenant acme with an agent key (subject bot) and an L0 tool
+// search, and returns the admin and agent keys.
+func (p *atlProcess) acme(t *testing.T, client *http.Client) (admin, agent string) {
+	t.Helper()
+	status, body := p.mustCall(t, client, "POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "acme", "name": "Acme"})
+	require.Equal(t, http.StatusCreated, status, body)
+	admin = body["api_key"].(string)
+	status, body = p.mustCall(t, client, "POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "bot"})
+	require.Equal(t, http.StatusCreated, status, body)
+	agent = body["api_key"].(string)
+	status, _ = p.mustCall(t, client, "PUT", "/api/v1/policies/search", admin, map[string]any{"trust_level": "L0"})
+	require.Equal(t, http.StatusOK, status)
+	return admin, agent
+}
+
 // allEvents pages through the tenant's events and counts them by id and by trace_id.
 func (p *atlProcess) allEvents(t *testing.T, client *http.Client, key string) (byID, byTrace map[string]int) {
 	t.Helper()
@@ -190,14 +205,7 @@ func TestKillDuringLoad(t *testing.T) {
 			t.Cleanup(client.CloseIdleConnections)
 
 			atl := startATL(t, env...)
-			status, body := atl.mustCall(t, client, "POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "acme", "name": "Acme"})
-			require.Equal(t, http.StatusCreated, status, body)
-			admin := body["api_key"].(string)
-			status, body = atl.mustCall(t, client, "POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "bot"})
-			require.Equal(t, http.StatusCreated, status, body)
-			agent := body["api_key"].(string)
-			status, _ = atl.mustCall(t, client, "PUT", "/api/v1/policies/search", admin, map[string]any{"trust_level": "L0"})
-			require.Equal(t, http.StatusOK, status)
+			admin, agent := atl.acme(t, client)
 
 			// Each logical write has its own trace_id; executes also carry it as their idempotency_key.
 			type write struct {

@@ -141,14 +141,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	t.Cleanup(client.CloseIdleConnections)
 
-	status, body := atl.mustCall(t, client, "POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "acme", "name": "Acme"})
-	require.Equal(t, http.StatusCreated, status, body)
-	admin := body["api_key"].(string)
-	status, body = atl.mustCall(t, client, "POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "bot"})
-	require.Equal(t, http.StatusCreated, status, body)
-	agent := body["api_key"].(string)
-	status, _ = atl.mustCall(t, client, "PUT", "/api/v1/policies/search", admin, map[string]any{"trust_level": "L0"})
-	require.Equal(t, http.StatusOK, status)
+	admin, agent := atl.acme(t, client)
 
 	var (
 		mu        sync.Mutex

@@ -37,21 +37,14 @@ for tool in psql curl go awk sort; do
 done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/atl-bench.XXXXXX")
 db=atl_bench_$$
+bench_url=$(db_url "$base_url" "$db")
 atl_pid=
 child=
 db_created=0
-
-# bench_url is base_url with its database name replaced by $db.
-noq=${base_url%%\?*}
-query=
-[[ $base_url == *\?* ]] && query="?${base_url#*\?}"
-if [[ ${noq#*://} == */* ]]; then
-  bench_url="${noq%/*}/$db$query"
-else
-  bench_url="$noq/$db$query"
-fi
 
 cleanup() {
   local status=$?
@@ -61,15 +54,7 @@ cleanup() {
     kill -TERM "$child" 2>/dev/null
     wait "$child" 2>/dev/null
   fi
-  if [[ -n $atl_pid ]] && kill -0 "$atl_pid" 2>/dev/null; then
-    kill -TERM "$atl_pid" 2>/dev/null
-    for _ in $(seq 50); do
-      kill -0 "$atl_pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    kill -0 "$atl_pid" 2>/dev/null && kill -KILL "$atl_pid" 2>/dev/null
-    wait "$atl_pid" 2>/dev/null
-  fi
+  [[ -n $atl_pid ]] && stop_pid "$atl_pid"
   if ((db_created)); then
     psql "$base_url" -X -q -v ON_ERROR_STOP=1 -c "drop database if exists \"$db\" with (force)" >/dev/null ||
       printf 'events.sh: could not drop database %s\n' "$db" >&2
@@ -92,8 +77,6 @@ run() {
   return "$status"
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # ---- 1. build, fresh database, service
 
 say "building atl and bench/loadgen"
@@ -102,13 +85,7 @@ say "building atl and bench/loadgen"
 if [[ -n $port ]]; then
   port_in_use "$port" && die "port $port is in use (BENCH_PORT)"
 else
-  for p in $(seq 18181 18280); do
-    if ! port_in_use "$p"; then
-      port=$p
-      break
-    fi
-  done
-  [[ -n $port ]] || die "no free port in 18181-18280; set BENCH_PORT"
+  port=$(free_port 18181 18280) || die "no free port in 18181-18280; set BENCH_PORT"
 fi
 api="http://127.0.0.1:$port/api/v1"
 
@@ -122,18 +99,7 @@ env DATABASE_URL="$bench_url" PORT="$port" ATL_ADMIN_TOKEN="$admin_token" ATL_MI
   "$tmp/atl" >"$tmp/atl.log" 2>&1 &
 atl_pid=$!
 
-started=$SECONDS
-until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$api/health/db" || true) == 200 ]]; do
-  if ! kill -0 "$atl_pid" 2>/dev/null; then
-    tail -n 20 "$tmp/atl.log" >&2
-    die "atl exited before it became healthy"
-  fi
-  if ((SECONDS - started > start_timeout)); then
-    tail -n 20 "$tmp/atl.log" >&2
-    die "atl not healthy after ${start_timeout}s"
-  fi
-  sleep 0.2
-done
+wait_healthy "$api/health/db" "$atl_pid" "$tmp/atl.log" "$start_timeout" || die "start-up failed"
 
 # ---- 2. tenant and agent key
 

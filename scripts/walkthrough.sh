@@ -39,6 +39,7 @@ keep() { export "$1"="$(eval "$3 -s" | jq -r "$2")"; }
 echo "### Health"; echo
 show 'curl $ATL/api/v1/health'
 show 'curl $ATL/api/v1/health/db'
+show 'curl $ATL/api/v1/stats -H "Authorization: Bearer $OPERATOR"'
 
 echo "### Tenants and keys"; echo
 show 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"'"'{"id":"acme","name":"Acme Travel"}'"'"
