@@ -430,3 +430,48 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 		})
 	}
 }
+
+// TestEventBatchErrors: a batch with bad events is refused whole, and the
+// answer names every bad event with its own code; a good batch of 1,000 goes in.
+func TestEventBatchErrors(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := setup(t, kind)
+			admin := env.tenant("acme")
+			agent := env.key(admin, "agent", "bot")
+			batch := []any{
+				map[string]any{"tool_name": "ok", "status": "ok"},
+				map[string]any{"status": "ok"},
+				map[string]any{"tool_name": "ok", "status": "ok"},
+				map[string]any{"tool_name": "ok", "status": "ok", "trust_level": "L9"},
+			}
+			r := env.do("POST", "/api/v1/events", agent, map[string]any{"events": batch})
+			requireError(t, r, http.StatusBadRequest, "invalid_events")
+			bad := r.Body["error"].(map[string]any)["events"].([]any)
+			require.Len(t, bad, 2)
+			for i, want := range []float64{1, 3} {
+				e := bad[i].(map[string]any)
+				require.Equal(t, want, e["index"])
+				require.Equal(t, codeValidation, e["code"])
+				require.NotEmpty(t, e["message"])
+			}
+			require.EqualValues(t, 0, env.do("GET", "/api/v1/events", agent, nil).Body["count"], "none was stored")
+
+			// Another tenant's id in one event refuses the batch as forbidden.
+			batch[1] = map[string]any{"tool_name": "ok", "status": "ok", "tenant_id": "other"}
+			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": batch[:3]}), http.StatusForbidden, codeTenantMismatch)
+
+			full := make([]any, 1000)
+			for i := range full {
+				full[i] = map[string]any{"tool_name": fmt.Sprintf("t%d", i), "status": "ok"}
+			}
+			r = env.do("POST", "/api/v1/events", agent, map[string]any{"events": full})
+			require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+			require.EqualValues(t, 1000, r.Body["count"])
+			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": append(full, full[0])}),
+				http.StatusBadRequest, codeValidation)
+		})
+	}
+}

@@ -20,6 +20,15 @@ type Error struct {
 	Message string
 	// RetryAfter, in seconds, is sent as Retry-After when set.
 	RetryAfter int
+	// Events lists what was wrong with each event of a refused batch.
+	Events []EventError
+}
+
+// EventError is one bad event of a batch: its position and why.
+type EventError struct {
+	Index   int    `json:"index"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -54,6 +63,8 @@ const (
 	codeDatabaseUnavailable = "database_unavailable"
 	// codeRequiresDatabase: the route needs PostgreSQL and the service runs on JSONL files.
 	codeRequiresDatabase = "requires_database"
+	// codeInvalidEvents: some events of a batch are invalid; error.events says which and why; none was stored.
+	codeInvalidEvents = "invalid_events"
 	// codeInternal: a fault of the service; details are in its log, never in the answer.
 	codeInternal = "internal_error"
 )

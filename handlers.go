@@ -54,6 +54,7 @@ type App struct {
 	limiter    *rateLimiter
 	version    string
 	started    time.Time
+	metrics    *metrics
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -61,35 +62,46 @@ type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Param
 
 // routes registers every route; read it top to bottom to see the API.
 func (a *App) routes() http.Handler {
+	a.instrument()
 	r := httprouter.New()
-	r.GET("/api/v1/health", a.handle(a.health))
-	r.GET("/api/v1/health/db", a.handle(a.healthDB))
-	r.GET("/api/v1/stats", a.handle(a.operator(a.stats)))
-	r.POST("/api/v1/tenants", a.handle(a.operator(a.createTenant)))
-	r.POST("/api/v1/keys", a.handle(a.authed(a.issueKey, "admin")))
-	r.GET("/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
-	r.DELETE("/api/v1/keys/:id", a.handle(a.authed(a.revokeKey, "admin")))
-	r.GET("/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
-	r.GET("/api/v1/audit/verify", a.handle(a.authed(a.verifyAudit, "admin")))
-	r.GET("/api/v1/audit/head", a.handle(a.authed(a.auditHead, "agent", "approver", "admin")))
-	r.POST("/api/v1/events", a.handle(a.authed(a.reportEvents, "agent")))
-	r.GET("/api/v1/events", a.handle(a.authed(a.listEvents, "agent", "approver", "admin")))
-	r.PUT("/api/v1/policies", a.handle(a.authed(a.putTenantSettings, "admin")))
-	r.GET("/api/v1/policies", a.handle(a.authed(a.listPolicies, "agent", "approver", "admin")))
-	r.PUT("/api/v1/policies/:tool", a.handle(a.authed(a.putPolicy, "admin")))
-	r.GET("/api/v1/policies/:tool", a.handle(a.authed(a.getPolicy, "agent", "approver", "admin")))
-	r.DELETE("/api/v1/policies/:tool", a.handle(a.authed(a.deletePolicy, "admin")))
-	r.POST("/api/v1/agents/:agent_id/execute", a.handle(a.authed(a.execute, "agent")))
-	r.GET("/api/v1/approvals", a.handle(a.authed(a.listApprovals, "agent", "approver", "admin")))
+	// handle registers a route and names it for the metrics by its pattern, not its path.
+	handle := func(method, pattern string, h httprouter.Handle) {
+		r.Handle(method, pattern, func(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
+			if name, ok := req.Context().Value(routeKey).(*string); ok {
+				*name = pattern
+			}
+			h(w, req, ps)
+		})
+	}
+	handle("GET", "/api/v1/health", a.handle(a.health))
+	handle("GET", "/api/v1/health/db", a.handle(a.healthDB))
+	handle("GET", "/api/v1/stats", a.handle(a.operator(a.stats)))
+	handle("GET", "/metrics", a.handle(a.operator(a.metricsHandler)))
+	handle("POST", "/api/v1/tenants", a.handle(a.operator(a.createTenant)))
+	handle("POST", "/api/v1/keys", a.handle(a.authed(a.issueKey, "admin")))
+	handle("GET", "/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
+	handle("DELETE", "/api/v1/keys/:id", a.handle(a.authed(a.revokeKey, "admin")))
+	handle("GET", "/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
+	handle("GET", "/api/v1/audit/verify", a.handle(a.authed(a.verifyAudit, "admin")))
+	handle("GET", "/api/v1/audit/head", a.handle(a.authed(a.auditHead, "agent", "approver", "admin")))
+	handle("POST", "/api/v1/events", a.handle(a.authed(a.reportEvents, "agent")))
+	handle("GET", "/api/v1/events", a.handle(a.authed(a.listEvents, "agent", "approver", "admin")))
+	handle("PUT", "/api/v1/policies", a.handle(a.authed(a.putTenantSettings, "admin")))
+	handle("GET", "/api/v1/policies", a.handle(a.authed(a.listPolicies, "agent", "approver", "admin")))
+	handle("PUT", "/api/v1/policies/:tool", a.handle(a.authed(a.putPolicy, "admin")))
+	handle("GET", "/api/v1/policies/:tool", a.handle(a.authed(a.getPolicy, "agent", "approver", "admin")))
+	handle("DELETE", "/api/v1/policies/:tool", a.handle(a.authed(a.deletePolicy, "admin")))
+	handle("POST", "/api/v1/agents/:agent_id/execute", a.handle(a.authed(a.execute, "agent")))
+	handle("GET", "/api/v1/approvals", a.handle(a.authed(a.listApprovals, "agent", "approver", "admin")))
 	// httprouter 1.3 cannot hold /approvals/expire beside /approvals/:id, so :id dispatches "expire".
-	r.POST("/api/v1/approvals/:id", a.handle(a.approvalsPost(a.authed(a.expireApprovals, "admin"))))
-	r.GET("/api/v1/approvals/:id", a.handle(a.authed(a.getApproval, "agent", "approver", "admin")))
-	r.POST("/api/v1/approvals/:id/decisions", a.handle(a.authed(a.decideApproval, "approver", "admin")))
-	r.POST("/api/v1/evals/runs", a.handle(a.authed(a.startEvalRun, "agent", "admin")))
-	r.GET("/api/v1/evals/runs", a.handle(a.authed(a.listEvalRuns, "agent", "approver", "admin")))
-	r.GET("/api/v1/evals/runs/:id", a.handle(a.authed(a.getEvalRun, "agent", "approver", "admin")))
-	r.POST("/api/v1/evals/runs/:id/complete", a.handle(a.authed(a.completeEvalRun, "agent", "admin")))
-	r.PUT("/api/v1/evals/baselines/:suite", a.handle(a.authed(a.pinEvalBaseline, "agent", "admin")))
+	handle("POST", "/api/v1/approvals/:id", a.handle(a.approvalsPost(a.authed(a.expireApprovals, "admin"))))
+	handle("GET", "/api/v1/approvals/:id", a.handle(a.authed(a.getApproval, "agent", "approver", "admin")))
+	handle("POST", "/api/v1/approvals/:id/decisions", a.handle(a.authed(a.decideApproval, "approver", "admin")))
+	handle("POST", "/api/v1/evals/runs", a.handle(a.authed(a.startEvalRun, "agent", "admin")))
+	handle("GET", "/api/v1/evals/runs", a.handle(a.authed(a.listEvalRuns, "agent", "approver", "admin")))
+	handle("GET", "/api/v1/evals/runs/:id", a.handle(a.authed(a.getEvalRun, "agent", "approver", "admin")))
+	handle("POST", "/api/v1/evals/runs/:id/complete", a.handle(a.authed(a.completeEvalRun, "agent", "admin")))
+	handle("PUT", "/api/v1/evals/baselines/:suite", a.handle(a.authed(a.pinEvalBaseline, "agent", "admin")))
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
@@ -224,7 +236,10 @@ func traceID(r *http.Request, fromBody string) string {
 
 type ctxKey int
 
-const startKey ctxKey = 0
+const (
+	startKey ctxKey = iota
+	routeKey        // *string the router fills with the matched route's pattern
+)
 
 func requestStart(r *http.Request) time.Time {
 	if t, ok := r.Context().Value(startKey).(time.Time); ok {
@@ -337,7 +352,11 @@ func writeError(w http.ResponseWriter, e *Error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
-	writeJSON(w, e.Status, map[string]any{"error": map[string]string{"code": e.Code, "message": e.Message}})
+	body := map[string]any{"code": e.Code, "message": e.Message}
+	if e.Events != nil {
+		body["events"] = e.Events
+	}
+	writeJSON(w, e.Status, map[string]any{"error": body})
 }
 
 func validation(format string, args ...any) *Error {
@@ -661,15 +680,26 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 	}
 	trace := traceID(r, "")
 	events := make([]Event, len(inputs))
+	var bad []EventError
 	for i, in := range inputs {
 		e, err := in.toEvent(p, trace)
-		if err != nil {
-			if len(inputs) > 1 {
-				err.Message = fmt.Sprintf("events[%d]: %s", i, err.Message)
-			}
+		switch {
+		case err == nil:
+			events[i] = e
+		case len(inputs) == 1:
 			return err
+		case err.Status != http.StatusBadRequest:
+			// A forbidden event (another tenant's id) refuses the whole request as it is.
+			err.Message = fmt.Sprintf("events[%d]: %s", i, err.Message)
+			return err
+		default:
+			bad = append(bad, EventError{Index: i, Code: err.Code, Message: err.Message})
 		}
-		events[i] = e
+	}
+	if bad != nil {
+		// All or nothing: a client resends the corrected batch without wondering what was kept.
+		return &Error{Status: http.StatusBadRequest, Code: codeInvalidEvents, Events: bad,
+			Message: fmt.Sprintf("%d of %d events are invalid (see events); none was stored", len(bad), len(inputs))}
 	}
 	audit := newAudit(r, p, "ok", http.StatusCreated)
 	audit.TraceID = events[0].TraceID
@@ -770,9 +800,13 @@ func (a *App) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), startKey, start)))
+		route := "unmatched"
+		ctx := context.WithValue(context.WithValue(r.Context(), startKey, start), routeKey, &route)
+		next.ServeHTTP(rec, r.WithContext(ctx))
+		took := time.Since(start)
 		a.log.Info("request", "method", r.Method, "path", routePattern(r), "status", rec.status,
-			"ms", float64(time.Since(start).Microseconds())/1000)
+			"ms", float64(took.Microseconds())/1000)
+		a.metrics.observe(r.Method, route, rec.status, took)
 	})
 }
 
