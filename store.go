@@ -651,8 +651,21 @@ func (s *PGStore) PinEvalBaseline(ctx context.Context, p Principal, suite, runID
 
 const verifyAuditSQL = `select to_jsonb(v) from atl.audit_verify() v`
 
+// verifyTimeout bounds a verification, which reads the tenant's whole trail:
+// longer than statement_timeout, shorter than the server's 60 s write timeout.
+const verifyTimeout = 55 * time.Second
+
+const verifyTimeoutSQL = `select set_config('statement_timeout', $1::text, true)`
+
 func (s *PGStore) VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, nil, verifyAuditSQL)
+	var out json.RawMessage
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, verifyTimeoutSQL, fmt.Sprint(verifyTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, verifyAuditSQL).Scan(&out)
+	})
+	return out, err
 }
 
 const auditHeadSQL = `select to_jsonb(h) from atl.audit_head() h`

@@ -329,6 +329,7 @@ func (s *soak) verdict(rows []sample) int {
 	for _, r := range rows {
 		total += r.requests
 	}
+	s.client.Timeout = time.Minute // verification reads the whole trail
 	for _, t := range s.tenants {
 		v := s.call("GET", "/audit/verify", t.admin, nil, http.StatusOK)
 		if ok, _ := v["ok"].(bool); !ok {
