@@ -43,6 +43,9 @@ type Config struct {
 	RateBurst        int
 	TenantConc       int // -1: a quarter of the pool
 	TenantWait       time.Duration
+	GroupWindow      time.Duration // negative: group commit off
+	GroupMaxRows     int
+	GroupWorkers     int
 	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
@@ -91,6 +94,18 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.TenantWait, err = envDuration(getenv, "ATL_TENANT_QUEUE_WAIT", defaultTenantWait); err != nil {
 		return c, err
 	}
+	c.GroupWindow = defaultGroupWindow
+	if v := getenv("ATL_GROUP_COMMIT_WINDOW"); v == "off" {
+		c.GroupWindow = -1
+	} else if c.GroupWindow, err = envDuration(getenv, "ATL_GROUP_COMMIT_WINDOW", defaultGroupWindow); err != nil {
+		return c, err
+	}
+	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", defaultGroupMaxRows); err != nil {
+		return c, err
+	}
+	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", defaultGroupWorkers); err != nil {
+		return c, err
+	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
 		return c, err
 	}
@@ -114,6 +129,18 @@ func or(v, def string) string {
 		return def
 	}
 	return v
+}
+
+func envPositive(getenv func(string) string, name string, def int) (int, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return def, fmt.Errorf("%s must be a whole number above 0, got %q", name, v)
+	}
+	return n, nil
 }
 
 func envBool(getenv func(string) string, name string, def bool) (bool, error) {
@@ -202,7 +229,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error)
 	if err != nil {
 		return nil, err
 	}
-	store := NewPGStore(pool)
+	store := NewPGStore(pool).WithGroupCommit(cfg.GroupWindow, cfg.GroupMaxRows, cfg.GroupWorkers)
 	if cfg.TenantConc >= 0 {
 		store.WithTenantLimit(cfg.TenantConc, cfg.TenantWait)
 	} else if cfg.TenantWait != defaultTenantWait {

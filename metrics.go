@@ -37,6 +37,9 @@ func newMetrics(store Store) *metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if pg, ok := store.(*PGStore); ok {
 		m.registry.MustRegister(poolCollector{pg})
+		if g := pg.group; g != nil {
+			m.registry.MustRegister(g.batchJobs, g.batchRows, g.fallbacks)
+		}
 	}
 	return m
 }

@@ -70,6 +70,9 @@ func TestMetrics(t *testing.T) {
 				require.EqualValues(t, 16, metricValue(t, text, "atl_db_pool_max_conns"))
 				require.Positive(t, metricValue(t, text, "atl_db_pool_acquires_total"))
 				require.EqualValues(t, 0, metricValue(t, text, "atl_tenant_busy_total"))
+				require.EqualValues(t, 3, metricValue(t, text, "atl_group_commit_batch_requests_count"),
+					"one batch per write: the events, the call and its replay, one after another")
+				require.EqualValues(t, 0, metricValue(t, text, "atl_group_commit_fallbacks_total"))
 			} else {
 				require.EqualValues(t, -1, metricValue(t, text, "atl_db_pool_max_conns"), "no pool in JSONL mode")
 			}

@@ -197,9 +197,20 @@ func TestConfigFromEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, c.TenantConc, "0: no bound")
 	require.Equal(t, 250*time.Millisecond, c.TenantWait)
+	require.Equal(t, [3]any{defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers},
+		[3]any{c.GroupWindow, c.GroupMaxRows, c.GroupWorkers}, "group commit on by default")
+
+	c, err = configFromEnv(env(map[string]string{"ATL_GROUP_COMMIT_WINDOW": "off"}))
+	require.NoError(t, err)
+	require.Negative(t, c.GroupWindow, "off: every write in a transaction of its own")
+	c, err = configFromEnv(env(map[string]string{"ATL_GROUP_COMMIT_WINDOW": "0s", "ATL_GROUP_COMMIT_MAX_ROWS": "500",
+		"ATL_GROUP_COMMIT_WORKERS": "4"}))
+	require.NoError(t, err)
+	require.Equal(t, [3]any{time.Duration(0), 500, 4}, [3]any{c.GroupWindow, c.GroupMaxRows, c.GroupWorkers})
 
 	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"},
-		{"ATL_TENANT_CONCURRENCY": "-1"}, {"ATL_TENANT_QUEUE_WAIT": "later"}} {
+		{"ATL_TENANT_CONCURRENCY": "-1"}, {"ATL_TENANT_QUEUE_WAIT": "later"}, {"ATL_GROUP_COMMIT_WINDOW": "soon"},
+		{"ATL_GROUP_COMMIT_MAX_ROWS": "0"}, {"ATL_GROUP_COMMIT_WORKERS": "many"}} {
 		_, err := configFromEnv(env(bad))
 		require.Error(t, err, "%v", bad)
 	}

@@ -213,14 +213,28 @@ type querier interface {
 type PGStore struct {
 	pool  *pgxpool.Pool
 	slots *tenantSlots
+	group *groupCommitter // nil: every write in a transaction of its own
 }
 
 // defaultTenantWait is how long a request waits for one of its tenant's slots.
 const defaultTenantWait = 5 * time.Second
 
-// NewPGStore lets each tenant use a quarter of the pool at once.
+// NewPGStore lets each tenant use a quarter of the pool at once and writes
+// events and executes with group commit (defaults in groupcommit.go).
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
-	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait)}
+	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
+		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers)}
+}
+
+// WithGroupCommit sets the group commit window, the most rows in one batch and
+// how many batches are written at once; a negative window turns it off.
+func (s *PGStore) WithGroupCommit(window time.Duration, maxRows, workers int) *PGStore {
+	if window < 0 {
+		s.group = nil
+	} else {
+		s.group = newGroupCommitter(s.pool, window, maxRows, workers)
+	}
+	return s
 }
 
 // WithTenantLimit sets how many transactions one tenant may have open at once
@@ -260,6 +274,11 @@ func (s *PGStore) inTenant(ctx context.Context, tenant string, audit *AuditLog, 
 		return err
 	}
 	defer release()
+	return s.tx(ctx, tenant, audit, fn)
+}
+
+// tx is inTenant without the tenant's slot: the caller holds it.
+func (s *PGStore) tx(ctx context.Context, tenant string, audit *AuditLog, fn func(tx pgx.Tx) error) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -357,6 +376,85 @@ func insertAudit(ctx context.Context, q querier, a *AuditLog) error {
 		a.HTTPStatus, a.LatencyMS, a.UserID, a.Error).Scan(&a.ID, &a.CreatedAt)
 }
 
+// stmt is one statement of a write and what to do with its answer: run alone
+// in a transaction, or queued in a group-commit batch.
+type stmt struct {
+	sql  string
+	args []any
+	row  func(pgx.Row) error  // one row expected
+	rows func(pgx.Rows) error // any number
+}
+
+func (st stmt) run(ctx context.Context, tx pgx.Tx) error {
+	if st.row != nil {
+		return st.row(tx.QueryRow(ctx, st.sql, st.args...))
+	}
+	rows, err := tx.Query(ctx, st.sql, st.args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if err := st.rows(rows); err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+func (st stmt) queue(b *pgx.Batch) {
+	if st.row != nil {
+		b.Queue(st.sql, st.args...).QueryRow(st.row)
+	} else {
+		b.Queue(st.sql, st.args...).Query(st.rows)
+	}
+}
+
+func auditStmt(a *AuditLog) stmt {
+	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+	return stmt{sql: insertAuditSQL, args: []any{a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
+		a.HTTPStatus, a.LatencyMS, a.UserID, a.Error}, row: func(r pgx.Row) error { return r.Scan(&a.ID, &a.CreatedAt) }}
+}
+
+// write runs a tenant's statements (and its audit row, when given) through
+// group commit when it is on, else in a transaction of their own. build is
+// called for every attempt, so its answers start afresh. The tenant's slot is
+// held until the write is answered, grouped or not.
+func (s *PGStore) write(ctx context.Context, tenant string, rows int, audit *AuditLog, build func() []stmt) error {
+	release, err := s.slots.acquire(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	defer release()
+	all := func() []stmt {
+		st := build()
+		if audit != nil {
+			st = append(st, auditStmt(audit))
+		}
+		return st
+	}
+	alone := func(ctx context.Context) error {
+		return s.tx(ctx, tenant, nil, func(tx pgx.Tx) error {
+			for _, st := range all() {
+				if err := st.run(ctx, tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if s.group == nil {
+		return alone(ctx)
+	}
+	if audit != nil {
+		rows++
+	}
+	return s.group.submit(ctx, &groupJob{tenant: tenant, rows: rows, alone: alone, queue: func(b *pgx.Batch) {
+		for _, st := range all() {
+			st.queue(b)
+		}
+	}})
+}
+
 func (s *PGStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {
 	return s.inTenant(ctx, p.TenantID, audit, func(pgx.Tx) error { return nil })
 }
@@ -414,14 +512,14 @@ func (s *PGStore) InsertEvents(ctx context.Context, p Principal, events []Event,
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
 	var out []Event
-	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, insertEventsSQL, domain, workflow, agent, level, stage, tool, args, result,
-			status, request, sandbox, trace, mode, latency, errText)
-		if err != nil {
+	err := s.write(ctx, p.TenantID, n, audit, func() []stmt {
+		out = nil
+		return []stmt{{sql: insertEventsSQL, args: []any{domain, workflow, agent, level, stage, tool, args, result,
+			status, request, sandbox, trace, mode, latency, errText}, rows: func(rows pgx.Rows) error {
+			var err error
+			out, err = pgx.CollectRows(rows, scanEvent)
 			return err
-		}
-		out, err = pgx.CollectRows(rows, scanEvent)
-		return err
+		}}}
 	})
 	return out, err
 }
@@ -549,11 +647,13 @@ const gateExecuteSQL = `select atl.gate_execute(p_agent_id => $1::text, p_tool =
 
 func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error) {
 	var res GateResult
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, gateExecuteSQL, in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
+	err := s.write(ctx, p.TenantID, 2, nil, func() []stmt {
+		res = GateResult{}
+		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
 			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
 			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), p.Subject,
-			nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())).Scan(&res)
+			nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
+			row: func(r pgx.Row) error { return r.Scan(&res) }}}
 	})
 	return res, err
 }
