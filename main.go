@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -46,11 +47,13 @@ type Config struct {
 	GroupWindow      time.Duration // negative: group commit off
 	GroupMaxRows     int
 	GroupWorkers     int
+	AuthCacheTTL     time.Duration
 	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
 	StatementTimeout time.Duration
 	ShutdownTimeout  time.Duration
+	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
 }
 
 func configFromEnv(getenv func(string) string) (Config, error) {
@@ -106,6 +109,9 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", defaultGroupWorkers); err != nil {
 		return c, err
 	}
+	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", defaultAuthCacheTTL); err != nil {
+		return c, err
+	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
 		return c, err
 	}
@@ -117,6 +123,12 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.ShutdownTimeout, err = envDuration(getenv, "ATL_SHUTDOWN_TIMEOUT", 20*time.Second); err != nil {
 		return c, err
+	}
+	if c.PprofAddr = getenv("ATL_PPROF_ADDR"); c.PprofAddr != "" {
+		host, _, err := net.SplitHostPort(c.PprofAddr)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return c, fmt.Errorf("ATL_PPROF_ADDR must be a loopback host:port such as 127.0.0.1:6060, got %q", c.PprofAddr)
+		}
 	}
 	if _, err := strconv.ParseUint(c.Port, 10, 16); err != nil {
 		return c, fmt.Errorf("PORT must be a port number, got %q", c.Port)
@@ -229,7 +241,8 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error)
 	if err != nil {
 		return nil, err
 	}
-	store := NewPGStore(pool).WithGroupCommit(cfg.GroupWindow, cfg.GroupMaxRows, cfg.GroupWorkers)
+	store := NewPGStore(pool).WithGroupCommit(cfg.GroupWindow, cfg.GroupMaxRows, cfg.GroupWorkers).
+		WithAuthCache(cfg.AuthCacheTTL)
 	if cfg.TenantConc >= 0 {
 		store.WithTenantLimit(cfg.TenantConc, cfg.TenantWait)
 	} else if cfg.TenantWait != defaultTenantWait {
@@ -269,6 +282,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cfg.PprofAddr != "" {
+		if err := servePprof(cfg.PprofAddr, log); err != nil {
+			return err
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("atl listening", "addr", ln.Addr().String(), "storage", store.Kind(), "version", app.version)
@@ -290,6 +308,23 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		return err
 	}
 	log.Info("atl stopped cleanly")
+	return nil
+}
+
+// servePprof serves Go's profiler on a loopback address, for operators
+// measuring the service; it is never on the API's port.
+func servePprof(addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("profiler listening", "addr", ln.Addr().String())
 	return nil
 }
 

@@ -214,6 +214,7 @@ type PGStore struct {
 	pool  *pgxpool.Pool
 	slots *tenantSlots
 	group *groupCommitter // nil: every write in a transaction of its own
+	auth  *authCache      // nil: every request looks its key up
 }
 
 // defaultTenantWait is how long a request waits for one of its tenant's slots.
@@ -223,7 +224,14 @@ const defaultTenantWait = 5 * time.Second
 // events and executes with group commit (defaults in groupcommit.go).
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
 	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
-		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers)}
+		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers),
+		auth:  newAuthCache(defaultAuthCacheTTL, defaultAuthCacheKeys)}
+}
+
+// WithAuthCache sets how long a successful key lookup is reused (0: never).
+func (s *PGStore) WithAuthCache(ttl time.Duration) *PGStore {
+	s.auth = newAuthCache(ttl, defaultAuthCacheKeys)
+	return s
 }
 
 // WithGroupCommit sets the group commit window, the most rows in one batch and
@@ -318,10 +326,16 @@ func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (Tenant, AP
 const authenticateSQL = `select tenant_id, key_id::text, role, subject from atl.api_key_authenticate($1::text)`
 
 func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, error) {
-	var p Principal
+	p, gen, ok := s.auth.get(apiKey)
+	if ok {
+		return p, nil
+	}
 	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Principal{}, errUnauthorized
+	}
+	if err == nil {
+		s.auth.put(apiKey, p, gen)
 	}
 	return p, err
 }
@@ -364,6 +378,9 @@ func (s *PGStore) RevokeKey(ctx context.Context, p Principal, id string, audit *
 		return tx.QueryRow(ctx, revokeKeySQL, id).
 			Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.RevokedAt)
 	})
+	if err == nil {
+		s.auth.forget(p.TenantID, k.ID)
+	}
 	return k, err
 }
 

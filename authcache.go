@@ -1,0 +1,99 @@
+package main
+
+import (
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// authCache remembers, for a short time, which principal an API key
+// authenticated as, so that a busy agent does not cost a database round trip
+// per request. It is keyed by the key's SHA-256 (the secret itself is not
+// kept), holds only successful lookups, and forgets a key at once when it is
+// revoked through this process. A key revoked elsewhere (another replica, or a
+// DBA in SQL) keeps working here for at most the TTL.
+type authCache struct {
+	ttl time.Duration
+	max int
+	now func() time.Time
+
+	mu  sync.Mutex
+	m   map[[32]byte]authEntry
+	gen uint64 // counts revocations, so a lookup that raced one is not kept
+}
+
+type authEntry struct {
+	p       Principal
+	expires time.Time
+}
+
+// defaultAuthCacheTTL bounds how long a key revoked outside this process still works here.
+const (
+	defaultAuthCacheTTL  = 2 * time.Second
+	defaultAuthCacheKeys = 10000
+)
+
+// newAuthCache returns nil (no caching) when ttl is 0.
+func newAuthCache(ttl time.Duration, maxKeys int) *authCache {
+	if ttl <= 0 {
+		return nil
+	}
+	return &authCache{ttl: ttl, max: max(1, maxKeys), now: time.Now, m: map[[32]byte]authEntry{}}
+}
+
+// get returns the cached principal, or the generation to hand to put after
+// looking the key up.
+func (c *authCache) get(apiKey string) (Principal, uint64, bool) {
+	if c == nil {
+		return Principal{}, 0, false
+	}
+	h := sha256.Sum256([]byte(apiKey))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[h]
+	if ok && c.now().Before(e.expires) {
+		return e.p, c.gen, true
+	}
+	delete(c.m, h)
+	return Principal{}, c.gen, false
+}
+
+// put keeps a lookup, unless a key was revoked since it started.
+func (c *authCache) put(apiKey string, p Principal, gen uint64) {
+	if c == nil {
+		return
+	}
+	h := sha256.Sum256([]byte(apiKey))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	if len(c.m) >= c.max {
+		now := c.now()
+		for k, e := range c.m {
+			if !now.Before(e.expires) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= c.max {
+			clear(c.m) // all live: start afresh rather than grow
+		}
+	}
+	c.m[h] = authEntry{p: p, expires: c.now().Add(c.ttl)}
+}
+
+// forget drops every cached lookup of the key with this id.
+func (c *authCache) forget(tenant, keyID string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for k, e := range c.m {
+		if e.p.KeyID == keyID && e.p.TenantID == tenant {
+			delete(c.m, k)
+		}
+	}
+}
