@@ -333,3 +333,30 @@ func TestAuditChainJSONLRestart(t *testing.T) {
 	require.NotEqual(t, pinned.Body["hash"], head.Body["hash"], "so the head pinned at seq 12 no longer matches")
 	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"])
 }
+
+// TestAuditChainForgedHeadSetting: the row trigger trusts the transaction's
+// cached head only as far as the statement trigger's check: a forged setting
+// makes the statement fail instead of forking the chain.
+func TestAuditChainForgedHeadSetting(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	_, _, err := NewPGStore(pool).CreateTenant(ctx, "acme", "Acme")
+	require.NoError(t, err)
+	_, err = sqlAs(ctx, pool, "acme", `select to_jsonb(a.id) from atl.audit_log_insert('t', 'bot', 'r', 'dry_run', 'ok', 200, 1, null, null) a`)
+	require.NoError(t, err)
+
+	for name, forged := range map[string]string{
+		"seq ahead":    `'7:' || encode(sha256('x'), 'hex')`,
+		"hash altered": `'1:' || encode(sha256('x'), 'hex')`,
+	} {
+		_, err := sqlAs(ctx, pool, "acme", `select to_jsonb(a.id)
+			from (select set_config('atl.chain_' || md5('acme'), `+forged+`, true) as c) s,
+			     atl.audit_log_insert(left(s.c, 0) || 't', 'bot', 'r', 'dry_run', 'ok', 200, 1, null, null) a`)
+		require.Error(t, err, name)
+		require.Equal(t, "chain_conflict", hintOf(err), "%s: %v", name, err)
+	}
+	out, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"ok": true, "checked": 1, "head_seq": 1, "first_broken_seq": null, "reason": null}`, string(out))
+}
