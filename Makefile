@@ -22,7 +22,7 @@ migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
 
 bench: ## run the benchmarks under bench/ (see bench/README.md)
-	bash bench/events.sh
+	bash bench/writes.sh
 
 ci: ## what CI runs
 	bash .ci/run

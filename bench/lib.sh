@@ -55,3 +55,14 @@ wait_healthy() {
     sleep 0.2
   done
 }
+
+# pct FILE P: the P-th percentile (nearest rank) of FILE's sorted numbers, in
+# microseconds, printed in milliseconds.
+pct() {
+  awk -v p="$2" '{v[NR] = $1}
+    END {
+      if (NR == 0) { print "0"; exit }
+      r = p / 100 * NR; i = int(r); if (i < r) i++; if (i < 1) i = 1
+      printf "%.3f", v[i] / 1000
+    }' "$1"
+}

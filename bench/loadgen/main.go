@@ -45,7 +45,8 @@ func main() {
 	clients := flag.Int("c", 16, "concurrent clients")
 	duration := flag.Duration("duration", 15*time.Second, "how long to send requests")
 	timeout := flag.Duration("timeout", 10*time.Second, "per-request timeout")
-	tokenEnv := flag.String("token-env", "ATL_BENCH_TOKEN", "environment variable holding the bearer token (empty: none)")
+	tokenEnv := flag.String("token-env", "ATL_BENCH_TOKEN",
+		"environment variable holding the bearer token, or several separated by commas that clients take in turn (empty: none)")
 	flag.Parse()
 
 	u, err := checkTarget(*target)
@@ -61,10 +62,12 @@ func main() {
 	if *timeout <= 0 {
 		fail(fmt.Errorf("-timeout must be positive"))
 	}
-	var auth string
+	var auths []string
 	if *tokenEnv != "" {
-		if tok := os.Getenv(*tokenEnv); tok != "" {
-			auth = "Bearer " + tok
+		for _, tok := range strings.Split(os.Getenv(*tokenEnv), ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				auths = append(auths, "Bearer "+tok)
+			}
 		}
 	}
 
@@ -90,6 +93,10 @@ func main() {
 	var wg sync.WaitGroup
 	for i := range results {
 		wg.Add(1)
+		auth := ""
+		if len(auths) > 0 {
+			auth = auths[i%len(auths)]
+		}
 		go func(res *result) {
 			defer wg.Done()
 			res.statuses = map[int]int{}
