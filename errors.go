@@ -63,6 +63,8 @@ const (
 	codeDatabaseUnavailable = "database_unavailable"
 	// codeRequiresDatabase: the route needs PostgreSQL and the service runs on JSONL files.
 	codeRequiresDatabase = "requires_database"
+	// codeTooManyWaits: the tenant already has as many requests waiting for decisions as allowed; retry shortly.
+	codeTooManyWaits = "too_many_waits"
 	// codeInvalidEvents: some events of a batch are invalid; error.events says which and why; none was stored.
 	codeInvalidEvents = "invalid_events"
 	// codeInternal: a fault of the service; details are in its log, never in the answer.
@@ -76,6 +78,8 @@ var (
 	errMismatch       = newError(http.StatusForbidden, codeTenantMismatch, "tenant_id does not match the key's tenant")
 	errPolicyNotFound = newError(http.StatusNotFound, "policy_not_found",
 		"this tool has no policy; it gets the tenant's default trust level")
+	errTooManyWaits = &Error{Status: http.StatusTooManyRequests, Code: codeTooManyWaits, RetryAfter: 1,
+		Message: "this tenant has too many requests waiting for decisions; retry shortly"}
 	errNeedsDB = newError(http.StatusServiceUnavailable, codeRequiresDatabase,
 		"this route needs PostgreSQL: set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL")
 )

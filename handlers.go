@@ -55,6 +55,7 @@ type App struct {
 	version    string
 	started    time.Time
 	metrics    *metrics
+	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -1054,19 +1055,6 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 }
 
 var errApprovalNotFound = newError(http.StatusNotFound, "approval_not_found", "approval request not found")
-
-func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
-	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
-		return errApprovalNotFound
-	}
-	out, err := a.store.GetApproval(r.Context(), p, strings.ToLower(id))
-	if err != nil {
-		return err
-	}
-	writeRaw(w, http.StatusOK, out)
-	return nil
-}
 
 type decisionRequest struct {
 	TenantID *string `json:"tenant_id"`

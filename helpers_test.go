@@ -28,6 +28,8 @@ type testEnv struct {
 
 	live, allowPrivate bool         // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
 	log                *slog.Logger // nil: discarded
+	waiters            int          // ATL_WAITERS_PER_TENANT (0: no bound)
+	waits              *approvalHub
 }
 
 // storeKinds lets route tests run against both stores.
@@ -70,6 +72,11 @@ func (e *testEnv) start() {
 	app := &App{store: e.store, log: log, adminToken: testOperatorToken,
 		origins: map[string]bool{"https://console.example": true}, version: "test",
 		live: e.live, liveClient: newLiveClient(2*time.Second, e.allowPrivate)}
+	if pg, ok := e.store.(*PGStore); ok {
+		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
+		e.waits = app.waits
+		e.t.Cleanup(app.waits.close)
+	}
 	e.srv = httptest.NewServer(app.routes())
 	e.t.Cleanup(e.srv.Close)
 }

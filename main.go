@@ -48,6 +48,7 @@ type Config struct {
 	GroupMaxRows     int
 	GroupWorkers     int
 	AuthCacheTTL     time.Duration
+	WaitersPerTenant int
 	AllowPrivate     bool
 	Migrate          bool
 	DBWait           time.Duration
@@ -107,6 +108,9 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		return c, err
 	}
 	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", defaultGroupWorkers); err != nil {
+		return c, err
+	}
+	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {
 		return c, err
 	}
 	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", defaultAuthCacheTTL); err != nil {
@@ -266,6 +270,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
 		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		version: version(), started: time.Now()}
+	if pg, ok := store.(*PGStore); ok {
+		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
+		defer app.waits.close()
+	}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")
 	}
@@ -299,6 +307,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: draining in-flight requests")
+	if app.waits != nil {
+		app.waits.close() // waiting requests answer with the request as it is now
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

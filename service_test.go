@@ -211,11 +211,12 @@ func TestConfigFromEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:6060", c.PprofAddr)
 	require.Zero(t, c.AuthCacheTTL, "0: every request looks its key up")
+	require.Equal(t, defaultWaitersPerTenant, c.WaitersPerTenant)
 
 	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"},
 		{"ATL_TENANT_CONCURRENCY": "-1"}, {"ATL_TENANT_QUEUE_WAIT": "later"}, {"ATL_GROUP_COMMIT_WINDOW": "soon"},
 		{"ATL_GROUP_COMMIT_MAX_ROWS": "0"}, {"ATL_GROUP_COMMIT_WORKERS": "many"}, {"ATL_PPROF_ADDR": ":6060"},
-		{"ATL_PPROF_ADDR": "0.0.0.0:6060"}, {"ATL_PPROF_ADDR": "10.0.0.1:6060"}, {"ATL_AUTH_CACHE_TTL": "-1s"}} {
+		{"ATL_PPROF_ADDR": "0.0.0.0:6060"}, {"ATL_PPROF_ADDR": "10.0.0.1:6060"}, {"ATL_AUTH_CACHE_TTL": "-1s"}, {"ATL_WAITERS_PER_TENANT": "0"}} {
 		_, err := configFromEnv(env(bad))
 		require.Error(t, err, "%v", bad)
 	}
