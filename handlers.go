@@ -230,6 +230,11 @@ func traceID(r *http.Request, fromBody string) string {
 	if m := traceparentRE.FindStringSubmatch(r.Header.Get("traceparent")); m != nil {
 		return m[1]
 	}
+	return newTraceID()
+}
+
+// newTraceID is 16 random bytes in hex, as a W3C trace id.
+func newTraceID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
@@ -368,7 +373,7 @@ func validation(format string, args ...any) *Error {
 
 func (a *App) health(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "storage": a.store.Kind(),
-		"version": a.version, "live_enabled": a.live})
+		"version": a.version, "live_enabled": a.live, "build": buildInfo()})
 	return nil
 }
 
@@ -459,16 +464,24 @@ type issueKeyRequest struct {
 	Subject  string  `json:"subject"`
 }
 
+// validateKeyRequest checks a new key's role and subject.
+func validateKeyRequest(role, subject string) error {
+	if !slices.Contains([]string{"agent", "approver", "admin"}, role) {
+		return validation("role must be agent, approver or admin")
+	}
+	if !subjectPattern.MatchString(subject) {
+		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+	}
+	return nil
+}
+
 func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
 	var req issueKeyRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
-	if !slices.Contains([]string{"agent", "approver", "admin"}, req.Role) {
-		return validation("role must be agent, approver or admin")
-	}
-	if !subjectPattern.MatchString(req.Subject) {
-		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+	if err := validateKeyRequest(req.Role, req.Subject); err != nil {
+		return err
 	}
 	audit := newAudit(r, p, "ok", http.StatusCreated)
 	k, err := a.store.IssueKey(r.Context(), p, req.Role, req.Subject, audit)

@@ -13,11 +13,9 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -191,28 +189,7 @@ func version() string {
 }
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "--version", "version":
-			fmt.Println("atl", version())
-			return
-		case "healthcheck":
-			// For container HEALTHCHECKs: exit 0 when the local service answers /api/v1/health.
-			os.Exit(healthcheck(or(os.Getenv("PORT"), "8080")))
-		}
-	}
-	cfg, err := configFromEnv(os.Getenv)
-	if err != nil {
-		log.Error("configuration", "err", err.Error())
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg, log, nil); err != nil {
-		log.Error("atl stopped", "err", err.Error())
-		os.Exit(1)
-	}
+	os.Exit(cli(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
 func healthcheck(port string) int {

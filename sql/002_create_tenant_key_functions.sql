@@ -88,7 +88,12 @@ as $$
   from atl.api_keys k
   where k.key_hash = atl._api_key_hash(p_api_key) and k.revoked_at is null
 $$;
+-- A new owner needs CREATE on the schema at the moment of the change; granted
+-- for that moment only, so a migrating role that is no superuser (a managed
+-- database's owner) can do it too.
+grant create on schema atl to atl_keyauth;
 alter function atl.api_key_authenticate(text) owner to atl_keyauth;
+revoke create on schema atl from atl_keyauth;
 comment on function atl.api_key_authenticate(text) is
   'SECURITY DEFINER (atl_keyauth): the tenant, key id, role and subject of an active API key; no row when unknown or revoked.';
 

@@ -289,7 +289,12 @@ begin
   get diagnostics v_count = row_count;
   return v_count;
 end $$;
+-- A new owner needs CREATE on the schema at the moment of the change; granted
+-- for that moment only, so a migrating role that is no superuser (a managed
+-- database's owner) can do it too.
+grant create on schema atl to atl_sweeper;
 alter function atl.expire_stale_approvals() owner to atl_sweeper;
+revoke create on schema atl from atl_sweeper;
 comment on function atl.expire_stale_approvals() is
   'SECURITY DEFINER (atl_sweeper): expires PENDING approval requests past expires_at, for the current tenant or, with no tenant set, for all; returns how many.';
 
