@@ -16,7 +16,7 @@ vet: ## gofmt check and go vet
 	go vet ./...
 
 build: ## build a static binary at ./bin/atl
-	CGO_ENABLED=0 go build -trimpath -o bin/atl .
+	CGO_ENABLED=0 go build -buildvcs=true -trimpath -o bin/atl .
 
 migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
