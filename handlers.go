@@ -103,6 +103,10 @@ func (a *App) routes() http.Handler {
 	handle("GET", "/api/v1/evals/runs/:id", a.handle(a.authed(a.getEvalRun, "agent", "approver", "admin")))
 	handle("POST", "/api/v1/evals/runs/:id/complete", a.handle(a.authed(a.completeEvalRun, "agent", "admin")))
 	handle("PUT", "/api/v1/evals/baselines/:suite", a.handle(a.authed(a.pinEvalBaseline, "agent", "admin")))
+	handle("POST", "/api/v1/webhooks", a.handle(a.authed(a.createWebhook, "admin")))
+	handle("GET", "/api/v1/webhooks", a.handle(a.authed(a.listWebhooks, "admin")))
+	handle("DELETE", "/api/v1/webhooks/:id", a.handle(a.authed(a.deleteWebhook, "admin")))
+	handle("GET", "/api/v1/webhooks/:id/deliveries", a.handle(a.authed(a.listWebhookDeliveries, "admin")))
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))

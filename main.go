@@ -53,6 +53,7 @@ type Config struct {
 	StatementTimeout time.Duration
 	ShutdownTimeout  time.Duration
 	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
+	Webhooks         webhookConfig
 }
 
 func configFromEnv(getenv func(string) string) (Config, error) {
@@ -74,6 +75,10 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.AllowPrivate, err = envBool(getenv, "ATL_ALLOW_PRIVATE_TARGETS", false); err != nil {
 		return c, err
 	}
+	if c.Webhooks, err = webhookConfigFromEnv(getenv); err != nil {
+		return c, err
+	}
+	c.Webhooks.AllowPrivate = c.AllowPrivate
 	if c.LiveTimeout, err = envDuration(getenv, "ATL_LIVE_TIMEOUT", 10*time.Second); err != nil {
 		return c, err
 	}
@@ -250,6 +255,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if pg, ok := store.(*PGStore); ok {
 		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
 		defer app.waits.close()
+		if cfg.Webhooks.Enabled {
+			hooks := startWebhookWorker(pg.pool, cfg.Webhooks, log, app.version)
+			defer hooks.stop()
+		}
 	}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The delivery worker: claims due outbox rows of every tenant, POSTs them
+// signed, and records each attempt. It wakes on NOTIFY atl_webhook (sent by
+// the outbox trigger at commit) and on a timer for the next due retry, so
+// nothing polls the table while there is nothing to do. Delivery is at least
+// once: a crash between the receiver's answer and the record repeats it.
+
+const (
+	webhookNotifyChannel = "atl_webhook"
+	webhookBatch         = 16
+	webhookConcurrency   = 4
+	webhookMaxBackoff    = time.Hour
+	webhookIdleWait      = time.Minute // a bound on sleeping, should a notification be missed
+	webhookMaxAnswer     = 4 << 10
+)
+
+// webhookConfig is the worker's part of Config; see the README's table.
+type webhookConfig struct {
+	Enabled      bool
+	MaxAttempts  int
+	Backoff      time.Duration
+	Timeout      time.Duration
+	AllowPrivate bool
+}
+
+func webhookConfigFromEnv(getenv func(string) string) (webhookConfig, error) {
+	c := webhookConfig{}
+	var err error
+	if c.Enabled, err = envBool(getenv, "ATL_WEBHOOKS", true); err != nil {
+		return c, err
+	}
+	if c.MaxAttempts, err = envPositive(getenv, "ATL_WEBHOOK_MAX_ATTEMPTS", 12); err != nil {
+		return c, err
+	}
+	if c.Backoff, err = envDuration(getenv, "ATL_WEBHOOK_BACKOFF", 2*time.Second); err != nil {
+		return c, err
+	}
+	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 10*time.Second); err != nil {
+		return c, err
+	}
+	if c.Timeout <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_TIMEOUT must be above 0")
+	}
+	return c, nil
+}
+
+// lease is how long a claimed delivery stays invisible to other claims: longer
+// than a call can take, so only a dead worker's deliveries are claimed again.
+func (c webhookConfig) lease() time.Duration { return 2*c.Timeout + 5*time.Second }
+
+type webhookWorker struct {
+	pool    *pgxpool.Pool
+	connCfg *pgx.ConnConfig
+	client  *http.Client
+	cfg     webhookConfig
+	log     *slog.Logger
+	version string
+
+	wake   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startWebhookWorker runs the worker until stop is called.
+func startWebhookWorker(pool *pgxpool.Pool, cfg webhookConfig, log *slog.Logger, version string) *webhookWorker {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &webhookWorker{pool: pool, connCfg: pool.Config().ConnConfig.Copy(),
+		client: newLiveClient(cfg.Timeout, cfg.AllowPrivate), cfg: cfg, log: log, version: version,
+		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	go w.run(ctx)
+	return w
+}
+
+// stop ends claiming and waits for the deliveries in flight (each bounded by the timeout).
+func (w *webhookWorker) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *webhookWorker) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *webhookWorker) run(ctx context.Context) {
+	defer close(w.done)
+	var listening sync.WaitGroup
+	listening.Add(1)
+	go func() {
+		defer listening.Done()
+		w.listen(ctx)
+	}()
+	defer listening.Wait()
+	failures := 0
+	for ctx.Err() == nil {
+		n, err := w.pass(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		var wait time.Duration
+		switch {
+		case err != nil:
+			failures++
+			wait = min(time.Duration(failures)*time.Second, 30*time.Second)
+			w.log.Warn("webhook worker: database call failed; retrying", "err", err.Error(), "in", wait.String())
+		case n == webhookBatch:
+			failures = 0
+			continue // there may be more due right now
+		default:
+			failures = 0
+			wait = w.untilNextDue(ctx)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-w.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// listen holds one connection LISTENing on atl_webhook and pokes the loop on
+// each notification; after a reconnect it pokes too, for what it missed.
+func (w *webhookWorker) listen(ctx context.Context) {
+	retry := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, w.connCfg)
+		if err == nil {
+			_, err = conn.Exec(ctx, "listen "+webhookNotifyChannel)
+		}
+		if err == nil {
+			retry = 100 * time.Millisecond
+			w.poke()
+			for err == nil {
+				_, err = conn.WaitForNotification(ctx)
+				if err == nil {
+					w.poke()
+				}
+			}
+		}
+		if conn != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("webhook worker: listening failed; reconnecting", "err", err.Error())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+		retry = min(2*retry, 10*time.Second)
+	}
+}
+
+const webhookNextDueSQL = `select atl.webhook_delivery_next_due()`
+
+// untilNextDue is how long to sleep: until the next pending delivery is due, bounded.
+func (w *webhookWorker) untilNextDue(ctx context.Context) time.Duration {
+	var next *time.Time
+	err := w.workerTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, webhookNextDueSQL).Scan(&next) })
+	if err != nil || next == nil {
+		return webhookIdleWait
+	}
+	return min(max(time.Until(*next), 0), webhookIdleWait)
+}
+
+// workerTx runs fn as the runtime role with no tenant set, as the worker's functions require.
+func (w *webhookWorker) workerTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, ""); err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// claimedDelivery is one row of atl.webhook_delivery_claim.
+type claimedDelivery struct {
+	ID, TenantID, WebhookID, URL, Format, Secret, Event string
+	Payload                                             json.RawMessage
+	Attempt                                             int
+}
+
+const webhookClaimSQL = `select delivery_id::text, tenant_id, webhook_id::text, url, format, secret, event, payload, attempt
+from atl.webhook_delivery_claim($1::integer, $2::interval, $3::integer)`
+
+// pass claims one batch, delivers it and records every outcome; it returns how many it claimed.
+func (w *webhookWorker) pass(ctx context.Context) (int, error) {
+	var batch []claimedDelivery
+	err := w.workerTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, webhookClaimSQL, webhookBatch, w.cfg.lease(), w.cfg.MaxAttempts)
+		if err != nil {
+			return err
+		}
+		batch, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
+			var d claimedDelivery
+			err := r.Scan(&d.ID, &d.TenantID, &d.WebhookID, &d.URL, &d.Format, &d.Secret, &d.Event, &d.Payload, &d.Attempt)
+			return d, err
+		})
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	// In-flight deliveries finish on shutdown, so an answered call gets recorded.
+	dctx := context.WithoutCancel(ctx)
+	sem := make(chan struct{}, webhookConcurrency)
+	var wg sync.WaitGroup
+	for _, d := range batch {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			w.deliver(dctx, d)
+		}()
+	}
+	wg.Wait()
+	return len(batch), nil
+}
+
+const webhookRecordSQL = `select atl.webhook_delivery_record($1::text, $2::uuid, $3::integer, $4::integer, $5::text,
+  $6::integer, $7::integer, $8::interval, $9::interval)`
+
+func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
+	out := w.send(ctx, d)
+	var status *int
+	if out.status != 0 {
+		status = &out.status
+	}
+	var state string
+	err := w.workerTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, nullable(out.err),
+			out.latencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
+	})
+	if err != nil {
+		// The lease expires and the delivery is tried again: at least once.
+		w.log.Error("webhook worker: recording an attempt failed", "tenant", d.TenantID, "delivery", d.ID, "err", err.Error())
+		return
+	}
+	if state == "failed" {
+		w.log.Warn("webhook delivery failed for good", "tenant", d.TenantID, "delivery", d.ID, "attempts", d.Attempt, "error", out.err)
+	}
+}
+
+// send POSTs one delivery, signed, and reports the receiver's status or the error.
+func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome {
+	start := time.Now()
+	out := liveOutcome{}
+	body := []byte(d.Payload)
+	if d.Format == "slack" {
+		body = slackMessage(d.Payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(body))
+	if err != nil {
+		out.err = "invalid webhook url"
+		return out
+	}
+	ts := time.Now().Unix()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "atl/"+w.version)
+	req.Header.Set("X-ATL-Delivery", d.ID)
+	req.Header.Set("X-ATL-Event", d.Event)
+	req.Header.Set("X-ATL-Signature", webhookSignature(d.Secret, ts, body))
+	resp, err := w.client.Do(req)
+	out.latencyMS = int(time.Since(start).Milliseconds())
+	if err != nil {
+		out.err = liveError(err)
+		return out
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, webhookMaxAnswer))
+	resp.Body.Close()
+	out.status = resp.StatusCode
+	out.succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
+	if !out.succeeded {
+		out.err = fmt.Sprintf("the receiver answered %d", resp.StatusCode)
+	}
+	return out
+}
+
+// webhookSignature is the X-ATL-Signature value: t=<unix seconds>,v1=<hex
+// HMAC-SHA256 of "<t>.<body>">. The timestamp is signed, so a receiver can
+// refuse old (replayed) deliveries.
+func webhookSignature(secret string, ts int64, body []byte) string {
+	t := strconv.FormatInt(ts, 10)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(t + "."))
+	mac.Write(body)
+	return "t=" + t + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// slackMessage turns an event into a Slack incoming-webhook message: a text
+// fallback and blocks with the level, tool, agent, requester, status and expiry.
+func slackMessage(payload json.RawMessage) []byte {
+	var ev struct {
+		Event    string `json:"event"`
+		TenantID string `json:"tenant_id"`
+		Approval struct {
+			ID          string `json:"id"`
+			Status      string `json:"status"`
+			TrustLevel  string `json:"trust_level"`
+			ToolName    string `json:"tool_name"`
+			AgentID     string `json:"agent_id"`
+			RequestedBy string `json:"requested_by"`
+			ExpiresAt   string `json:"expires_at"`
+			Required    int    `json:"required_approvals"`
+			Approvals   int    `json:"approvals"`
+		} `json:"approval"`
+	}
+	_ = json.Unmarshal(payload, &ev)
+	a := ev.Approval
+	verb := map[string]string{"approval.created": "needs approval", "approval.approved": "was approved",
+		"approval.rejected": "was rejected", "approval.expired": "expired"}[ev.Event]
+	text := fmt.Sprintf("[%s] %s call %s by %s %s (%s)", ev.TenantID, a.TrustLevel, a.ToolName, a.AgentID, verb, a.Status)
+	field := func(name, value string) map[string]any {
+		return map[string]any{"type": "mrkdwn", "text": "*" + name + "*\n" + slackEscape(value)}
+	}
+	msg := map[string]any{
+		"text": text,
+		"blocks": []any{
+			map[string]any{"type": "section", "text": map[string]any{"type": "mrkdwn", "text": slackEscape(text)}},
+			map[string]any{"type": "section", "fields": []any{
+				field("Level", a.TrustLevel), field("Tool", a.ToolName), field("Agent", a.AgentID),
+				field("Requested by", a.RequestedBy), field("Status", a.Status), field("Expires", a.ExpiresAt),
+			}},
+			map[string]any{"type": "context", "elements": []any{
+				map[string]any{"type": "mrkdwn", "text": slackEscape(fmt.Sprintf("request %s · approvals %d of %d",
+					a.ID, a.Approvals, a.Required))},
+			}},
+		},
+	}
+	b, _ := json.Marshal(msg)
+	return b
+}
+
+// slackEscape keeps agent-supplied text from forming Slack links or mentions.
+func slackEscape(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+}
