@@ -33,7 +33,11 @@ func validWebhookURL(s string) bool {
 
 // webhookStore is the PostgreSQL store; JSONL mode has no webhooks.
 func (a *App) webhookStore() (*PGStore, error) {
-	pg, ok := a.store.(*PGStore)
+	s := a.store
+	if c, ok := s.(countingStore); ok {
+		s = c.Store
+	}
+	pg, ok := s.(*PGStore)
 	if !ok {
 		return nil, errNeedsDB
 	}

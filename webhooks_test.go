@@ -1,0 +1,527 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+)
+
+// received is one request a test receiver got.
+type received struct {
+	path, delivery, event, signature string
+	body                             []byte
+	status                           int // what the receiver answered
+}
+
+// receiver is a real HTTP server on 127.0.0.1 that records what it gets and
+// answers with answer(path, how many requests this delivery id had before).
+type receiver struct {
+	srv    *httptest.Server
+	mu     sync.Mutex
+	got    []received
+	answer func(path string, before int) int
+}
+
+func newReceiver(t *testing.T, answer func(path string, before int) int) *receiver {
+	rc := &receiver{answer: answer}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rc.mu.Lock()
+		before := 0
+		for _, g := range rc.got {
+			if g.delivery == r.Header.Get("X-ATL-Delivery") {
+				before++
+			}
+		}
+		status := rc.answer(r.URL.Path, before)
+		rc.got = append(rc.got, received{path: r.URL.Path, delivery: r.Header.Get("X-ATL-Delivery"),
+			event: r.Header.Get("X-ATL-Event"), signature: r.Header.Get("X-ATL-Signature"), body: body, status: status})
+		rc.mu.Unlock()
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+func (rc *receiver) requests() []received {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]received(nil), rc.got...)
+}
+
+func always(status int) func(string, int) int { return func(string, int) int { return status } }
+
+// testWebhookConfig retries fast, so tests wait milliseconds, not minutes.
+func testWebhookConfig() webhookConfig {
+	return webhookConfig{Enabled: true, MaxAttempts: 5, Backoff: 20 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true}
+}
+
+// startWorker runs the delivery worker on the test service's database.
+func startWorker(t *testing.T, e *testEnv, cfg webhookConfig) {
+	t.Helper()
+	w := startWebhookWorker(e.store.(*PGStore).pool, cfg, testLogger(), "test")
+	t.Cleanup(w.stop)
+}
+
+// webhookTenant creates tenant id with an agent (bot), an approver (alice) and
+// an L3 tool deploy, and returns the admin, agent and approver keys.
+func webhookTenant(e *testEnv, id string) (admin, agent, approver string) {
+	admin = e.tenant(id)
+	agent = e.key(admin, "agent", "bot")
+	approver = e.key(admin, "approver", "alice@example.com")
+	e.policy(admin, "deploy", map[string]any{"trust_level": "L3"})
+	return admin, agent, approver
+}
+
+// addWebhook creates a webhook and returns its id and secret.
+func addWebhook(e *testEnv, admin, target, format string) (id, secret string) {
+	e.t.Helper()
+	r := e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": target, "format": format})
+	require.Equal(e.t, http.StatusCreated, r.Status, r.Raw)
+	return r.str("id"), r.str("secret")
+}
+
+// requestApproval makes the agent call deploy and returns the approval request id.
+func requestApproval(e *testEnv, agent string) string {
+	e.t.Helper()
+	r := e.execute(agent, "bot", map[string]any{"tool": "deploy", "args": map[string]any{"env": "prod"}})
+	require.Equal(e.t, http.StatusAccepted, r.Status, r.Raw)
+	return r.str("approval_request_id")
+}
+
+// deliveries lists a webhook's deliveries through the API.
+func deliveries(e *testEnv, admin, webhookID string) []map[string]any {
+	e.t.Helper()
+	r := e.do("GET", "/api/v1/webhooks/"+webhookID+"/deliveries?limit=500", admin, nil)
+	require.Equal(e.t, http.StatusOK, r.Status, r.Raw)
+	return r.items()
+}
+
+// waitDeliveries waits until the webhook has n deliveries, none pending.
+func waitDeliveries(t *testing.T, e *testEnv, admin, webhookID string, n int) []map[string]any {
+	t.Helper()
+	var items []map[string]any
+	require.Eventually(t, func() bool {
+		items = deliveries(e, admin, webhookID)
+		if len(items) != n {
+			return false
+		}
+		for _, d := range items {
+			if d["status"] == "pending" {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 10*time.Millisecond, "the webhook's %d deliveries settle", n)
+	return items
+}
+
+// verifyWebhookSignature is what a receiver does (the README shows it): check
+// the HMAC and refuse a timestamp outside the tolerance, so a replay fails.
+func verifyWebhookSignature(secret, header string, body []byte, now time.Time, tolerance time.Duration) bool {
+	var ts int64
+	var sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "t":
+			ts = mustAtoi64(v)
+		case "v1":
+			sig = v
+		}
+	}
+	if ts == 0 || sig == "" || now.Sub(time.Unix(ts, 0)).Abs() > tolerance {
+		return false
+	}
+	want := webhookSignature(secret, ts, body)
+	return want[strings.LastIndex(want, "=")+1:] == sig
+}
+
+func mustAtoi64(s string) int64 {
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// TestWebhookDeliveredOnce: a created and an approved request are each
+// delivered once, signed, with the request as the API shows it.
+func TestWebhookDeliveredOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, always(http.StatusOK))
+	startWorker(t, e, testWebhookConfig())
+	admin, agent, alice := webhookTenant(e, "acme")
+	hookID, secret := addWebhook(e, admin, rc.srv.URL+"/hook", "json")
+	require.True(t, strings.HasPrefix(secret, "whsec_") && len(secret) >= 43, secret)
+
+	id := requestApproval(e, agent)
+	r := e.do("POST", "/api/v1/approvals/"+id+"/decisions", alice, map[string]any{"decision": "APPROVE"})
+	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+
+	items := waitDeliveries(t, e, admin, hookID, 2)
+	byEvent := map[string]map[string]any{}
+	for _, d := range items {
+		require.Equal(t, "delivered", d["status"], d)
+		require.EqualValues(t, 1, d["attempts"], d)
+		require.Nil(t, d["next_attempt_at"])
+		log := d["attempt_log"].([]any)
+		require.Len(t, log, 1)
+		require.EqualValues(t, 200, log[0].(map[string]any)["http_status"])
+		byEvent[d["event"].(string)] = d
+	}
+	require.Contains(t, byEvent, "approval.created")
+	require.Contains(t, byEvent, "approval.approved")
+
+	got := rc.requests()
+	require.Len(t, got, 2, "each event arrived exactly once")
+	events := map[string]int{}
+	for _, g := range got {
+		events[g.event]++
+		require.Equal(t, "/hook", g.path)
+		require.True(t, verifyWebhookSignature(secret, g.signature, g.body, time.Now(), 5*time.Minute), "signature %s", g.signature)
+		require.False(t, verifyWebhookSignature(secret, g.signature, append([]byte(" "), g.body...), time.Now(), 5*time.Minute),
+			"a changed body fails")
+		require.False(t, verifyWebhookSignature(secret, g.signature, g.body, time.Now().Add(10*time.Minute), 5*time.Minute),
+			"a replay after the tolerance fails")
+		require.False(t, verifyWebhookSignature("whsec_other", g.signature, g.body, time.Now(), 5*time.Minute))
+		var body struct {
+			Event, DeliveryID, WebhookID, TenantID string
+			OccurredAt                             time.Time
+			Approval                               map[string]any
+		}
+		var raw map[string]any
+		require.NoError(t, json.Unmarshal(g.body, &raw))
+		body.Event, body.DeliveryID, body.WebhookID, body.TenantID = raw["event"].(string), raw["delivery_id"].(string),
+			raw["webhook_id"].(string), raw["tenant_id"].(string)
+		body.Approval = raw["approval"].(map[string]any)
+		require.Equal(t, g.event, body.Event)
+		require.Equal(t, g.delivery, body.DeliveryID, "the signed body names the delivery, for dedupe")
+		require.Equal(t, hookID, body.WebhookID)
+		require.Equal(t, "acme", body.TenantID)
+		require.Equal(t, id, body.Approval["id"])
+		require.Equal(t, "deploy", body.Approval["tool_name"])
+		require.NotEmpty(t, raw["occurred_at"])
+		if g.event == "approval.approved" {
+			require.Equal(t, "APPROVED", body.Approval["status"])
+			require.Len(t, body.Approval["decisions"], 1)
+		} else {
+			require.Equal(t, "PENDING", body.Approval["status"])
+		}
+	}
+	require.Equal(t, map[string]int{"approval.created": 1, "approval.approved": 1}, events)
+
+	// Keyset paging, newest first.
+	r = e.do("GET", "/api/v1/webhooks/"+hookID+"/deliveries?limit=1", admin, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.Len(t, r.items(), 1)
+	require.Equal(t, "approval.approved", r.items()[0]["event"])
+	next := r.str("next_cursor")
+	require.NotEmpty(t, next)
+	r = e.do("GET", "/api/v1/webhooks/"+hookID+"/deliveries?limit=1&cursor="+url.QueryEscape(next), admin, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.Len(t, r.items(), 1)
+	require.Equal(t, "approval.created", r.items()[0]["event"])
+
+	// The writes are in the audit trail.
+	r = e.do("GET", "/api/v1/audit/logs?limit=500", admin, nil)
+	require.Contains(t, r.Raw, `"route":"POST /api/v1/webhooks"`)
+}
+
+// TestWebhookRetries: a 500 is retried and then delivered, a receiver that
+// keeps failing is given up after the maximum, and every attempt is listed.
+func TestWebhookRetries(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, func(path string, before int) int {
+		if path == "/flaky" && before > 0 {
+			return http.StatusOK
+		}
+		return http.StatusInternalServerError
+	})
+	cfg := testWebhookConfig()
+	cfg.MaxAttempts = 3
+	startWorker(t, e, cfg)
+	admin, agent, _ := webhookTenant(e, "acme")
+	flaky, _ := addWebhook(e, admin, rc.srv.URL+"/flaky", "json")
+	down, _ := addWebhook(e, admin, rc.srv.URL+"/down", "json")
+	requestApproval(e, agent)
+
+	d := waitDeliveries(t, e, admin, flaky, 1)[0]
+	require.Equal(t, "delivered", d["status"], d)
+	require.EqualValues(t, 2, d["attempts"])
+	require.EqualValues(t, 200, d["last_status"])
+	require.Nil(t, d["last_error"])
+	log := d["attempt_log"].([]any)
+	require.Len(t, log, 2)
+	require.EqualValues(t, 500, log[0].(map[string]any)["http_status"])
+	require.Equal(t, "the receiver answered 500", log[0].(map[string]any)["error"])
+	require.EqualValues(t, 200, log[1].(map[string]any)["http_status"])
+
+	d = waitDeliveries(t, e, admin, down, 1)[0]
+	require.Equal(t, "failed", d["status"], d)
+	require.EqualValues(t, 3, d["attempts"])
+	require.EqualValues(t, 500, d["last_status"])
+	require.Len(t, d["attempt_log"], 3)
+
+	n := map[string]int{}
+	for _, g := range rc.requests() {
+		n[g.path]++
+	}
+	require.Equal(t, map[string]int{"/flaky": 2, "/down": 3}, n)
+}
+
+// TestWebhookSlack: the slack format sends a Slack incoming-webhook message.
+func TestWebhookSlack(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, always(http.StatusOK))
+	startWorker(t, e, testWebhookConfig())
+	admin, agent, _ := webhookTenant(e, "acme")
+	hookID, secret := addWebhook(e, admin, rc.srv.URL+"/slack", "slack")
+	requestApproval(e, agent)
+	waitDeliveries(t, e, admin, hookID, 1)
+
+	got := rc.requests()
+	require.Len(t, got, 1)
+	require.True(t, verifyWebhookSignature(secret, got[0].signature, got[0].body, time.Now(), 5*time.Minute))
+	var msg struct {
+		Text   string `json:"text"`
+		Blocks []struct {
+			Type   string `json:"type"`
+			Text   *struct{ Type, Text string }
+			Fields []struct{ Type, Text string }
+		} `json:"blocks"`
+	}
+	require.NoError(t, json.Unmarshal(got[0].body, &msg), string(got[0].body))
+	require.Contains(t, msg.Text, "deploy")
+	require.Contains(t, msg.Text, "needs approval")
+	require.GreaterOrEqual(t, len(msg.Blocks), 2)
+	require.Equal(t, "section", msg.Blocks[0].Type)
+	var fields []string
+	for _, f := range msg.Blocks[1].Fields {
+		require.Equal(t, "mrkdwn", f.Type)
+		fields = append(fields, f.Text)
+	}
+	require.Contains(t, fields, "*Level*\nL3")
+	require.Contains(t, fields, "*Tool*\ndeploy")
+	require.Contains(t, fields, "*Agent*\nbot")
+	require.Contains(t, fields, "*Requested by*\nbot")
+	require.Contains(t, fields, "*Status*\nPENDING")
+}
+
+// TestWebhookExpiry: the expiry sweep (as pg_cron runs it, no tenant set)
+// produces approval.expired.
+func TestWebhookExpiry(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, always(http.StatusNoContent))
+	startWorker(t, e, testWebhookConfig())
+	admin, agent, _ := webhookTenant(e, "acme")
+	hookID, _ := addWebhook(e, admin, rc.srv.URL+"/hook", "json")
+	id := requestApproval(e, agent)
+	e.sql("update atl.approval_requests set expires_at = now() - interval '1 second' where id = $1", id)
+	e.sql("select atl.expire_stale_approvals()")
+
+	items := waitDeliveries(t, e, admin, hookID, 2)
+	require.Equal(t, "approval.expired", items[0]["event"])
+	require.Equal(t, "delivered", items[0]["status"])
+	payload := items[0]["payload"].(map[string]any)
+	require.Equal(t, "EXPIRED", payload["approval"].(map[string]any)["status"])
+}
+
+// TestWebhookPrivateTarget: without ATL_ALLOW_PRIVATE_TARGETS a loopback
+// receiver is never called and the refusal is visible.
+func TestWebhookPrivateTarget(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, always(http.StatusOK))
+	cfg := testWebhookConfig()
+	cfg.AllowPrivate, cfg.MaxAttempts = false, 2
+	startWorker(t, e, cfg)
+	admin, agent, _ := webhookTenant(e, "acme")
+	hookID, _ := addWebhook(e, admin, rc.srv.URL+"/hook", "json")
+	requestApproval(e, agent)
+
+	d := waitDeliveries(t, e, admin, hookID, 1)[0]
+	require.Equal(t, "failed", d["status"])
+	require.Contains(t, d["last_error"], "ATL_ALLOW_PRIVATE_TARGETS")
+	require.Nil(t, d["last_status"])
+	require.Empty(t, rc.requests(), "the loopback receiver was never called")
+}
+
+// TestWebhookRoutes: validation, roles, soft delete and JSONL mode.
+func TestWebhookRoutes(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	admin, agent, alice := webhookTenant(e, "acme")
+	for _, body := range []map[string]any{
+		{"url": "ftp://example.com/hook"},
+		{"url": "not a url"},
+		{"url": "https://"},
+		{"url": "https://user:pw@example.com/hook"},
+		{"url": "https://example.com/" + strings.Repeat("a", 2100)},
+		{"url": "https://example.com/hook", "format": "xml"},
+		{"format": "json"},
+	} {
+		requireError(t, e.do("POST", "/api/v1/webhooks", admin, body), http.StatusBadRequest, codeValidation)
+	}
+	requireError(t, e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://example.com/hook", "extra": 1}),
+		http.StatusBadRequest, "unknown_field")
+	for _, key := range []string{agent, alice} {
+		requireError(t, e.do("POST", "/api/v1/webhooks", key, map[string]any{"url": "https://example.com/hook"}),
+			http.StatusForbidden, codeForbidden)
+		requireError(t, e.do("GET", "/api/v1/webhooks", key, nil), http.StatusForbidden, codeForbidden)
+	}
+
+	r := e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://example.com/hook"})
+	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+	require.Equal(t, "json", r.str("format"), "format defaults to json")
+	hookID, secret := r.str("id"), r.str("secret")
+	for _, k := range []string{"id", "url", "format", "secret", "created_at"} {
+		require.NotEmpty(t, r.Body[k], k)
+	}
+
+	r = e.do("GET", "/api/v1/webhooks", admin, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.Len(t, r.items(), 1)
+	require.NotContains(t, r.Raw, secret, "a list never shows the secret")
+	require.NotContains(t, r.Raw, "secret")
+
+	requestApproval(e, agent)
+	require.Len(t, deliveries(e, admin, hookID), 1, "pending: no worker runs here")
+
+	r = e.do("DELETE", "/api/v1/webhooks/"+hookID, admin, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.NotEmpty(t, r.str("deleted_at"))
+	r2 := e.do("DELETE", "/api/v1/webhooks/"+hookID, admin, nil)
+	require.Equal(t, http.StatusOK, r2.Status, "deleting twice is no error")
+	require.Equal(t, r.str("deleted_at"), r2.str("deleted_at"))
+	require.Empty(t, e.do("GET", "/api/v1/webhooks", admin, nil).items())
+	requestApproval(e, agent)
+	require.Len(t, deliveries(e, admin, hookID), 1, "a deleted webhook gets no new deliveries; past ones stay listed")
+
+	// The worker ends the deleted webhook's pending delivery.
+	startWorker(t, e, testWebhookConfig())
+	d := waitDeliveries(t, e, admin, hookID, 1)[0]
+	require.Equal(t, "failed", d["status"])
+	require.Equal(t, "the webhook was deleted", d["last_error"])
+
+	requireError(t, e.do("DELETE", "/api/v1/webhooks/not-a-uuid", admin, nil), http.StatusNotFound, "webhook_not_found")
+	requireError(t, e.do("GET", "/api/v1/webhooks/00000000-0000-0000-0000-000000000000/deliveries", admin, nil),
+		http.StatusNotFound, "webhook_not_found")
+	requireError(t, e.do("GET", "/api/v1/webhooks/"+hookID+"/deliveries?cursor=bad", admin, nil),
+		http.StatusBadRequest, "invalid_cursor")
+
+	j := setup(t, "jsonl")
+	jadmin := j.tenant("acme")
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/api/v1/webhooks"}, {"GET", "/api/v1/webhooks"},
+		{"DELETE", "/api/v1/webhooks/" + hookID}, {"GET", "/api/v1/webhooks/" + hookID + "/deliveries"},
+	} {
+		var body any
+		if c.method == "POST" {
+			body = map[string]any{"url": "https://example.com/hook"}
+		}
+		requireError(t, j.do(c.method, c.path, jadmin, body), http.StatusServiceUnavailable, codeRequiresDatabase)
+	}
+}
+
+// TestWebhookIsolation: tenant beta cannot see, delete or list acme's
+// webhooks or deliveries, acme's events go only to acme's webhooks, and a
+// tenant transaction cannot use the worker's cross-tenant functions.
+func TestWebhookIsolation(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	acme, acmeAgent, _ := webhookTenant(e, "acme")
+	beta, _, _ := webhookTenant(e, "beta")
+	acmeHook, _ := addWebhook(e, acme, "https://acme.example/hook", "json")
+	betaHook, _ := addWebhook(e, beta, "https://beta.example/hook", "json")
+	requestApproval(e, acmeAgent)
+
+	require.Len(t, deliveries(e, acme, acmeHook), 1)
+	require.Empty(t, deliveries(e, beta, betaHook), "acme's event went to acme's webhooks only")
+	r := e.do("GET", "/api/v1/webhooks", beta, nil)
+	require.Len(t, r.items(), 1)
+	require.Equal(t, betaHook, r.items()[0]["id"])
+	requireError(t, e.do("GET", "/api/v1/webhooks/"+acmeHook+"/deliveries", beta, nil), http.StatusNotFound, "webhook_not_found")
+	requireError(t, e.do("DELETE", "/api/v1/webhooks/"+acmeHook, beta, nil), http.StatusNotFound, "webhook_not_found")
+	requireError(t, e.do("GET", "/api/v1/webhooks?tenant_id=acme", beta, nil), http.StatusForbidden, codeTenantMismatch)
+	require.Len(t, e.do("GET", "/api/v1/webhooks", acme, nil).items(), 1, "beta's delete did nothing")
+
+	pool := e.store.(*PGStore).pool
+	ctx := context.Background()
+	asRuntime(t, pool, "beta", func(tx pgx.Tx) {
+		for _, table := range []string{"webhooks", "webhook_deliveries", "webhook_attempts"} {
+			var n int
+			require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl."+table+" where tenant_id <> 'beta'").Scan(&n))
+			require.Zero(t, n, table)
+		}
+		tag, err := tx.Exec(ctx, "update atl.webhooks set deleted_at = now() where id = $1", acmeHook)
+		require.NoError(t, err)
+		require.Zero(t, tag.RowsAffected())
+	})
+	for _, stmt := range []string{
+		"select * from atl.webhook_delivery_claim(10, '1 minute', 3)",
+		"select atl.webhook_delivery_next_due()",
+		"select atl.webhook_delivery_record('acme', gen_random_uuid(), 1, 200, null, 1, 3, '1 second')",
+	} {
+		asRuntime(t, pool, "beta", func(tx pgx.Tx) {
+			_, err := tx.Exec(ctx, stmt)
+			requireSQLState(t, err, "42501", stmt)
+		})
+	}
+	asRuntime(t, pool, "", func(tx pgx.Tx) {
+		var n int
+		require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.webhooks").Scan(&n))
+		require.Zero(t, n, "the runtime role with no tenant reads no webhook directly")
+		_, err := tx.Exec(ctx, "update atl.webhook_deliveries set status = 'delivered'")
+		requireSQLState(t, err, "42501", "only the worker's functions move deliveries")
+	})
+}
+
+// TestWebhookOutboxTransaction: the outbox row commits or rolls back with the
+// request that caused it.
+func TestWebhookOutboxTransaction(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	admin, _, _ := webhookTenant(e, "acme")
+	addWebhook(e, admin, "https://acme.example/hook", "json")
+	pool := e.store.(*PGStore).pool
+	ctx := context.Background()
+	count := func(q querier) int {
+		var n int
+		require.NoError(t, q.QueryRow(ctx, "select count(*) from atl.webhook_deliveries").Scan(&n))
+		return n
+	}
+	for _, commit := range []bool{false, true} {
+		tx, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme")
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, "select atl.gate_execute(p_agent_id => 'bot', p_tool => 'deploy')")
+		require.NoError(t, err)
+		require.Equal(t, 1, count(tx), "the delivery is written with the request")
+		if commit {
+			require.NoError(t, tx.Commit(ctx))
+		} else {
+			require.NoError(t, tx.Rollback(ctx))
+		}
+		require.Equal(t, map[bool]int{false: 0, true: 1}[commit], count(pool), "commit=%v", commit)
+	}
+}
