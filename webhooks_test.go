@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -524,4 +525,67 @@ func TestWebhookOutboxTransaction(t *testing.T) {
 		}
 		require.Equal(t, map[bool]int{false: 0, true: 1}[commit], count(pool), "commit=%v", commit)
 	}
+}
+
+// TestWebhookSurvivesRestart: the service is killed (SIGKILL) while a
+// delivery is being retried against a failing receiver; started again, it
+// delivers it once and marks it delivered.
+func TestWebhookSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	var healthy atomic.Bool
+	rc := newReceiver(t, func(string, int) int {
+		if healthy.Load() {
+			return http.StatusOK
+		}
+		return http.StatusInternalServerError
+	})
+	env := []string{"DATABASE_URL=" + newDatabase(t), "ATL_ALLOW_PRIVATE_TARGETS=true",
+		"ATL_WEBHOOK_BACKOFF=100ms", "ATL_WEBHOOK_MAX_ATTEMPTS=50", "ATL_WEBHOOK_TIMEOUT=2s"}
+	client := &http.Client{}
+	t.Cleanup(client.CloseIdleConnections)
+
+	atl := startATL(t, env...)
+	admin, agent := atl.acme(t, client)
+	status, hook := atl.mustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
+	require.Equal(t, http.StatusCreated, status, hook)
+	hookID := hook["id"].(string)
+	status, _ = atl.mustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
+	require.Equal(t, http.StatusOK, status)
+	status, out := atl.mustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy", "args": map[string]any{}})
+	require.Equal(t, http.StatusAccepted, status, out)
+
+	require.Eventually(t, func() bool { return len(rc.requests()) >= 2 }, 20*time.Second, 5*time.Millisecond,
+		"the receiver failed the delivery twice")
+	atl.kill()
+	failed := len(rc.requests())
+	healthy.Store(true)
+	client.CloseIdleConnections()
+
+	restarted := time.Now()
+	atl = startATL(t, env...)
+	var d map[string]any
+	require.Eventually(t, func() bool {
+		status, page := atl.mustCall(t, client, "GET", "/api/v1/webhooks/"+hookID+"/deliveries", admin, nil)
+		require.Equal(t, http.StatusOK, status, page)
+		items, _ := page["items"].([]any)
+		require.Len(t, items, 1)
+		d = items[0].(map[string]any)
+		return d["status"] == "delivered"
+	}, 30*time.Second, 10*time.Millisecond, "the delivery is delivered after the restart")
+
+	t.Logf("delivered %v after the restart, after %d failed calls", time.Since(restarted), failed)
+	got := rc.requests()
+	ok := 0
+	for _, g := range got {
+		require.Equal(t, d["id"], g.delivery, "one delivery, retried under its own id")
+		if g.status == http.StatusOK {
+			ok++
+		}
+	}
+	require.Equal(t, 1, ok, "delivered once")
+	require.Greater(t, len(got), failed, "delivered by the restarted service")
+	require.GreaterOrEqual(t, int(d["attempts"].(float64)), len(got), "every call the receiver saw was counted")
+	log := d["attempt_log"].([]any)
+	require.EqualValues(t, 200, log[len(log)-1].(map[string]any)["http_status"])
+	require.NotContains(t, atl.output(), `"level":"ERROR"`)
 }
