@@ -10,6 +10,7 @@ port=${WALKTHROUGH_PORT:-18090}
 tmp=$(mktemp -d)
 cleanup() {
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  [ -n "${hookpid:-}" ] && kill "$hookpid" 2>/dev/null && wait "$hookpid" 2>/dev/null || true
   psql -X -q "$base" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
   rm -rf "$tmp"
 }
@@ -18,7 +19,26 @@ psql -X -q "$base" -c "create database $db"
 go build -o "$tmp/atl" .
 export ATL=http://127.0.0.1:$port
 export OPERATOR=change-me-operator-token
-DATABASE_URL="${base/\/postgres\?/\/$db?}" PORT=$port ATL_ADMIN_TOKEN=$OPERATOR "$tmp/atl" 2>"$tmp/atl.log" &
+# A webhook receiver on 127.0.0.1 (hence ATL_ALLOW_PRIVATE_TARGETS) that answers 204 and keeps the last delivery.
+hookport=$((port + 1))
+python3 - "$hookport" "$tmp/hook.txt" <<'PY' &
+import http.server, sys
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[2], "w") as f:
+            for h in ("X-ATL-Delivery", "X-ATL-Event", "X-ATL-Signature"):
+                f.write(f"{h}: {self.headers[h]}\n")
+            f.write("\n" + body.decode() + "\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+PY
+hookpid=$!
+export HOOK_URL=http://127.0.0.1:$hookport/atl
+DATABASE_URL="${base/\/postgres\?/\/$db?}" PORT=$port ATL_ADMIN_TOKEN=$OPERATOR ATL_ALLOW_PRIVATE_TARGETS=true "$tmp/atl" 2>"$tmp/atl.log" &
 pid=$!
 for _ in $(seq 1 50); do curl -sf "$ATL/api/v1/health" >/dev/null && break; sleep 0.2; done
 
@@ -113,3 +133,22 @@ show 'curl $ATL/api/v1/evals/runs/$RUN/complete -H "Authorization: Bearer $AGENT
 show 'curl -X PUT $ATL/api/v1/evals/baselines/support-bot -H "Authorization: Bearer $AGENT" --json '"'"'{"run_id":"'"'"'$BASE'"'"'"}'"'"
 show 'curl "$ATL/api/v1/evals/runs?suite_name=support-bot&status=failed" -H "Authorization: Bearer $ALICE"'
 show 'curl $ATL/api/v1/evals/runs/$BASE -H "Authorization: Bearer $ALICE"'
+
+echo "### Webhooks"; echo
+echo '(`$HOOK_URL` is a receiver on this machine that answers 204; the service runs with `ATL_ALLOW_PRIVATE_TARGETS=true` so that it may call it.)'; echo
+show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"'"'"'$HOOK_URL'"'"'","format":"json"}'"'"
+HOOK=$(jq -r .id "$tmp/last.json"); export HOOK
+echo '(`$HOOK` is its `id`; the `secret` signs every delivery and is never shown again.)'; echo
+show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"ftp://hooks.example.com/atl","format":"xml"}'"'"
+show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN"'
+keep HELD .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"bookings.create","args":{"hotel":"H-310","nights":1}}'"'"
+keep _ .status 'curl $ATL/api/v1/approvals/$HELD/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"REJECT","reason":"over budget"}'"'"
+for _ in $(seq 1 50); do
+  [ "$(curl -s "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $ADMIN" | jq '[.items[] | select(.status == "pending")] | length')" = 0 ] && break
+  sleep 0.1
+done
+echo 'An agent'"'"'s call was held (`$HELD`) and Bob rejected it: two events, each delivered once. The headers of the last one, as the receiver got them (its body is the `payload` below):'; echo
+printf '```http\n'; sed -n '1,3p' "$tmp/hook.txt"; printf '```\n\n'
+show 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries?limit=1" -H "Authorization: Bearer $ADMIN"'
+show 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $GLOBEX_ADMIN"'
+show 'curl -X DELETE $ATL/api/v1/webhooks/$HOOK -H "Authorization: Bearer $ADMIN"'
