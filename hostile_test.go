@@ -27,6 +27,7 @@ var writeRoutes = []struct{ method, path, role string }{
 	{"POST", "/api/v1/evals/runs", "agent"},
 	{"POST", "/api/v1/evals/runs/00000000-0000-4000-8000-000000000000/complete", "agent"},
 	{"PUT", "/api/v1/evals/baselines/suite", "agent"},
+	{"POST", "/api/v1/webhooks", "admin"},
 }
 
 func hostileBodies() map[string]string {

@@ -32,7 +32,9 @@ func tenantRoutes(kind string) []tenantRoute {
 		routes = append(routes, tenantRoute{"GET", "/api/v1/approvals", "approver", nil},
 			tenantRoute{"POST", "/api/v1/approvals/expire", "admin", map[string]any{}},
 			tenantRoute{"POST", "/api/v1/evals/runs", "agent", map[string]any{"suite_name": "s", "model_id": "m", "provider": "p"}},
-			tenantRoute{"GET", "/api/v1/evals/runs", "approver", nil})
+			tenantRoute{"GET", "/api/v1/evals/runs", "approver", nil},
+			tenantRoute{"POST", "/api/v1/webhooks", "admin", map[string]any{"url": "https://hooks.example.com/atl"}},
+			tenantRoute{"GET", "/api/v1/webhooks", "admin", nil})
 	}
 	return routes
 }

@@ -32,6 +32,7 @@ const (
 	webhookConcurrency   = 4
 	webhookMaxBackoff    = time.Hour
 	webhookIdleWait      = time.Minute // a bound on sleeping, should a notification be missed
+	webhookMinWait       = 5 * time.Millisecond
 	webhookMaxAnswer     = 4 << 10
 )
 
@@ -182,14 +183,16 @@ func (w *webhookWorker) listen(ctx context.Context) {
 
 const webhookNextDueSQL = `select atl.webhook_delivery_next_due()`
 
-// untilNextDue is how long to sleep: until the next pending delivery is due, bounded.
+// untilNextDue is how long to sleep: until the next pending delivery is due,
+// bounded. The floor keeps a delivery that another worker is claiming right
+// now from turning this loop into a spin.
 func (w *webhookWorker) untilNextDue(ctx context.Context) time.Duration {
-	var next *time.Time
+	var next *time.Duration
 	err := w.workerTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, webhookNextDueSQL).Scan(&next) })
 	if err != nil || next == nil {
 		return webhookIdleWait
 	}
-	return min(max(time.Until(*next), 0), webhookIdleWait)
+	return min(max(*next, webhookMinWait), webhookIdleWait)
 }
 
 // workerTx runs fn as the runtime role with no tenant set, as the worker's functions require.
@@ -241,7 +244,13 @@ func (w *webhookWorker) pass(ctx context.Context) (int, error) {
 	sem := make(chan struct{}, webhookConcurrency)
 	var wg sync.WaitGroup
 	for _, d := range batch {
-		sem <- struct{}{}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			// Shutting down: what has not started is claimed again once its lease ends.
+			wg.Wait()
+			return len(batch), nil
+		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()

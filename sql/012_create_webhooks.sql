@@ -361,17 +361,20 @@ end $$;
 comment on function atl.webhook_delivery_record(text, uuid, integer, integer, text, integer, integer, interval, interval) is
   'SECURITY DEFINER (atl_webhooks), worker only: records an attempt; 2xx delivers, else retries after min(backoff*2^(attempt-1), max) jittered, failing after max attempts. Returns the delivery''s status.';
 
--- When the worker should look again: the earliest pending next_attempt_at of any tenant.
-create function atl.webhook_delivery_next_due() returns timestamptz
+-- When the worker should look again: how long until the earliest pending
+-- delivery of any tenant is due, measured on the database's clock (the one
+-- next_attempt_at is set by), so a skewed service clock cannot make it spin.
+create function atl.webhook_delivery_next_due() returns interval
 language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform atl._webhook_worker_only();
-  return (select min(d.next_attempt_at) from atl.webhook_deliveries d where d.status = 'pending');
+  return (select greatest(min(d.next_attempt_at) - clock_timestamp(), interval '0')
+          from atl.webhook_deliveries d where d.status = 'pending');
 end $$;
 comment on function atl.webhook_delivery_next_due() is
-  'SECURITY DEFINER (atl_webhooks), worker only: the earliest next_attempt_at of a pending delivery in any tenant, or NULL.';
+  'SECURITY DEFINER (atl_webhooks), worker only: how long until the earliest pending delivery of any tenant is due (0 when one is due now), or NULL when none is pending.';
 
 -- New owners need CREATE on the schema at the moment of the change only (see 004).
 grant create on schema atl to atl_webhooks;
