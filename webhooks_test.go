@@ -589,3 +589,50 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	require.EqualValues(t, 200, log[len(log)-1].(map[string]any)["http_status"])
 	require.NotContains(t, atl.output(), `"level":"ERROR"`)
 }
+
+// TestWebhookConfig: defaults, values and refusals of the ATL_WEBHOOK* variables.
+func TestWebhookConfig(t *testing.T) {
+	t.Parallel()
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	c, err := configFromEnv(env(nil))
+	require.NoError(t, err)
+	require.Equal(t, webhookConfig{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 10 * time.Second}, c.Webhooks)
+	require.Equal(t, 25*time.Second, c.Webhooks.lease())
+
+	c, err = configFromEnv(env(map[string]string{"ATL_WEBHOOKS": "false", "ATL_WEBHOOK_MAX_ATTEMPTS": "3",
+		"ATL_WEBHOOK_BACKOFF": "250ms", "ATL_WEBHOOK_TIMEOUT": "1s", "ATL_ALLOW_PRIVATE_TARGETS": "true"}))
+	require.NoError(t, err)
+	require.Equal(t, webhookConfig{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
+
+	for _, bad := range []map[string]string{{"ATL_WEBHOOKS": "sometimes"}, {"ATL_WEBHOOK_MAX_ATTEMPTS": "0"},
+		{"ATL_WEBHOOK_BACKOFF": "soon"}, {"ATL_WEBHOOK_TIMEOUT": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "-1s"}} {
+		_, err := configFromEnv(env(bad))
+		require.Error(t, err, "%v", bad)
+	}
+}
+
+// TestWebhookTwoWorkers: two workers on one database (two replicas) share
+// the due deliveries through SKIP LOCKED; each arrives exactly once.
+func TestWebhookTwoWorkers(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	rc := newReceiver(t, always(http.StatusOK))
+	admin, agent, _ := webhookTenant(e, "acme")
+	hookID, _ := addWebhook(e, admin, rc.srv.URL+"/hook", "json")
+	const n = 40
+	for range n {
+		requestApproval(e, agent)
+	}
+	startWorker(t, e, testWebhookConfig())
+	startWorker(t, e, testWebhookConfig())
+	waitDeliveries(t, e, admin, hookID, n)
+
+	perDelivery := map[string]int{}
+	for _, g := range rc.requests() {
+		perDelivery[g.delivery]++
+	}
+	require.Len(t, perDelivery, n)
+	for id, k := range perDelivery {
+		require.Equal(t, 1, k, "delivery %s arrived once", id)
+	}
+}
