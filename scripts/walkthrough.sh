@@ -142,7 +142,7 @@ echo '(`$HOOK` is its `id`; the `secret` signs every delivery and is never shown
 show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"ftp://hooks.example.com/atl","format":"xml"}'"'"
 show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN"'
 keep HELD .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"bookings.create","args":{"hotel":"H-310","nights":1}}'"'"
-keep _ .status 'curl $ATL/api/v1/approvals/$HELD/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"REJECT","reason":"over budget"}'"'"
+keep DECIDED .status 'curl $ATL/api/v1/approvals/$HELD/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"REJECT","reason":"over budget"}'"'"
 for _ in $(seq 1 50); do
   [ "$(curl -s "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $ADMIN" | jq '[.items[] | select(.status == "pending")] | length')" = 0 ] && break
   sleep 0.1
