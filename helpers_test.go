@@ -77,7 +77,7 @@ func (e *testEnv) start() {
 		e.waits = app.waits
 		e.t.Cleanup(app.waits.close)
 	}
-	e.srv = httptest.NewServer(app.routes())
+	e.srv = httptest.NewServer(conformance(e.t, app.routes()))
 	e.t.Cleanup(e.srv.Close)
 }
 
