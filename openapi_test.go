@@ -31,7 +31,10 @@ type contract struct {
 	doc    *openapi3.T
 	router routers.Router
 	errSch *openapi3.Schema
+}
 
+// exchanges records the (method, path template, status) a service answered.
+type exchanges struct {
 	mu   sync.Mutex
 	seen map[string]bool // "METHOD /path/{template} STATUS"
 }
@@ -51,6 +54,8 @@ func loadContract() (*contract, error) {
 }
 
 func parseContract(raw []byte) (*contract, error) {
+	// kin-openapi checks date-time by default; uuid only when asked, here as the service reads one.
+	openapi3.DefineStringFormatValidator("uuid", openapi3.NewRegexpFormatValidator(uuidPattern.String()))
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(raw)
 	if err != nil {
@@ -69,17 +74,20 @@ func parseContract(raw []byte) (*contract, error) {
 	if errRef == nil || errRef.Value == nil {
 		return nil, errors.New("components.schemas.Error is missing")
 	}
-	return &contract{doc: doc, router: router, errSch: errRef.Value, seen: map[string]bool{}}, nil
+	return &contract{doc: doc, router: router, errSch: errRef.Value}, nil
 }
 
-func (c *contract) record(method, path string, status int) {
+func (c *exchanges) record(method, path string, status int) {
+	if c == nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seen[fmt.Sprintf("%s %s %d", method, path, status)] = true
 }
 
 // seenOperation reports whether any status of method and path was seen.
-func (c *contract) seenOperation(method, path string) bool {
+func (c *exchanges) seenOperation(method, path string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	prefix := method + " " + path + " "
@@ -91,7 +99,7 @@ func (c *contract) seenOperation(method, path string) bool {
 	return false
 }
 
-func (c *contract) seenStatus(method, path string, status int) bool {
+func (c *exchanges) seenStatus(method, path string, status int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.seen[fmt.Sprintf("%s %s %d", method, path, status)]
@@ -116,8 +124,9 @@ var contractOptions = &openapi3filter.Options{
 }
 
 // check validates one exchange and returns what is wrong with it, if anything.
-func (c *contract) check(req *http.Request, reqBody []byte, status int, header http.Header, respBody []byte) []string {
-	if !documented(req.URL.Path) {
+func (c *contract) check(seen *exchanges, req *http.Request, reqBody []byte, status int, header http.Header, respBody []byte) []string {
+	if !documented(req.URL.Path) || (req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "") {
+		// Not the API (the HTML console), or a CORS preflight, which the CORS layer answers for any route.
 		return nil
 	}
 	ctx := context.Background()
@@ -130,7 +139,7 @@ func (c *contract) check(req *http.Request, reqBody []byte, status int, header h
 		}
 		return c.checkError(where, header, respBody)
 	}
-	c.record(req.Method, route.Path, status)
+	seen.record(req.Method, route.Path, status)
 	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: contractOptions}
 	var problems []string
 	if status >= 200 && status < 300 {
@@ -175,8 +184,10 @@ func clip(b []byte) string {
 }
 
 // conformance wraps the handler under test: every exchange is checked and
-// each problem fails t once the server has stopped.
-func conformance(t testing.TB, next http.Handler) http.Handler {
+// recorded in e.seen, and each problem fails e.t once the server has stopped.
+func conformance(e *testEnv, next http.Handler) http.Handler {
+	t := e.t
+	e.seen = &exchanges{seen: map[string]bool{}}
 	c, err := loadContract()
 	if err != nil {
 		t.Fatalf("api/openapi.json: %v", err)
@@ -210,7 +221,7 @@ func conformance(t testing.TB, next http.Handler) http.Handler {
 		// The handler may have read the body; validate the request as it was sent.
 		req := r.Clone(context.Background())
 		req.URL = &url.URL{Scheme: "http", Host: r.Host, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
-		if found := c.check(req, body, res.StatusCode, res.Header, respBody); len(found) > 0 {
+		if found := c.check(e.seen, req, body, res.StatusCode, res.Header, respBody); len(found) > 0 {
 			mu.Lock()
 			problems = append(problems, found...)
 			mu.Unlock()
@@ -303,5 +314,56 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		if !slices.Contains(registered, op) {
 			t.Errorf("%s is in api/openapi.json but not served", op)
 		}
+	}
+}
+
+// TestOpenAPICheckerCatchesDrift shows that the checker fails what it should:
+// each exchange but the first breaks the document in one way.
+func TestOpenAPICheckerCatchesDrift(t *testing.T) {
+	t.Parallel()
+	c, err := loadContract()
+	if err != nil {
+		t.Fatalf("api/openapi.json: %v", err)
+	}
+	health := `{"status":"ok","storage":"postgres","version":"v","live_enabled":false,"build":{"version":"v","go":"go1"}}`
+	key := `{"id":"%s","tenant_id":"acme","role":"agent","subject":"bot","key_prefix":"atl_abc","created_at":"2026-01-02T15:04:05Z","revoked_at":null}`
+	keys := func(id string) string { return `{"items":[` + fmt.Sprintf(key, id) + `],"count":1}` }
+	const goodID = "5f0c6a8e-2b7d-4c1e-9a3f-0d4b8e6c2a1f"
+	cases := []struct {
+		name, method, path, reqBody string
+		status                      int
+		respBody                    string
+		wantProblem                 string // "" for none
+	}{
+		{"valid", "GET", "/api/v1/keys", "", 200, keys(goodID), ""},
+		{"unknown field", "GET", "/api/v1/health", "", 200, strings.TrimSuffix(health, "}") + `,"extra":1}`, "extra"},
+		{"undocumented status", "GET", "/api/v1/health", "", 418, health, "status is not supported"},
+		{"bad uuid", "GET", "/api/v1/keys", "", 200, keys("not-a-uuid"), "uuid"},
+		{"missing field", "GET", "/api/v1/audit/head", "", 200, `{"seq":1,"updated_at":null}`, "hash"},
+		{"undocumented route", "GET", "/api/v1/nowhere", "", 200, `{}`, "not in api/openapi.json"},
+		{"invalid request answered 2xx", "POST", "/api/v1/keys", `{"role":"root","subject":"bot"}`, 201,
+			strings.TrimSuffix(fmt.Sprintf(key, goodID), "}") + `,"api_key":"atl_x"}`, "request does not match"},
+		{"unknown error code", "GET", "/api/v1/keys", "", 403, `{"error":{"code":"nope","message":"m"}}`, "nope"},
+		{"error of an unknown route", "GET", "/api/v1/nowhere", "", 404, `{"error":{"code":"not_found"}}`, "message"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, "http://127.0.0.1"+tc.path, strings.NewReader(tc.reqBody))
+			req.Header.Set("Authorization", "Bearer k")
+			if tc.reqBody != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			h := http.Header{"Content-Type": {"application/json"}}
+			got := strings.Join(c.check(nil, req, []byte(tc.reqBody), tc.status, h, []byte(tc.respBody)), "\n")
+			if tc.wantProblem == "" {
+				if got != "" {
+					t.Fatalf("a valid exchange was refused: %s", got)
+				}
+				return
+			}
+			if !strings.Contains(got, tc.wantProblem) {
+				t.Fatalf("want a problem naming %q, got %q", tc.wantProblem, got)
+			}
+		})
 	}
 }
