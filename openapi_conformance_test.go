@@ -95,7 +95,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("DELETE", "/api/v1/policies/deploy", agent, nil), 403)
 
 	// The gate.
-	exec := func(body map[string]any, headers ...string) response { return e.execute(agent, "bot-1", body, headers...) }
+	exec := func(body map[string]any, headers ...string) response {
+		return e.execute(agent, "bot-1", body, headers...)
+	}
 	want(exec(map[string]any{"tool": "read_file", "args": map[string]any{"path": "/etc/hosts"}, "idempotency_key": "k1"},
 		"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "X-User-ID", "carol"), 200)
 	replay := want(exec(map[string]any{"tool": "read_file", "args": map[string]any{"path": "/etc/hosts"}, "idempotency_key": "k1"}), 200)
@@ -122,7 +124,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("GET", "/api/v1/approvals/"+reqID+"?wait=forever", agent, nil), 400)
 	// One waiter is allowed per tenant here: a second one is refused while the first waits.
 	waited := make(chan response, 1)
-	go func() { waited <- e.do("GET", "/api/v1/approvals/"+held4.str("approval_request_id")+"?wait=20s", agent, nil) }()
+	go func() {
+		waited <- e.do("GET", "/api/v1/approvals/"+held4.str("approval_request_id")+"?wait=20s", agent, nil)
+	}()
 	k := waitKey{tenant: "acme", id: held4.str("approval_request_id")}
 	deadline := time.Now().Add(10 * time.Second)
 	for e.waits.waiting(k) == 0 {
@@ -205,7 +209,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(j.do("GET", "/api/v1/approvals", jadmin, nil), 503)
 	want(j.do("POST", "/api/v1/evals/runs", jagent, map[string]any{"suite_name": "s", "model_id": "m", "provider": "p"}), 503)
 	want(j.execute(jagent, "bot", map[string]any{"tool": "t", "mode": "live"}), 403) // live_disabled, recorded
-	want(j.execute(jagent, "bot", map[string]any{"tool": "t"}), 503)                  // L3 needs the database
+	want(j.execute(jagent, "bot", map[string]any{"tool": "t"}), 503)                 // L3 needs the database
 
 	// Every documented operation was answered, and these statuses in particular.
 	for _, op := range c.operations() {
