@@ -212,6 +212,8 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(j.execute(jagent, "bot", map[string]any{"tool": "t"}), 503)                 // L3 needs the database
 
 	// Every documented operation was answered, and these statuses in particular.
+	e.checkOpenAPI()
+	j.checkOpenAPI()
 	for _, op := range c.operations() {
 		method, path, _ := strings.Cut(op, " ")
 		if !e.seen.seenOperation(method, path) && !j.seen.seenOperation(method, path) {
