@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -526,5 +530,62 @@ func TestOpenAPICheckerCatchesDrift(t *testing.T) {
 				t.Fatalf("want a problem naming %q, got %q", tc.wantProblem, got)
 			}
 		})
+	}
+}
+
+// TestOpenAPIErrorCodes: every stable code the Go code or the SQL can answer
+// is in components.schemas.ErrorCode, and the enum names no code that none can.
+func TestOpenAPIErrorCodes(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		Components struct {
+			Schemas struct {
+				ErrorCode struct {
+					Enum []string `json:"enum"`
+				} `json:"ErrorCode"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatal(err)
+	}
+	enum := doc.Components.Schemas.ErrorCode.Enum
+	patterns := map[string]*regexp.Regexp{
+		".go":  regexp.MustCompile(`(?:code[A-Z]\w* += |Code: +|newError\(http\.Status\w+, |v_refusal|code := )"([a-z_]+)"`),
+		".sql": regexp.MustCompile(`(?:hint = |v_refusal := )'([a-z_]+)'`),
+	}
+	found := map[string]bool{}
+	for _, glob := range []string{"*.go", "sql/*.sql"} {
+		files, err := filepath.Glob(glob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range patterns[filepath.Ext(f)].FindAllStringSubmatch(string(src), -1) {
+				found[m[1]] = true
+			}
+		}
+	}
+	// SQL hints that never reach a client: chain_conflict is SQLSTATE 40001, answered as retry.
+	delete(found, "chain_conflict")
+	if len(found) < 30 {
+		t.Fatalf("found only %d codes in the source; the patterns no longer match it", len(found))
+	}
+	for code := range found {
+		if !slices.Contains(enum, code) {
+			t.Errorf("the service can answer %q, which ErrorCode does not list", code)
+		}
+	}
+	for _, code := range enum {
+		if !found[code] {
+			t.Errorf("ErrorCode lists %q, which nothing answers", code)
+		}
 	}
 }
