@@ -56,6 +56,7 @@ type App struct {
 	started    time.Time
 	metrics    *metrics
 	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
+	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -67,6 +68,7 @@ func (a *App) routes() http.Handler {
 	r := httprouter.New()
 	// handle registers a route and names it for the metrics by its pattern, not its path.
 	handle := func(method, pattern string, h httprouter.Handle) {
+		a.routeTable = append(a.routeTable, method+" "+pattern)
 		r.Handle(method, pattern, func(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
 			if name, ok := req.Context().Value(routeKey).(*string); ok {
 				*name = pattern
@@ -76,6 +78,7 @@ func (a *App) routes() http.Handler {
 	}
 	handle("GET", "/api/v1/health", a.handle(a.health))
 	handle("GET", "/api/v1/health/db", a.handle(a.healthDB))
+	handle("GET", "/api/v1/openapi.json", a.handle(a.openAPI))
 	handle("GET", "/api/v1/stats", a.handle(a.operator(a.stats)))
 	handle("GET", "/metrics", a.handle(a.operator(a.metricsHandler)))
 	handle("POST", "/api/v1/tenants", a.handle(a.operator(a.createTenant)))

@@ -30,6 +30,7 @@ type testEnv struct {
 	log                *slog.Logger // nil: discarded
 	waiters            int          // ATL_WAITERS_PER_TENANT (0: no bound)
 	waits              *approvalHub
+	seen               *exchanges // what the service answered, by documented operation and status
 }
 
 // storeKinds lets route tests run against both stores.
@@ -77,7 +78,7 @@ func (e *testEnv) start() {
 		e.waits = app.waits
 		e.t.Cleanup(app.waits.close)
 	}
-	e.srv = httptest.NewServer(app.routes())
+	e.srv = httptest.NewServer(conformance(e, app.routes()))
 	e.t.Cleanup(e.srv.Close)
 }
 

@@ -59,6 +59,10 @@ keep() { export "$1"="$(eval "$3 -s" | jq -r "$2")"; }
 echo "### Health"; echo
 show 'curl $ATL/api/v1/health'
 show 'curl $ATL/api/v1/health/db'
+echo "The API's own description (OpenAPI 3.1):"; echo
+printf '```console\n$ %s\n' "curl -s \$ATL/api/v1/openapi.json | jq -c '{openapi, title: .info.title, paths: (.paths | length)}'"
+curl -s "$ATL/api/v1/openapi.json" | jq -c '{openapi, title: .info.title, paths: (.paths | length)}'
+printf '```\n\n'
 show 'curl $ATL/api/v1/stats -H "Authorization: Bearer $OPERATOR"'
 
 echo "### Tenants and keys"; echo
