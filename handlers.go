@@ -56,6 +56,8 @@ type App struct {
 	started    time.Time
 	metrics    *metrics
 	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
+	// consoleSecret is ATL_CONSOLE_SECRET; empty: a random key per process.
+	consoleSecret string
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -103,6 +105,7 @@ func (a *App) routes() http.Handler {
 	handle("GET", "/api/v1/evals/runs/:id", a.handle(a.authed(a.getEvalRun, "agent", "approver", "admin")))
 	handle("POST", "/api/v1/evals/runs/:id/complete", a.handle(a.authed(a.completeEvalRun, "agent", "admin")))
 	handle("PUT", "/api/v1/evals/baselines/:suite", a.handle(a.authed(a.pinEvalBaseline, "agent", "admin")))
+	a.consoleRoutes(handle) // the approvers' web console under /console (console.go)
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
