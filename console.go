@@ -597,8 +597,7 @@ func writeValue(b *strings.Builder, v any, depth int) {
 		slices.Sort(keys)
 		b.WriteString("{\n")
 		for i, k := range keys {
-			kj, _ := json.Marshal(k)
-			fmt.Fprintf(b, "%s  <span class=\"k\">%s</span>: ", indent, template.HTMLEscapeString(string(kj)))
+			fmt.Fprintf(b, "%s  <span class=\"k\">%s</span>: ", indent, template.HTMLEscapeString(jsonString(k)))
 			writeValue(b, x[k], depth+1)
 			if i < len(keys)-1 {
 				b.WriteString(",")
@@ -622,16 +621,15 @@ func writeValue(b *strings.Builder, v any, depth int) {
 		}
 		b.WriteString(indent + "]")
 	case string:
-		sj, _ := json.Marshal(x)
-		s := string(sj)
+		s := jsonString(x)
 		if utf8.RuneCountInString(x) <= foldAt {
 			fmt.Fprintf(b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(s))
 			return
 		}
 		head := string([]rune(x)[:60])
-		hj, _ := json.Marshal(head)
+		hj := jsonString(head)
 		fmt.Fprintf(b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span></details>",
-			template.HTMLEscapeString(strings.TrimSuffix(string(hj), "\"")), utf8.RuneCountInString(x), template.HTMLEscapeString(s))
+			template.HTMLEscapeString(strings.TrimSuffix(hj, "\"")), utf8.RuneCountInString(x), template.HTMLEscapeString(s))
 	case json.Number:
 		fmt.Fprintf(b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
 	case bool:
@@ -639,4 +637,13 @@ func writeValue(b *strings.Builder, v any, depth int) {
 	case nil:
 		b.WriteString("<span class=\"b\">null</span>")
 	}
+}
+
+// jsonString quotes s as JSON without escaping <, > and & (the page escapes them as HTML).
+func jsonString(s string) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return strings.TrimSuffix(b.String(), "\n")
 }
