@@ -413,3 +413,36 @@ func TestConsoleSecretConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, strings.Repeat("s", 32), c.ConsoleSecret)
 }
+
+func TestConsoleQueuePagesAndTabs(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-pages")
+	for i := range consolePageSize {
+		held := e.execute(ct.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": i}})
+		require.Equal(t, http.StatusAccepted, held.Status, held.Raw)
+	}
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	first := b.do("GET", "/console?status=pending", nil)
+	require.Equal(t, http.StatusOK, first.Status)
+	require.Equal(t, consolePageSize, strings.Count(first.Body, `<td data-label="Tool"`))
+	require.NotContains(t, first.Body, ct.request, "the oldest request is on the next page")
+	next := regexp.MustCompile(`href="(/console\?cursor=[^"]+)" rel="next"`).FindStringSubmatch(first.Body)
+	require.NotNil(t, next, first.Body)
+	second := b.do("GET", strings.ReplaceAll(next[1], "&amp;", "&"), nil)
+	require.Equal(t, http.StatusOK, second.Status, second.Body)
+	require.Equal(t, 1, strings.Count(second.Body, `<td data-label="Tool"`))
+	require.Contains(t, second.Body, ct.request)
+	require.NotContains(t, second.Body, `rel="next"`)
+
+	for _, s := range []string{"APPROVED", "REJECTED", "EXPIRED"} {
+		r := b.do("GET", "/console?status="+s, nil)
+		require.Equal(t, http.StatusOK, r.Status)
+		require.Contains(t, r.Body, "No "+strings.ToLower(s)+" requests.")
+	}
+	bad := b.do("GET", "/console?status=DONE", nil)
+	require.Equal(t, http.StatusBadRequest, bad.Status)
+	require.Contains(t, bad.Body, "validation_failed")
+	require.Equal(t, http.StatusBadRequest, b.do("GET", "/console?cursor=nope", nil).Status)
+}
