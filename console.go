@@ -101,8 +101,12 @@ func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Han
 	handle("POST", "/console/logout", a.consolePage(c, c.logout))
 	handle("GET", "/console/approvals/:id", a.consolePage(c, c.detail))
 	handle("POST", "/console/approvals/:id/decide", a.consolePage(c, c.decide))
-	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		consoleHeaders(w)
+		if strings.HasSuffix(ps.ByName("file"), "/") {
+			http.NotFound(w, r) // files only, no directory listings
+			return
+		}
 		files.ServeHTTP(w, r)
 	})
 }

@@ -164,6 +164,8 @@ func TestConsoleSignInCookieAndHeaders(t *testing.T) {
 	require.Contains(t, css.Header.Get("Content-Type"), "text/css")
 	requireConsoleHeaders(t, css.Header)
 
+	require.Equal(t, http.StatusNotFound, b.do("GET", "/console/static/", nil).Status, "no directory listing")
+
 	// A tampered cookie is no session.
 	b.jar[consoleCookie].Value = s.Value[:len(s.Value)-2] + "AA"
 	require.Equal(t, http.StatusSeeOther, b.do("GET", "/console", nil).Status)

@@ -96,6 +96,10 @@ test('an approver signs in, approves a held L3 request, and the agent then runs 
   assert.equal(await phone.locator('table.queue thead').evaluate((h) => h.getBoundingClientRect().height <= 1), true);
   assert.ok(await phone.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
   await shot(phone, 'queue-phone', false);
+  await phone.locator('table.queue tbody tr a').first().click();
+  await assert.doesNotReject(phone.getByText('2 more approvals needed').waitFor());
+  assert.ok(await phone.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
+  await shot(phone, 'request-phone');
 
   await p.getByRole('button', { name: 'Sign out' }).click();
   await p.waitForURL(/\/console\/login\?out=1$/);
