@@ -57,6 +57,8 @@ type App struct {
 	metrics    *metrics
 	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
 	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
+	// consoleSecret is ATL_CONSOLE_SECRET; empty: a random key per process.
+	consoleSecret string
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -110,6 +112,7 @@ func (a *App) routes() http.Handler {
 	handle("GET", "/api/v1/webhooks", a.handle(a.authed(a.listWebhooks, "admin")))
 	handle("DELETE", "/api/v1/webhooks/:id", a.handle(a.authed(a.deleteWebhook, "admin")))
 	handle("GET", "/api/v1/webhooks/:id/deliveries", a.handle(a.authed(a.listWebhookDeliveries, "admin")))
+	a.consoleRoutes(handle) // the approvers' web console under /console (console.go)
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))

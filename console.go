@@ -1,0 +1,653 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/julienschmidt/httprouter"
+)
+
+// The approvers' console: server-rendered pages over the same Store methods
+// (and so the same SQL functions) as the approval routes of the API.
+
+//go:embed console/*.html console/static/*
+var consoleFiles embed.FS
+
+const (
+	consoleCookie     = "atl_console"
+	consoleCSRFCookie = "atl_console_login"
+	consoleSession    = 8 * time.Hour
+	consolePageSize   = 25
+	consoleCSP        = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; " +
+		"frame-ancestors 'none'; base-uri 'none'"
+)
+
+var consoleStatuses = []string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}
+
+// console holds the server keys and the parsed pages.
+type console struct {
+	seal  cipher.AEAD // seals the key and expiry inside the session cookie
+	mac   []byte      // signs CSRF tokens
+	pages map[string]*template.Template
+	now   func() time.Time
+}
+
+// newConsole derives its keys from ATL_CONSOLE_SECRET, or from random bytes
+// when unset, so that sessions then end when the process does.
+func newConsole(secret string) (*console, error) {
+	if secret == "" {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		secret = string(b)
+	}
+	encKey := sha256.Sum256([]byte("atl console seal\x00" + secret))
+	macKey := sha256.Sum256([]byte("atl console csrf\x00" + secret))
+	block, err := aes.NewCipher(encKey[:])
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	c := &console{seal: aead, mac: macKey[:], pages: map[string]*template.Template{}, now: time.Now}
+	funcs := template.FuncMap{
+		"timeLeft": c.timeLeft, "when": when, "iso": iso, "payload": renderPayload, "lower": strings.ToLower,
+		"title":     title,
+		"remaining": func(a approvalView) int { return max(0, a.RequiredApprovals-a.Approvals) },
+	}
+	for _, name := range []string{"login", "queue", "detail", "problem"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(consoleFiles, "console/layout.html", "console/"+name+".html")
+		if err != nil {
+			return nil, err
+		}
+		c.pages[name] = t
+	}
+	return c, nil
+}
+
+// consoleRoutes registers the console's pages under /console.
+func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Handle)) {
+	c, err := newConsole(a.consoleSecret)
+	if err != nil {
+		panic(fmt.Sprintf("console keys: %v", err)) // only a broken system random source gets here
+	}
+	static, _ := fs.Sub(consoleFiles, "console/static")
+	files := http.StripPrefix("/console/static", http.FileServer(http.FS(static)))
+	handle("GET", "/console", a.consolePage(c, c.queue))
+	handle("GET", "/console/login", a.consolePage(c, c.loginForm))
+	handle("POST", "/console/login", a.consolePage(c, c.login))
+	handle("POST", "/console/logout", a.consolePage(c, c.logout))
+	handle("GET", "/console/approvals/:id", a.consolePage(c, c.detail))
+	handle("POST", "/console/approvals/:id/decide", a.consolePage(c, c.decide))
+	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		consoleHeaders(w)
+		if strings.HasSuffix(ps.ByName("file"), "/") {
+			http.NotFound(w, r) // files only, no directory listings
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
+}
+
+// consoleHeaders are sent with every console answer.
+func consoleHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", consoleCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Frame-Options", "DENY")
+}
+
+// consoleReq is one console request: who is signed in (if anyone) and its CSRF token.
+type consoleReq struct {
+	app     *App
+	w       http.ResponseWriter
+	r       *http.Request
+	ps      httprouter.Params
+	p       Principal
+	key     string
+	session string // the cookie value the CSRF token is bound to
+	signed  bool
+}
+
+type consoleHandler func(cr *consoleReq) error
+
+// consolePage sets the headers, reads the session and renders any error as a page.
+func (a *App) consolePage(c *console, fn consoleHandler) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		consoleHeaders(w)
+		cr := &consoleReq{app: a, w: w, r: r, ps: ps}
+		if err := fn(cr); err != nil {
+			e := errorFor(err)
+			if e.Status >= 500 && e.Code != codeRequiresDatabase {
+				a.log.Error("console request failed", "method", r.Method, "path", routePattern(r), "code", e.Code, "err", err.Error())
+			}
+			c.render(cr, e.Status, "problem", map[string]any{"Error": e, "Title": http.StatusText(e.Status)})
+		}
+	}
+}
+
+// errSignIn sends the browser to the sign-in page.
+var errSignIn = errors.New("sign in")
+
+// authenticate opens the session cookie and re-checks its key as the API
+// would, so a revoked key or an agent key ends the session.
+func (c *console) authenticate(cr *consoleReq) error {
+	ck, err := cr.r.Cookie(consoleCookie)
+	if err != nil {
+		return errSignIn
+	}
+	key, ok := c.open(ck.Value)
+	if !ok {
+		return errSignIn
+	}
+	p, err := cr.app.store.Authenticate(cr.r.Context(), key)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
+			return errSignIn
+		}
+		return err
+	}
+	if p.Role != "approver" && p.Role != "admin" {
+		return errSignIn
+	}
+	if ok, _ := cr.app.limiter.allow(p.KeyID); !ok {
+		return newError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
+	}
+	cr.p, cr.key, cr.session, cr.signed = p, key, ck.Value, true
+	return nil
+}
+
+// signedIn authenticates or redirects to the sign-in page, clearing a dead session.
+func (c *console) signedIn(cr *consoleReq) bool {
+	err := c.authenticate(cr)
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, errSignIn) {
+		to := "/console/login"
+		if _, noCookie := cr.r.Cookie(consoleCookie); noCookie == nil {
+			c.clearSession(cr.w)
+			to += "?ended=1"
+		}
+		http.Redirect(cr.w, cr.r, to, http.StatusSeeOther)
+		return false
+	}
+	c.render(cr, errorFor(err).Status, "problem", map[string]any{"Error": errorFor(err), "Title": "Unavailable"})
+	return false
+}
+
+// ---- sealing
+
+// sealSession returns the cookie value: nonce, then AES-GCM of expiry and key.
+func (c *console) sealSession(key string, expires time.Time) string {
+	plain := binary.BigEndian.AppendUint64(nil, uint64(expires.Unix()))
+	plain = append(plain, key...)
+	nonce := make([]byte, c.seal.NonceSize())
+	_, _ = rand.Read(nonce)
+	return base64.RawURLEncoding.EncodeToString(c.seal.Seal(nonce, nonce, plain, []byte(consoleCookie)))
+}
+
+// open returns the sealed key while the session has not expired.
+func (c *console) open(v string) (string, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(v)
+	if err != nil || len(raw) < c.seal.NonceSize() {
+		return "", false
+	}
+	n := c.seal.NonceSize()
+	plain, err := c.seal.Open(nil, raw[:n], raw[n:], []byte(consoleCookie))
+	if err != nil || len(plain) < 8 {
+		return "", false
+	}
+	if !c.now().Before(time.Unix(int64(binary.BigEndian.Uint64(plain[:8])), 0)) {
+		return "", false
+	}
+	return string(plain[8:]), true
+}
+
+// token is the CSRF token of a session (or of the pre-session login cookie).
+func (c *console) token(purpose, session string) string {
+	m := hmac.New(sha256.New, c.mac)
+	m.Write([]byte(purpose + "\x00" + session))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// checkPost refuses a cross-site POST and one whose CSRF token is not the session's.
+func (c *console) checkPost(cr *consoleReq, purpose, session string) error {
+	refused := newError(http.StatusForbidden, "csrf_failed", "this form is stale or came from another site; reload the page and try again")
+	site := cr.r.Header.Get("Sec-Fetch-Site")
+	if site != "" && site != "same-origin" {
+		return refused
+	}
+	// Under Referrer-Policy no-referrer browsers send Origin "null"; Sec-Fetch-Site then vouches for it.
+	if o := cr.r.Header.Get("Origin"); o != "" && (o != "null" || site == "") {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != cr.r.Host {
+			return refused
+		}
+	}
+	cr.r.Body = http.MaxBytesReader(cr.w, cr.r.Body, 16<<10)
+	if err := cr.r.ParseForm(); err != nil {
+		return validation("the form could not be read")
+	}
+	got := cr.r.PostForm.Get("csrf")
+	if session == "" || !hmac.Equal([]byte(got), []byte(c.token(purpose, session))) {
+		return refused
+	}
+	return nil
+}
+
+func cookie(name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: name, Value: value, Path: "/console", MaxAge: maxAge,
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode}
+}
+
+func (c *console) clearSession(w http.ResponseWriter) {
+	http.SetCookie(w, cookie(consoleCookie, "", -1))
+}
+
+// ---- pages
+
+type consoleView struct {
+	Title   string
+	Signed  bool
+	Subject string
+	Role    string
+	Tenant  string
+	CSRF    string
+	Storage string
+	Data    map[string]any
+}
+
+func (c *console) render(cr *consoleReq, status int, page string, data map[string]any) {
+	v := consoleView{Signed: cr.signed, Subject: cr.p.Subject, Role: cr.p.Role, Tenant: cr.p.TenantID,
+		Storage: cr.app.store.Kind(), Data: data}
+	if t, ok := data["Title"].(string); ok {
+		v.Title = t
+	}
+	if cr.signed {
+		v.CSRF = c.token("session", cr.session)
+	}
+	var buf bytes.Buffer
+	if err := c.pages[page].Execute(&buf, v); err != nil {
+		cr.app.log.Error("console template failed", "page", page, "err", err.Error())
+		http.Error(cr.w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	cr.w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	cr.w.WriteHeader(status)
+	_, _ = cr.w.Write(buf.Bytes())
+}
+
+func (c *console) loginForm(cr *consoleReq) error {
+	if c.authenticate(cr) == nil {
+		http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
+		return nil
+	}
+	return c.showLogin(cr, http.StatusOK, "")
+}
+
+// showLogin renders the sign-in form with a fresh pre-session CSRF cookie.
+func (c *console) showLogin(cr *consoleReq, status int, problem string) error {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	pre := base64.RawURLEncoding.EncodeToString(b)
+	http.SetCookie(cr.w, cookie(consoleCSRFCookie, pre, 3600))
+	cr.signed = false
+	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem,
+		"Ended": cr.r.URL.Query().Get("ended") == "1", "SignedOut": cr.r.URL.Query().Get("out") == "1"}
+	c.render(cr, status, "login", data)
+	return nil
+}
+
+func (c *console) login(cr *consoleReq) error {
+	pre := ""
+	if ck, err := cr.r.Cookie(consoleCSRFCookie); err == nil {
+		pre = ck.Value
+	}
+	if err := c.checkPost(cr, "login", pre); err != nil {
+		if e := errorFor(err); e.Code == "csrf_failed" {
+			return c.showLogin(cr, http.StatusForbidden, "The sign-in form expired or came from another site; try again. (csrf_failed)")
+		}
+		return err
+	}
+	key := strings.TrimSpace(cr.r.PostForm.Get("key"))
+	if key == "" || len(key) > 200 {
+		return c.showLogin(cr, http.StatusUnauthorized, "Paste an approver or admin API key. (unauthorized)")
+	}
+	p, err := cr.app.store.Authenticate(cr.r.Context(), key)
+	if err != nil {
+		e := errorFor(err)
+		if e.Status == http.StatusUnauthorized {
+			return c.showLogin(cr, http.StatusUnauthorized, "That key is unknown or revoked. (unauthorized)")
+		}
+		return err
+	}
+	if p.Role != "approver" && p.Role != "admin" {
+		return c.showLogin(cr, http.StatusForbidden, "Only approver and admin keys can sign in; this is an "+p.Role+" key. (forbidden)")
+	}
+	http.SetCookie(cr.w, cookie(consoleCSRFCookie, "", -1))
+	http.SetCookie(cr.w, cookie(consoleCookie, c.sealSession(key, c.now().Add(consoleSession)), int(consoleSession.Seconds())))
+	cr.app.log.Info("console sign-in", "tenant", p.TenantID, "key_id", p.KeyID, "subject", p.Subject)
+	http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
+	return nil
+}
+
+func (c *console) logout(cr *consoleReq) error {
+	session := ""
+	if ck, err := cr.r.Cookie(consoleCookie); err == nil {
+		session = ck.Value
+	}
+	if err := c.checkPost(cr, "session", session); err != nil {
+		return err
+	}
+	c.clearSession(cr.w)
+	http.Redirect(cr.w, cr.r, "/console/login?out=1", http.StatusSeeOther)
+	return nil
+}
+
+// approvalView is the part of an approval request's JSON (from atl._approval_json) the pages show.
+type approvalView struct {
+	ID                string          `json:"id"`
+	Status            string          `json:"status"`
+	TrustLevel        string          `json:"trust_level"`
+	RequiredApprovals int             `json:"required_approvals"`
+	Approvals         int             `json:"approvals"`
+	ExpiresAt         time.Time       `json:"expires_at"`
+	Domain            string          `json:"domain"`
+	AgentID           *string         `json:"agent_id"`
+	ToolName          *string         `json:"tool_name"`
+	ActionType        string          `json:"action_type"`
+	ActionPayload     json.RawMessage `json:"action_payload"`
+	RequestedBy       string          `json:"requested_by"`
+	TraceID           *string         `json:"trace_id"`
+	CreatedAt         time.Time       `json:"created_at"`
+	DecidedAt         *time.Time      `json:"decided_at"`
+	ConsumedAt        *time.Time      `json:"consumed_at"`
+	Decisions         []decisionView  `json:"decisions"`
+}
+
+type decisionView struct {
+	Decision  string    `json:"decision"`
+	DecidedBy string    `json:"decided_by"`
+	Reason    *string   `json:"reason"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func decodeApproval(raw json.RawMessage) (approvalView, error) {
+	var v approvalView
+	return v, json.Unmarshal(raw, &v)
+}
+
+func (c *console) queue(cr *consoleReq) error {
+	if !c.signedIn(cr) {
+		return nil
+	}
+	q, err := parseQuery(cr.r)
+	if err != nil {
+		return err
+	}
+	status := strings.ToUpper(q.Get("status"))
+	if status == "" {
+		status = "PENDING"
+	}
+	if !slices.Contains(consoleStatuses, status) {
+		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+	}
+	var before *Cursor
+	if s := q.Get("cursor"); s != "" {
+		if before, err = decodeCursor(s); err != nil {
+			return err
+		}
+	}
+	rows, err := cr.app.store.ListApprovals(cr.r.Context(), cr.p, status, before, consolePageSize+1)
+	if err != nil {
+		return err
+	}
+	next := ""
+	if len(rows) > consolePageSize {
+		rows = rows[:consolePageSize]
+		next = encodeCursor(jsonPosition("created_at")(rows[consolePageSize-1]))
+	}
+	items := make([]approvalView, 0, len(rows))
+	for _, raw := range rows {
+		v, err := decodeApproval(raw)
+		if err != nil {
+			return err
+		}
+		items = append(items, v)
+	}
+	nextURL := ""
+	if next != "" {
+		nextURL = "/console?" + url.Values{"status": {status}, "cursor": {next}}.Encode()
+	}
+	c.render(cr, http.StatusOK, "queue", map[string]any{"Title": title(status) + " requests", "Status": status,
+		"Statuses": consoleStatuses, "Items": items, "Next": nextURL, "Paged": before != nil})
+	return nil
+}
+
+func title(status string) string { return status[:1] + strings.ToLower(status[1:]) }
+
+var errConsoleNotFound = newError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
+
+func (c *console) detail(cr *consoleReq) error {
+	if !c.signedIn(cr) {
+		return nil
+	}
+	return c.showDetail(cr, http.StatusOK, nil)
+}
+
+// showDetail renders one request; flash is a decision's outcome or refusal.
+func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
+	id := cr.ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errConsoleNotFound
+	}
+	raw, err := cr.app.store.GetApproval(cr.r.Context(), cr.p, strings.ToLower(id))
+	if err != nil {
+		if errorFor(err).Status == http.StatusNotFound {
+			return errConsoleNotFound
+		}
+		return err
+	}
+	v, err := decodeApproval(raw)
+	if err != nil {
+		return err
+	}
+	done := ""
+	switch cr.r.URL.Query().Get("done") {
+	case "APPROVE":
+		done = "Your approval is recorded."
+	case "REJECT":
+		done = "Your rejection is recorded."
+	}
+	c.render(cr, status, "detail", map[string]any{"Title": "Request " + v.ID[:8], "A": v, "Flash": flash, "Done": done,
+		"Mine": slices.ContainsFunc(v.Decisions, func(d decisionView) bool { return d.DecidedBy == cr.p.Subject }),
+		"Own":  v.RequestedBy == cr.p.Subject, "Reason": cr.r.PostFormValue("reason")})
+	return nil
+}
+
+func (c *console) decide(cr *consoleReq) error {
+	if err := c.authenticate(cr); err != nil {
+		if errors.Is(err, errSignIn) {
+			return newError(http.StatusUnauthorized, codeUnauthorized, "Your session has ended; sign in again.")
+		}
+		return err
+	}
+	if err := c.checkPost(cr, "session", cr.session); err != nil {
+		return err
+	}
+	id := cr.ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errConsoleNotFound
+	}
+	decision := cr.r.PostForm.Get("decision")
+	reason := strings.TrimSpace(cr.r.PostForm.Get("reason"))
+	var flash *Error
+	switch {
+	case decision != "APPROVE" && decision != "REJECT":
+		flash = validation("decision must be APPROVE or REJECT")
+	case utf8.RuneCountInString(reason) > 2000:
+		flash = validation("reason must be at most 2000 characters")
+	}
+	if flash != nil {
+		return c.showDetail(cr, flash.Status, flash)
+	}
+	var rp *string
+	if reason != "" {
+		rp = &reason
+	}
+	audit := newAudit(cr.r, cr.p, "ok", http.StatusCreated)
+	_, err := cr.app.store.DecideApproval(cr.r.Context(), cr.p, strings.ToLower(id), decision, rp, audit)
+	if err != nil {
+		e := errorFor(err)
+		if e.Status == http.StatusNotFound {
+			return errConsoleNotFound
+		}
+		if e.Status >= 500 {
+			return err
+		}
+		if e.Status == http.StatusForbidden || e.Status == http.StatusConflict {
+			denied := newAudit(cr.r, cr.p, "denied", e.Status)
+			denied.Error = &e.Code
+			if aerr := cr.app.store.InsertAudit(context.WithoutCancel(cr.r.Context()), cr.p, denied); aerr != nil {
+				cr.app.log.Error("audit of a refused decision failed", "tenant", cr.p.TenantID, "err", aerr.Error())
+			}
+		}
+		return c.showDetail(cr, e.Status, e)
+	}
+	http.Redirect(cr.w, cr.r, "/console/approvals/"+strings.ToLower(id)+"?done="+decision, http.StatusSeeOther)
+	return nil
+}
+
+// ---- formatting
+
+// timeLeft says how long until t, or how long ago it passed.
+func (c *console) timeLeft(t time.Time) string {
+	d := t.Sub(c.now())
+	if d <= 0 {
+		return "expired " + span(-d) + " ago"
+	}
+	return span(d) + " left"
+}
+
+func span(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d min", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh %02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+func when(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
+func iso(t time.Time) string  { return t.UTC().Format(time.RFC3339) }
+
+// foldAt is the length past which a payload string is folded behind <details>.
+const foldAt = 120
+
+// renderPayload pretty-prints JSON as escaped HTML, folding long strings.
+func renderPayload(raw json.RawMessage) template.HTML {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return template.HTML(template.HTMLEscapeString(string(raw)))
+	}
+	var b strings.Builder
+	writeValue(&b, v, 0)
+	return template.HTML(b.String()) //nolint:gosec // every piece of text is escaped in writeValue
+}
+
+func writeValue(b *strings.Builder, v any, depth int) {
+	indent := strings.Repeat("  ", depth)
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) == 0 {
+			b.WriteString("{}")
+			return
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b.WriteString("{\n")
+		for i, k := range keys {
+			fmt.Fprintf(b, "%s  <span class=\"k\">%s</span>: ", indent, template.HTMLEscapeString(jsonString(k)))
+			writeValue(b, x[k], depth+1)
+			if i < len(keys)-1 {
+				b.WriteString(",")
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString(indent + "}")
+	case []any:
+		if len(x) == 0 {
+			b.WriteString("[]")
+			return
+		}
+		b.WriteString("[\n")
+		for i, e := range x {
+			b.WriteString(indent + "  ")
+			writeValue(b, e, depth+1)
+			if i < len(x)-1 {
+				b.WriteString(",")
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString(indent + "]")
+	case string:
+		s := jsonString(x)
+		if utf8.RuneCountInString(x) <= foldAt {
+			fmt.Fprintf(b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(s))
+			return
+		}
+		head := string([]rune(x)[:60])
+		hj := jsonString(head)
+		fmt.Fprintf(b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span></details>",
+			template.HTMLEscapeString(strings.TrimSuffix(hj, "\"")), utf8.RuneCountInString(x), template.HTMLEscapeString(s))
+	case json.Number:
+		fmt.Fprintf(b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
+	case bool:
+		fmt.Fprintf(b, "<span class=\"b\">%t</span>", x)
+	case nil:
+		b.WriteString("<span class=\"b\">null</span>")
+	}
+}
+
+// jsonString quotes s as JSON without escaping <, > and & (the page escapes them as HTML).
+func jsonString(s string) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return strings.TrimSuffix(b.String(), "\n")
+}

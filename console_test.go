@@ -1,0 +1,450 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// consoleBrowser is a minimal browser for the console: it keeps cookies
+// (Secure ones too, as browsers do for 127.0.0.1) and does not follow redirects.
+type consoleBrowser struct {
+	e   *testEnv
+	jar map[string]*http.Cookie
+}
+
+func newConsoleBrowser(e *testEnv) *consoleBrowser {
+	return &consoleBrowser{e: e, jar: map[string]*http.Cookie{}}
+}
+
+type consolePage struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// do sends a request; a POST carries same-origin headers unless headers override them.
+func (b *consoleBrowser) do(method, path string, form url.Values, headers ...string) consolePage {
+	b.e.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, b.e.srv.URL+path, body)
+	require.NoError(b.e.t, err)
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", "null") // what Chromium sends under Referrer-Policy: no-referrer
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" {
+			req.Header.Del(headers[i])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	}
+	for _, c := range b.jar {
+		req.AddCookie(&http.Cookie{Name: c.Name, Value: c.Value})
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout: 15 * time.Second}
+	resp, err := client.Do(req)
+	require.NoError(b.e.t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(b.e.t, err)
+	for _, c := range resp.Cookies() {
+		if c.MaxAge < 0 {
+			delete(b.jar, c.Name)
+		} else {
+			b.jar[c.Name] = c
+		}
+	}
+	return consolePage{Status: resp.StatusCode, Header: resp.Header, Body: string(raw)}
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+func csrfOf(t testing.TB, p consolePage) string {
+	t.Helper()
+	m := csrfField.FindStringSubmatch(p.Body)
+	require.NotNil(t, m, "no CSRF field in:\n%s", p.Body)
+	return m[1]
+}
+
+// signIn loads the sign-in form and posts the key with its token.
+func (b *consoleBrowser) signIn(key string) consolePage {
+	b.e.t.Helper()
+	form := b.do("GET", "/console/login", nil)
+	require.Equal(b.e.t, http.StatusOK, form.Status, form.Body)
+	return b.do("POST", "/console/login", url.Values{"csrf": {csrfOf(b.e.t, form)}, "key": {key}})
+}
+
+// consoleTenant is a tenant with an agent, an approver and a held L3 request.
+type consoleTenant struct {
+	admin, agent, approver, approverID, request string
+}
+
+func newConsoleTenant(t *testing.T, e *testEnv, id string) consoleTenant {
+	t.Helper()
+	ct := consoleTenant{admin: e.tenant(id)}
+	ct.agent = e.key(ct.admin, "agent", "bot")
+	r := e.do("POST", "/api/v1/keys", ct.admin, map[string]any{"role": "approver", "subject": "alice@example.com"})
+	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+	ct.approver, ct.approverID = r.str("api_key"), r.str("id")
+	if e.dbURL != "" {
+		e.policy(ct.admin, "pay", map[string]any{"trust_level": "L3"})
+		held := e.execute(ct.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"amount": 5,
+			"note": "<script>alert(1)</script>" + strings.Repeat("x", 200)}})
+		require.Equal(t, http.StatusAccepted, held.Status, held.Raw)
+		ct.request = held.str("approval_request_id")
+	}
+	return ct
+}
+
+func requireConsoleHeaders(t *testing.T, h http.Header) {
+	t.Helper()
+	require.Equal(t, "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+		h.Get("Content-Security-Policy"))
+	require.Equal(t, "nosniff", h.Get("X-Content-Type-Options"))
+	require.Equal(t, "no-referrer", h.Get("Referrer-Policy"))
+	require.Equal(t, "no-store", h.Get("Cache-Control"))
+}
+
+func TestConsoleSignInCookieAndHeaders(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-cookie")
+	b := newConsoleBrowser(e)
+
+	first := b.do("GET", "/console", nil)
+	require.Equal(t, http.StatusSeeOther, first.Status)
+	require.Equal(t, "/console/login", first.Header.Get("Location"))
+	requireConsoleHeaders(t, first.Header)
+
+	in := b.signIn(ct.approver)
+	require.Equal(t, http.StatusSeeOther, in.Status, in.Body)
+	require.Equal(t, "/console", in.Header.Get("Location"))
+	requireConsoleHeaders(t, in.Header)
+	s := b.jar[consoleCookie]
+	require.NotNil(t, s)
+	require.True(t, s.Secure)
+	require.True(t, s.HttpOnly)
+	require.Equal(t, http.SameSiteStrictMode, s.SameSite)
+	require.Equal(t, "/console", s.Path)
+	require.Equal(t, int(consoleSession.Seconds()), s.MaxAge)
+	require.NotContains(t, s.Value, ct.approver)
+	require.NotContains(t, b.jar, consoleCSRFCookie, "the pre-session cookie is dropped at sign-in")
+
+	q := b.do("GET", "/console", nil)
+	require.Equal(t, http.StatusOK, q.Status, q.Body)
+	requireConsoleHeaders(t, q.Header)
+	require.Contains(t, q.Body, "alice@example.com")
+	require.Contains(t, q.Body, "/console/approvals/"+ct.request)
+	require.NotContains(t, q.Body, "<script")
+
+	d := b.do("GET", "/console/approvals/"+ct.request, nil)
+	require.Equal(t, http.StatusOK, d.Status, d.Body)
+	require.Contains(t, d.Body, "1 more approval needed")
+	require.Contains(t, d.Body, "&lt;script&gt;alert(1)&lt;/script&gt;")
+	require.NotContains(t, d.Body, "<script")
+	require.Contains(t, d.Body, `<details class="fold">`)
+
+	css := b.do("GET", "/console/static/console.css", nil)
+	require.Equal(t, http.StatusOK, css.Status)
+	require.Contains(t, css.Header.Get("Content-Type"), "text/css")
+	requireConsoleHeaders(t, css.Header)
+
+	require.Equal(t, http.StatusNotFound, b.do("GET", "/console/static/", nil).Status, "no directory listing")
+
+	// A tampered cookie is no session.
+	b.jar[consoleCookie].Value = s.Value[:len(s.Value)-2] + "AA"
+	require.Equal(t, http.StatusSeeOther, b.do("GET", "/console", nil).Status)
+}
+
+func TestConsoleDecideUsesTheSQLRules(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-decide")
+	// An approver whose subject is the requesting agent's: SQL refuses self-approval.
+	self := e.key(ct.admin, "approver", "bot")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(self).Status)
+	d := b.do("GET", "/console/approvals/"+ct.request, nil)
+	r := b.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
+	require.Equal(t, http.StatusForbidden, r.Status, r.Body)
+	require.Contains(t, r.Body, "<code>self_approval</code>")
+
+	a := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, a.signIn(ct.approver).Status)
+	d = a.do("GET", "/console/approvals/"+ct.request, nil)
+	ok := a.do("POST", "/console/approvals/"+ct.request+"/decide",
+		url.Values{"csrf": {csrfOf(t, d)}, "decision": {"REJECT"}, "reason": {"wrong amount"}})
+	require.Equal(t, http.StatusSeeOther, ok.Status, ok.Body)
+	require.Equal(t, "/console/approvals/"+ct.request+"?done=REJECT", ok.Header.Get("Location"))
+	again := a.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
+	require.Equal(t, http.StatusConflict, again.Status)
+	require.Contains(t, again.Body, "<code>approval_not_pending</code>")
+
+	got := e.do("GET", "/api/v1/approvals/"+ct.request, ct.admin, nil)
+	require.Equal(t, "REJECTED", got.str("status"))
+	decisions := got.Body["decisions"].([]any)
+	require.Len(t, decisions, 1)
+	require.Equal(t, "wrong amount", decisions[0].(map[string]any)["reason"])
+
+	// The refusals are in the audit trail, as the API's are.
+	logs := e.do("GET", "/api/v1/audit/logs?status=denied", ct.admin, nil)
+	require.Equal(t, 2, int(logs.Body["count"].(float64)), logs.Raw)
+}
+
+func TestConsoleCSRF(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-csrf")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	d := b.do("GET", "/console/approvals/"+ct.request, nil)
+	token := csrfOf(t, d)
+	decide := "/console/approvals/" + ct.request + "/decide"
+
+	other := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, other.signIn(e.key(ct.admin, "approver", "bob@example.com")).Status)
+	otherToken := csrfOf(t, other.do("GET", "/console", nil))
+	require.NotEqual(t, token, otherToken, "tokens are bound to their session")
+
+	for name, c := range map[string]struct {
+		form    url.Values
+		headers []string
+	}{
+		"no token":            {url.Values{"decision": {"APPROVE"}}, nil},
+		"wrong token":         {url.Values{"decision": {"APPROVE"}, "csrf": {"x" + token[1:]}}, nil},
+		"another session's":   {url.Values{"decision": {"APPROVE"}, "csrf": {otherToken}}, nil},
+		"cross-site":          {url.Values{"decision": {"APPROVE"}, "csrf": {token}}, []string{"Sec-Fetch-Site", "cross-site"}},
+		"same-site subdomain": {url.Values{"decision": {"APPROVE"}, "csrf": {token}}, []string{"Sec-Fetch-Site", "same-site"}},
+		"foreign Origin": {url.Values{"decision": {"APPROVE"}, "csrf": {token}},
+			[]string{"Origin", "https://evil.example", "Sec-Fetch-Site", ""}},
+		"null Origin without Sec-Fetch-Site": {url.Values{"decision": {"APPROVE"}, "csrf": {token}},
+			[]string{"Sec-Fetch-Site", ""}},
+	} {
+		r := b.do("POST", decide, c.form, c.headers...)
+		require.Equal(t, http.StatusForbidden, r.Status, name)
+		require.Contains(t, r.Body, "csrf_failed", name)
+	}
+	require.Equal(t, "PENDING", e.do("GET", "/api/v1/approvals/"+ct.request, ct.admin, nil).str("status"))
+
+	// Sign-in and sign-out forms are protected too.
+	fresh := newConsoleBrowser(e)
+	r := fresh.do("POST", "/console/login", url.Values{"key": {ct.approver}})
+	require.Equal(t, http.StatusForbidden, r.Status)
+	require.Contains(t, r.Body, "csrf_failed")
+	require.NotContains(t, fresh.jar, consoleCookie)
+	r = b.do("POST", "/console/logout", url.Values{})
+	require.Equal(t, http.StatusForbidden, r.Status)
+	require.Contains(t, b.jar, consoleCookie)
+	// A good token from a same-origin page (Origin matching the host) works.
+	r = b.do("POST", "/console/logout", url.Values{"csrf": {token}}, "Origin", e.srv.URL, "Sec-Fetch-Site", "")
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	require.NotContains(t, b.jar, consoleCookie)
+}
+
+func TestConsoleRefusesAgentAndUnknownKeys(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-agent")
+	b := newConsoleBrowser(e)
+	r := b.signIn(ct.agent)
+	require.Equal(t, http.StatusForbidden, r.Status)
+	require.Contains(t, r.Body, "Only approver and admin keys can sign in")
+	require.NotContains(t, b.jar, consoleCookie)
+
+	r = b.signIn("atl_" + strings.Repeat("A", 64))
+	require.Equal(t, http.StatusUnauthorized, r.Status)
+	require.NotContains(t, b.jar, consoleCookie)
+
+	// An admin key may sign in.
+	require.Equal(t, http.StatusSeeOther, newConsoleBrowser(e).signIn(ct.admin).Status)
+}
+
+func TestConsoleRevokedKeyEndsSession(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-revoke")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	require.Equal(t, http.StatusOK, b.do("GET", "/console", nil).Status)
+	d := b.do("GET", "/console/approvals/"+ct.request, nil)
+	saved := b.jar[consoleCookie].Value
+
+	require.Equal(t, http.StatusOK, e.do("DELETE", "/api/v1/keys/"+ct.approverID, ct.admin, nil).Status)
+	q := b.do("GET", "/console", nil)
+	require.Equal(t, http.StatusSeeOther, q.Status)
+	require.Equal(t, "/console/login?ended=1", q.Header.Get("Location"))
+	require.NotContains(t, b.jar, consoleCookie, "the dead session's cookie is cleared")
+	require.Contains(t, b.do("GET", "/console/login?ended=1", nil).Body, "Your session ended")
+
+	// The old cookie, replayed with a form loaded before the revocation, cannot decide.
+	b.jar[consoleCookie] = &http.Cookie{Name: consoleCookie, Value: saved}
+	r := b.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
+	require.Equal(t, http.StatusUnauthorized, r.Status)
+	require.Equal(t, "PENDING", e.do("GET", "/api/v1/approvals/"+ct.request, ct.admin, nil).str("status"))
+}
+
+func TestConsoleOtherTenantSees404(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	a := newConsoleTenant(t, e, "con-iso-a")
+	bt := newConsoleTenant(t, e, "con-iso-b")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(bt.approver).Status)
+	q := b.do("GET", "/console", nil)
+	require.NotContains(t, q.Body, a.request)
+	for _, path := range []string{"/console/approvals/" + a.request, "/console/approvals/not-a-uuid"} {
+		r := b.do("GET", path, nil)
+		require.Equal(t, http.StatusNotFound, r.Status, path)
+		require.Contains(t, r.Body, "approval_not_found")
+		requireConsoleHeaders(t, r.Header)
+	}
+	d := b.do("GET", "/console/approvals/"+bt.request, nil)
+	r := b.do("POST", "/console/approvals/"+a.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
+	require.Equal(t, http.StatusNotFound, r.Status)
+	require.Equal(t, "PENDING", e.do("GET", "/api/v1/approvals/"+a.request, a.admin, nil).str("status"))
+}
+
+func TestConsoleJSONLModeSaysApprovalsNeedPostgres(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "jsonl")
+	ct := newConsoleTenant(t, e, "con-jsonl")
+	b := newConsoleBrowser(e)
+	form := b.do("GET", "/console/login", nil)
+	require.Contains(t, form.Body, "approvals need PostgreSQL")
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	q := b.do("GET", "/console", nil)
+	require.Equal(t, http.StatusServiceUnavailable, q.Status)
+	require.Contains(t, q.Body, "Approvals need PostgreSQL")
+	require.Contains(t, q.Body, "DATABASE_URL")
+	requireConsoleHeaders(t, q.Header)
+}
+
+func TestConsoleKeepsKeysOutOfURLsAndLogs(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	e := setup(t, "postgres", func(e *testEnv) { e.log = slog.New(slog.NewJSONHandler(&logs, nil)) })
+	ct := newConsoleTenant(t, e, "con-secret")
+	b := newConsoleBrowser(e)
+	var locations []string
+	in := b.signIn(ct.approver)
+	locations = append(locations, in.Header.Get("Location"))
+	d := b.do("GET", "/console/approvals/"+ct.request, nil)
+	r := b.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
+	locations = append(locations, r.Header.Get("Location"))
+	bad := newConsoleBrowser(e).signIn(ct.agent)
+	require.Equal(t, http.StatusForbidden, bad.Status)
+	out := b.do("POST", "/console/logout", url.Values{"csrf": {csrfOf(t, d)}})
+	locations = append(locations, out.Header.Get("Location"))
+
+	for _, secret := range []string{ct.approver, ct.agent} {
+		require.NotContains(t, logs.String(), secret)
+		require.NotContains(t, d.Body, secret)
+		for _, l := range locations {
+			require.NotContains(t, l, secret)
+		}
+	}
+	require.Contains(t, logs.String(), "console sign-in", "the log does record sign-ins, by key id")
+}
+
+func TestConsoleSessionSealing(t *testing.T) {
+	t.Parallel()
+	c, err := newConsole("a test secret that is long enough to use")
+	require.NoError(t, err)
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	c.now = func() time.Time { return now }
+	v := c.sealSession("atl_key", now.Add(time.Hour))
+	key, ok := c.open(v)
+	require.True(t, ok)
+	require.Equal(t, "atl_key", key)
+	now = now.Add(time.Hour)
+	_, ok = c.open(v)
+	require.False(t, ok, "a session ends at its expiry, whatever the cookie's Max-Age")
+
+	// Another server secret cannot open it; the same secret can (sessions survive a restart).
+	other, err := newConsole("another secret that is long enough to use")
+	require.NoError(t, err)
+	other.now = c.now
+	same, err := newConsole("a test secret that is long enough to use")
+	require.NoError(t, err)
+	same.now = c.now
+	v = c.sealSession("atl_key", now.Add(time.Hour))
+	_, ok = other.open(v)
+	require.False(t, ok)
+	_, ok = same.open(v)
+	require.True(t, ok)
+	require.Equal(t, c.token("session", v), same.token("session", v))
+	require.NotEqual(t, c.token("session", v), other.token("session", v))
+}
+
+func TestConsolePayloadRendering(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é<", 100)
+	raw, err := json.Marshal(map[string]any{"tool": "pay", "args": map[string]any{"n": 1.50, "ok": true, "none": nil,
+		"list": []any{"a", 2}, "empty": map[string]any{}, "long": long, "<k>": "v"}})
+	require.NoError(t, err)
+	out := string(renderPayload(raw))
+	require.NotContains(t, out, "<k>")
+	require.Contains(t, out, `&#34;&lt;k&gt;&#34;`)
+	require.Contains(t, out, `<span class="num">1.5</span>`)
+	require.Contains(t, out, "(200 characters)")
+	require.Equal(t, 1, strings.Count(out, "<details"))
+	require.NotContains(t, out, "é<")
+}
+
+func TestConsoleSecretConfig(t *testing.T) {
+	t.Parallel()
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	_, err := configFromEnv(env(map[string]string{"ATL_CONSOLE_SECRET": "short"}))
+	require.ErrorContains(t, err, "ATL_CONSOLE_SECRET")
+	c, err := configFromEnv(env(map[string]string{"ATL_CONSOLE_SECRET": strings.Repeat("s", 32)}))
+	require.NoError(t, err)
+	require.Equal(t, strings.Repeat("s", 32), c.ConsoleSecret)
+}
+
+func TestConsoleQueuePagesAndTabs(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-pages")
+	for i := range consolePageSize {
+		held := e.execute(ct.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": i}})
+		require.Equal(t, http.StatusAccepted, held.Status, held.Raw)
+	}
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	first := b.do("GET", "/console?status=pending", nil)
+	require.Equal(t, http.StatusOK, first.Status)
+	require.Equal(t, consolePageSize, strings.Count(first.Body, `<td data-label="Tool"`))
+	require.NotContains(t, first.Body, ct.request, "the oldest request is on the next page")
+	next := regexp.MustCompile(`href="(/console\?cursor=[^"]+)" rel="next"`).FindStringSubmatch(first.Body)
+	require.NotNil(t, next, first.Body)
+	second := b.do("GET", strings.ReplaceAll(next[1], "&amp;", "&"), nil)
+	require.Equal(t, http.StatusOK, second.Status, second.Body)
+	require.Equal(t, 1, strings.Count(second.Body, `<td data-label="Tool"`))
+	require.Contains(t, second.Body, ct.request)
+	require.NotContains(t, second.Body, `rel="next"`)
+
+	for _, s := range []string{"APPROVED", "REJECTED", "EXPIRED"} {
+		r := b.do("GET", "/console?status="+s, nil)
+		require.Equal(t, http.StatusOK, r.Status)
+		require.Contains(t, r.Body, "No "+strings.ToLower(s)+" requests.")
+	}
+	bad := b.do("GET", "/console?status=DONE", nil)
+	require.Equal(t, http.StatusBadRequest, bad.Status)
+	require.Contains(t, bad.Body, "validation_failed")
+	require.Equal(t, http.StatusBadRequest, b.do("GET", "/console?cursor=nope", nil).Status)
+}
