@@ -1,13 +1,22 @@
 // Typed errors: every failure of a call to ATL is an ATLError carrying the API's stable error code.
 
-import type { ApprovalRequest, ApprovalStatus, EventError } from "./types.js";
+import type { ApprovalRequest, ApprovalStatus, ErrorCode, EventError } from "./types.js";
+
+/** Codes the client itself gives when there is no API error to carry. */
+export type ClientErrorCode =
+  | "network_error" // no answer, or an answer that is not JSON
+  | "timeout" // no answer in time, or no decision in time
+  | "approval_rejected" // wrap: a human rejected the call
+  | "approval_expired" // wrap: nobody decided before expires_at (also an API code)
+  | "unexpected_answer" // an answer the API does not document
+  | `http_${number}`; // an error answer without an ATL error body (e.g. from a proxy)
 
 /** What ATL answered with an error, or what kept the call from getting an answer. */
 export class ATLError extends Error {
   /** HTTP status of the answer; 0 when there was none (network error, timeout). */
   readonly status: number;
   /** The API's stable snake_case code (`error.code`), e.g. `unauthorized`, `approval_consumed`. */
-  readonly code: string;
+  readonly code: ErrorCode | ClientErrorCode | (string & {});
   /** Seconds the server asked to wait before retrying (`Retry-After`), when it sent one. */
   readonly retryAfter: number | undefined;
   /** The whole answer body as parsed JSON (the gate adds `event_id`, `trace_id` and `status` to its refusals). */
@@ -17,7 +26,7 @@ export class ATLError extends Error {
 
   constructor(
     message: string,
-    init: { status: number; code: string; retryAfter?: number; body?: unknown; events?: EventError[]; cause?: unknown },
+    init: { status: number; code: ATLError["code"]; retryAfter?: number; body?: unknown; events?: EventError[]; cause?: unknown },
   ) {
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = new.target.name;

@@ -9,11 +9,14 @@ import {
   errorClassFor,
 } from "./errors.js";
 import type {
+  ApprovalFilter,
   ApprovalRequest,
   ApprovalStatus,
   AuditLog,
+  AuditLogFilter,
   Event,
   EventError,
+  EventFilter,
   EventInput,
   EventsCreated,
   ExecuteRequest,
@@ -21,6 +24,7 @@ import type {
   HeldResult,
   Page,
 } from "./types.js";
+import type { paths } from "./openapi.js";
 
 export * from "./errors.js";
 export type * from "./types.js";
@@ -81,29 +85,6 @@ export interface WrapCallOptions extends CallOptions {
   trace_id?: string;
 }
 
-export interface AuditLogFilter {
-  agent_id?: string;
-  trace_id?: string;
-  status?: string;
-  mode?: string;
-  since?: string;
-  until?: string;
-  limit?: number;
-  cursor?: string;
-}
-
-export interface EventFilter {
-  agent?: string;
-  trace_id?: string;
-  status?: string;
-  tool_name?: string;
-  approval_request_id?: string;
-  since?: string;
-  until?: string;
-  limit?: number;
-  cursor?: string;
-}
-
 export interface ATLClient {
   /** Asks the gate about one tool call: `done` (go ahead) or `held` (wait for approval). */
   execute(req: ExecuteInput, opts?: CallOptions): Promise<ExecuteDecision>;
@@ -123,7 +104,7 @@ export interface ATLClient {
   decide(id: string, decision: "APPROVE" | "REJECT", reason?: string, opts?: CallOptions): Promise<ApprovalRequest>;
   listAuditLogs(filter?: AuditLogFilter, opts?: CallOptions): Promise<Page<AuditLog>>;
   listEvents(filter?: EventFilter, opts?: CallOptions): Promise<Page<Event>>;
-  listApprovals(filter?: { status?: ApprovalStatus; limit?: number; cursor?: string }, opts?: CallOptions): Promise<Page<ApprovalRequest>>;
+  listApprovals(filter?: ApprovalFilter, opts?: CallOptions): Promise<Page<ApprovalRequest>>;
 }
 
 const maxWaitMs = 50_000;
@@ -199,7 +180,7 @@ export function createATL(options: ATLOptions): ATLClient {
     if (parsed === undefined) {
       throw new ATLNetworkError(`${method} ${path}: answer ${res.status} is not JSON`, {
         status: res.status,
-        code: "invalid_answer",
+        code: "network_error",
       });
     }
     return { status: res.status, body: parsed as T, headers: res.headers };
@@ -213,7 +194,7 @@ export function createATL(options: ATLOptions): ATLClient {
       if (body.domain === undefined && options.domain !== undefined) body.domain = options.domain;
       const ans = await request<ExecuteResult | HeldResult>(
         "POST",
-        `/api/v1/agents/${encodeURIComponent(agent)}/execute`,
+        route("/api/v1/agents/{agent_id}/execute", { agent_id: agent }),
         body,
         opts,
       );
@@ -322,7 +303,7 @@ export function createATL(options: ATLOptions): ATLClient {
       const list = (one ? [events] : events).map((e) =>
         e.domain === undefined && options.domain !== undefined ? { ...e, domain: options.domain } : e,
       );
-      const ans = await request<EventsCreated>("POST", "/api/v1/events", one ? list[0] : { events: list }, opts);
+      const ans = await request<EventsCreated>("POST", route("/api/v1/events"), one ? list[0] : { events: list }, opts);
       return ans.body;
     },
 
@@ -331,7 +312,7 @@ export function createATL(options: ATLOptions): ATLClient {
       if (reason !== undefined) body.reason = reason;
       const ans = await request<ApprovalRequest>(
         "POST",
-        `/api/v1/approvals/${encodeURIComponent(id)}/decisions`,
+        route("/api/v1/approvals/{id}/decisions", { id }),
         body,
         opts,
       );
@@ -339,15 +320,15 @@ export function createATL(options: ATLOptions): ATLClient {
     },
 
     async listAuditLogs(filter = {}, opts) {
-      return (await request<Page<AuditLog>>("GET", "/api/v1/audit/logs" + query(filter), undefined, opts)).body;
+      return (await request<Page<AuditLog>>("GET", route("/api/v1/audit/logs") + query(filter), undefined, opts)).body;
     },
 
     async listEvents(filter = {}, opts) {
-      return (await request<Page<Event>>("GET", "/api/v1/events" + query(filter), undefined, opts)).body;
+      return (await request<Page<Event>>("GET", route("/api/v1/events") + query(filter), undefined, opts)).body;
     },
 
     async listApprovals(filter = {}, opts) {
-      return (await request<Page<ApprovalRequest>>("GET", "/api/v1/approvals" + query(filter), undefined, opts)).body;
+      return (await request<Page<ApprovalRequest>>("GET", route("/api/v1/approvals") + query(filter), undefined, opts)).body;
     },
   };
 
@@ -355,7 +336,7 @@ export function createATL(options: ATLOptions): ATLClient {
   async function readApproval(id: string, waitMs: number, opts: CallOptions) {
     if (!(waitMs >= 0 && waitMs <= maxWaitMs)) throw new RangeError(`waitMs must be 0 to ${maxWaitMs}`);
     const q = waitMs > 0 ? `?wait=${Math.ceil(waitMs)}ms` : "";
-    const ans = await request<ApprovalRequest>("GET", `/api/v1/approvals/${encodeURIComponent(id)}${q}`, undefined, {
+    const ans = await request<ApprovalRequest>("GET", route("/api/v1/approvals/{id}", { id }) + q, undefined, {
       ...opts,
       extraMs: waitMs,
     });
@@ -407,6 +388,15 @@ function deadline(ms: number, outer?: AbortSignal) {
       outer?.removeEventListener("abort", onAbort);
     },
   };
+}
+
+// A path of the OpenAPI document with its {params} filled in; a path the document lacks does not compile.
+function route(template: keyof paths, params: Record<string, string> = {}): string {
+  return template.replace(/\{(\w+)\}/g, (_, name: string) => {
+    const v = params[name];
+    if (v === undefined || v === "") throw new TypeError(`${name} is required`);
+    return encodeURIComponent(v);
+  });
 }
 
 function query(filter: object): string {
