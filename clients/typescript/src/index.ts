@@ -51,8 +51,8 @@ export interface CallOptions {
   traceparent?: string;
 }
 
-/** The agent for the path may come from the call or from createATL. */
-export type ExecuteInput = ExecuteRequest & { agent?: string };
+/** The execute body; `agent` names the path's agent_id and may come from createATL instead. */
+export type ExecuteInput = ExecuteRequest;
 
 /** The call may go ahead: ATL recorded it (200). */
 export type ExecuteDone = ExecuteResult & { kind: "done"; replayed: boolean };
@@ -199,7 +199,7 @@ export function createATL(options: ATLOptions): ATLClient {
         opts,
       );
       const replayed = ans.headers.get("Idempotent-Replayed") === "true";
-      if (ans.status === 202 && ans.body.status === "pending_approval") {
+      if (ans.status === 202) {
         const held = ans.body as HeldResult;
         return { ...held, kind: "held", approvalRequestId: held.approval_request_id, expiresAt: held.expires_at, replayed };
       }
