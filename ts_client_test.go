@@ -24,7 +24,8 @@ func TestTypeScriptClient(t *testing.T) {
 		}
 		t.Skip("no npm or clients/typescript/node_modules; run .ci/setup-node.sh")
 	}
-	atl := startATL(t, "DATABASE_URL="+newDatabase(t))
+	// A per-key rate limit far above what one test sends, so the client meets a real 429.
+	atl := startATL(t, "DATABASE_URL="+newDatabase(t), "ATL_RATE_LIMIT=20", "ATL_RATE_BURST=40")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -11,6 +11,7 @@ import {
   ATLConflictError,
   ATLNetworkError,
   ATLNotFoundError,
+  ATLRateLimitError,
   ATLTimeoutError,
   ATLValidationError,
 } from "../dist/index.js";
@@ -329,4 +330,21 @@ test("traceparent is passed on, idempotency keys replay, events and audit logs l
   const logs = await atl.listAuditLogs({ trace_id: traceId });
   assert.ok(logs.count >= 3, `audit rows for the trace: ${logs.count}`);
   assert.ok(logs.items.every((l) => l.trace_id === traceId));
+});
+
+test("a key over its rate gets ATLRateLimitError with retryAfter (the harness runs ATL with ATL_RATE_LIMIT=20)", async () => {
+  const t = await tenant();
+  const atl = createATL({ baseUrl, apiKey: t.alice });
+  let refused;
+  for (let i = 0; i < 400 && !refused; i++) {
+    try {
+      await atl.listApprovals({ limit: 1 });
+    } catch (err) {
+      refused = err;
+    }
+  }
+  assert.ok(refused instanceof ATLRateLimitError, `no 429 in 400 requests: ${refused}`);
+  assert.equal(refused.status, 429);
+  assert.equal(refused.code, "rate_limited");
+  assert.ok(refused.retryAfter >= 1);
 });
