@@ -10,19 +10,20 @@ import {
 } from "./errors.js";
 import type {
   ApprovalFilter,
+  ApprovalPage,
   ApprovalRequest,
   ApprovalStatus,
-  AuditLog,
   AuditLogFilter,
-  Event,
+  AuditLogPage,
   EventError,
   EventFilter,
   EventInput,
+  EventPage,
   EventsCreated,
   ExecuteRequest,
   ExecuteResult,
   HeldResult,
-  Page,
+  JSONValue,
 } from "./types.js";
 import type { paths } from "./openapi.js";
 
@@ -102,9 +103,9 @@ export interface ATLClient {
   getApproval(id: string, opts?: CallOptions & { waitMs?: number }): Promise<ApprovalRequest>;
   /** Decides an approval request (approver or admin key). */
   decide(id: string, decision: "APPROVE" | "REJECT", reason?: string, opts?: CallOptions): Promise<ApprovalRequest>;
-  listAuditLogs(filter?: AuditLogFilter, opts?: CallOptions): Promise<Page<AuditLog>>;
-  listEvents(filter?: EventFilter, opts?: CallOptions): Promise<Page<Event>>;
-  listApprovals(filter?: ApprovalFilter, opts?: CallOptions): Promise<Page<ApprovalRequest>>;
+  listAuditLogs(filter?: AuditLogFilter, opts?: CallOptions): Promise<AuditLogPage>;
+  listEvents(filter?: EventFilter, opts?: CallOptions): Promise<EventPage>;
+  listApprovals(filter?: ApprovalFilter, opts?: CallOptions): Promise<ApprovalPage>;
 }
 
 const maxWaitMs = 50_000;
@@ -290,7 +291,7 @@ export function createATL(options: ATLOptions): ATLClient {
           throw toolError;
         }
         await report(
-          { ...event, status: "succeeded", tool_result: result === undefined ? null : result, latency_ms: Date.now() - started },
+          { ...event, status: "succeeded", tool_result: (result ?? null) as JSONValue, latency_ms: Date.now() - started },
           call,
           { result },
         );
@@ -320,15 +321,15 @@ export function createATL(options: ATLOptions): ATLClient {
     },
 
     async listAuditLogs(filter = {}, opts) {
-      return (await request<Page<AuditLog>>("GET", route("/api/v1/audit/logs") + query(filter), undefined, opts)).body;
+      return (await request<AuditLogPage>("GET", route("/api/v1/audit/logs") + query(filter), undefined, opts)).body;
     },
 
     async listEvents(filter = {}, opts) {
-      return (await request<Page<Event>>("GET", route("/api/v1/events") + query(filter), undefined, opts)).body;
+      return (await request<EventPage>("GET", route("/api/v1/events") + query(filter), undefined, opts)).body;
     },
 
     async listApprovals(filter = {}, opts) {
-      return (await request<Page<ApprovalRequest>>("GET", route("/api/v1/approvals") + query(filter), undefined, opts)).body;
+      return (await request<ApprovalPage>("GET", route("/api/v1/approvals") + query(filter), undefined, opts)).body;
     },
   };
 

@@ -476,6 +476,8 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description Any JSON value. */
+        AnyValue: Record<string, unknown> | unknown[] | string | number | boolean | null;
         /** @description Approval requests, newest first. */
         ApprovalPage: {
             items: components["schemas"]["ApprovalRequest"][];
@@ -501,7 +503,7 @@ export interface components {
             action_type: string;
             action_payload: {
                 tool: string;
-                args: Record<string, never>;
+                args: Record<string, unknown>;
             };
             requested_by: string;
             trace_id: string;
@@ -622,7 +624,7 @@ export interface components {
             drift_threshold: number;
             drift_score: number | null;
             /** @description baseline_run_id, baseline_source (given, pinned, latest_passed, none), threshold, case counts and the changed cases. */
-            drift_metadata: Record<string, never> | null;
+            drift_metadata: Record<string, unknown> | null;
             pass_rate: number | null;
             case_count: number | null;
             error: string | null;
@@ -678,8 +680,8 @@ export interface components {
             trust_level: components["schemas"]["TrustLevel"];
             stage: components["schemas"]["Stage"];
             tool_name: string;
-            tool_args: Record<string, never> | null;
-            tool_result: unknown;
+            tool_args: Record<string, unknown> | null;
+            tool_result: components["schemas"]["AnyValue"];
             status: string;
             /** Format: uuid */
             approval_request_id: string | null;
@@ -714,8 +716,8 @@ export interface components {
             trust_level?: components["schemas"]["TrustLevel"];
             stage?: components["schemas"]["Stage"];
             tool_name: string;
-            tool_args?: Record<string, never> | null;
-            tool_result?: unknown;
+            tool_args?: Record<string, unknown> | null;
+            tool_result?: components["schemas"]["AnyValue"];
             status: string;
             /** Format: uuid */
             approval_request_id?: string | null;
@@ -744,7 +746,7 @@ export interface components {
             agent?: string;
             workflow?: string;
             tool: string;
-            args?: Record<string, never> | null;
+            args?: Record<string, unknown> | null;
             stage?: components["schemas"]["Stage"];
             trace_id?: string;
             mode?: components["schemas"]["Mode"];
@@ -772,7 +774,7 @@ export interface components {
             /** @description Live calls: the endpoint's HTTP status. */
             upstream_status?: number;
             /** @description Live calls: the endpoint's answer. */
-            result?: unknown;
+            result?: components["schemas"]["AnyValue"];
             /** @description A failed live call: why. */
             error?: string;
         };
@@ -920,8 +922,8 @@ export interface components {
             gc_runs: number;
             rss_bytes: number;
             uptime_seconds: number;
-            pool?: Record<string, never>;
-            tenant_slots?: Record<string, never>;
+            pool?: Record<string, unknown>;
+            tenant_slots?: Record<string, unknown>;
         };
         Tenant: {
             id: string;

@@ -4,8 +4,6 @@ import type { components, operations } from "./openapi.js";
 
 type S = components["schemas"];
 type Query<Op extends keyof operations> = NonNullable<operations[Op]["parameters"]["query"]>;
-/** A free-form JSON object (tool args); the document says only "object", which would generate Record<string, never>. */
-export type JSONObject = Record<string, unknown>;
 
 export type TrustLevel = S["TrustLevel"];
 export type Mode = S["Mode"];
@@ -15,7 +13,7 @@ export type ApprovalStatus = S["ApprovalRequest"]["status"];
 export type ErrorCode = S["ErrorCode"];
 
 /** Body of POST /api/v1/agents/{agent_id}/execute. */
-export type ExecuteRequest = Omit<S["ExecuteRequest"], "args"> & { args?: JSONObject | null };
+export type ExecuteRequest = S["ExecuteRequest"];
 /** 200 answer of the gate: the call may go ahead (or, in live mode, ATL made it). */
 export type ExecuteResult = S["ExecuteResult"];
 /** 202 answer of the gate: held until humans decide. */
@@ -24,19 +22,22 @@ export type HeldResult = S["HeldResult"];
 export type GateRefusal = S["GateRefusal"];
 
 export type Decision = S["Decision"];
-export type ApprovalRequest = Omit<S["ApprovalRequest"], "action_payload"> & {
-  action_payload: { tool: string; args: JSONObject };
-};
+export type ApprovalRequest = S["ApprovalRequest"];
 
 /** One event of POST /api/v1/events. */
-export type EventInput = Omit<S["EventInput"], "tool_args"> & { tool_args?: JSONObject | null };
-export type Event = Omit<S["Event"], "tool_args"> & { tool_args: JSONObject | null };
+export type EventInput = S["EventInput"];
+export type Event = S["Event"];
 export type AuditLog = S["AuditLog"];
 
 /** A list answer: newest first; pass next_cursor as `cursor` for the next page. */
 export type Page<T> = Omit<S["EventPage"], "items"> & { items: T[] };
+export type AuditLogPage = S["AuditLogPage"];
+export type EventPage = S["EventPage"];
+export type ApprovalPage = S["ApprovalPage"];
+/** Any JSON value (a tool's result). */
+export type JSONValue = S["AnyValue"];
 /** Answer of POST /api/v1/events. */
-export type EventsCreated = Omit<S["EventList"], "items"> & { items: Event[] };
+export type EventsCreated = S["EventList"];
 /** What was wrong with one event of a refused batch. */
 export type EventError = S["EventError"];
 
