@@ -1,4 +1,5 @@
-// The client against a real ATL (ATL_URL), every tenant created here through the API.
+// The client against a real ATL (ATL_URL), every tenant created here through the API. The package is imported
+// by its name (a self-reference through package.json "exports"), as an agent would import it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -14,7 +15,7 @@ import {
   ATLRateLimitError,
   ATLTimeoutError,
   ATLValidationError,
-} from "../dist/index.js";
+} from "@asi/agent-trust-layer";
 import { baseUrl, deferred, tenant, watchingFetch } from "./helpers.mjs";
 
 const policies = {

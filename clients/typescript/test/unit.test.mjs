@@ -9,7 +9,7 @@ import {
   ATLRateLimitError,
   ATLTimeoutError,
   ATLUnavailableError,
-} from "../dist/index.js";
+} from "@asi/agent-trust-layer";
 
 // A fetch that records each request and answers with the next of `answers`.
 function stand(...answers) {

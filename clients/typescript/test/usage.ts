@@ -1,5 +1,5 @@
 // Compile-time checks of the published types (npm run typecheck); never run.
-import { createATL, ATLApprovalError, ATLError, type ExecuteDecision, type FinalApproval } from "../dist/index.js";
+import { createATL, ATLApprovalError, ATLError, type ExecuteDecision, type FinalApproval } from "@asi/agent-trust-layer";
 
 async function usage(domain: string, baseUrl: string, apiKey: string): Promise<void> {
   const workflow = "trip";
