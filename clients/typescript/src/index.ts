@@ -4,6 +4,7 @@ import {
   ATLApprovalError,
   ATLError,
   ATLNetworkError,
+  ATLRateLimitError,
   ATLReportError,
   ATLTimeoutError,
   errorClassFor,
@@ -215,7 +216,16 @@ export function createATL(options: ATLOptions): ATLClient {
       const until = opts.timeoutMs === undefined ? Infinity : Date.now() + opts.timeoutMs;
       let waitMs = 0; // the first read does not wait, so a decided request answers at once
       for (;;) {
-        const { approval, skewMs } = await readApproval(id, waitMs, { signal: opts.signal });
+        let read;
+        try {
+          read = await readApproval(id, waitMs, { signal: opts.signal });
+        } catch (err) {
+          // The tenant has too many waiters: waiting is what we are doing anyway, so wait and ask again.
+          if (!(err instanceof ATLRateLimitError && err.code === "too_many_waits" && Date.now() < until)) throw err;
+          await sleep(Math.min((err.retryAfter ?? 1) * 1000, until - Date.now()), opts.signal);
+          continue;
+        }
+        const { approval, skewMs } = read;
         if (approval.status !== "PENDING") return approval as FinalApproval;
         const now = Date.now();
         // Past expires_at nobody may decide it (409 approval_expired); only the sweep has not marked it yet.
@@ -389,6 +399,22 @@ function deadline(ms: number, outer?: AbortSignal) {
       outer?.removeEventListener("abort", onAbort);
     },
   };
+}
+
+// Resolves after ms, or rejects with the signal's reason when it aborts first.
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 // A path of the OpenAPI document with its {params} filled in; a path the document lacks does not compile.

@@ -349,3 +349,26 @@ test("a key over its rate gets ATLRateLimitError with retryAfter (the harness ru
   assert.equal(refused.code, "rate_limited");
   assert.ok(refused.retryAfter >= 1);
 });
+
+test("waitForApproval waits on when the tenant has too many waiters (the harness sets ATL_WAITERS_PER_TENANT=2)", async () => {
+  const t = await tenant(policies);
+  const busy = deferred();
+  let refused = 0;
+  const fetch = async (url, init) => {
+    const res = await globalThis.fetch(url, init);
+    if (res.status === 429) {
+      refused++;
+      busy.resolve();
+    }
+    return res;
+  };
+  const atl = createATL({ baseUrl, apiKey: t.agent, agent: "booker", fetch });
+  const held = await Promise.all([1, 2, 3].map((n) => atl.execute({ tool: "bookings.create", args: { n } })));
+  const waits = held.map((h) => atl.waitForApproval(h.approvalRequestId, { timeoutMs: 30_000 }));
+  await busy.promise; // three long-polls, two slots: one was refused 429 too_many_waits
+  const alice = createATL({ baseUrl, apiKey: t.alice });
+  for (const h of held) await alice.decide(h.approvalRequestId, "APPROVE");
+  const approvals = await Promise.all(waits);
+  assert.deepEqual(approvals.map((a) => a.status), ["APPROVED", "APPROVED", "APPROVED"]);
+  assert.ok(refused >= 1);
+});
