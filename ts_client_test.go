@@ -25,7 +25,7 @@ func TestTypeScriptClient(t *testing.T) {
 		t.Skip("no npm or clients/typescript/node_modules; run .ci/setup-node.sh")
 	}
 	// Limits far above what one test sends, so the client meets a real 429 where a test asks for one.
-	atl := startATL(t, "DATABASE_URL="+newDatabase(t), "ATL_RATE_LIMIT=20", "ATL_RATE_BURST=40",
+	atl := startATL(t, "DATABASE_URL="+newDatabase(t), "ATL_RATE_LIMIT=5", "ATL_RATE_BURST=40",
 		"ATL_WAITERS_PER_TENANT=2")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -234,7 +234,7 @@ test("waitForApproval gives up with ATLTimeoutError; an abort signal stops it", 
     return true;
   });
   const took = Date.now() - started;
-  assert.ok(took >= 700 && took < 5_000, `took ${took} ms`);
+  assert.ok(took >= 700 && took < 10_000, `took ${took} ms`);
 
   const ctl = new AbortController();
   const waiting = atl.waitForApproval(held.approvalRequestId, { signal: ctl.signal });
@@ -333,21 +333,20 @@ test("traceparent is passed on, idempotency keys replay, events and audit logs l
   assert.ok(logs.items.every((l) => l.trace_id === traceId));
 });
 
-test("a key over its rate gets ATLRateLimitError with retryAfter (the harness runs ATL with ATL_RATE_LIMIT=20)", async () => {
+test("a key over its rate gets ATLRateLimitError with retryAfter (the harness sets ATL_RATE_LIMIT=5, burst 40)", async () => {
   const t = await tenant();
   const atl = createATL({ baseUrl, apiKey: t.alice });
-  let refused;
-  for (let i = 0; i < 400 && !refused; i++) {
-    try {
-      await atl.listApprovals({ limit: 1 });
-    } catch (err) {
-      refused = err;
-    }
+  // 100 at once against a bucket of 40 that refills 5 a second: even a slow machine refuses some.
+  const answers = await Promise.allSettled(Array.from({ length: 100 }, () => atl.listApprovals({ limit: 1 })));
+  const refused = answers.filter((a) => a.status === "rejected").map((a) => a.reason);
+  assert.ok(refused.some((err) => err.code === "rate_limited"), "no 429 rate_limited in 100 requests");
+  for (const err of refused) {
+    assert.ok(err instanceof ATLRateLimitError, String(err));
+    assert.equal(err.status, 429);
+    // A slow machine may also queue the admitted ones past the tenant's slots.
+    assert.ok(["rate_limited", "tenant_busy"].includes(err.code), err.code);
+    assert.ok(err.retryAfter >= 1);
   }
-  assert.ok(refused instanceof ATLRateLimitError, `no 429 in 400 requests: ${refused}`);
-  assert.equal(refused.status, 429);
-  assert.equal(refused.code, "rate_limited");
-  assert.ok(refused.retryAfter >= 1);
 });
 
 test("waitForApproval waits on when the tenant has too many waiters (the harness sets ATL_WAITERS_PER_TENANT=2)", async () => {
