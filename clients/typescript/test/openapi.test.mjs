@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 test("src/openapi.d.ts matches a fresh generation from api/openapi.json (npm run gen)", async () => {
   const npm = process.platform === "win32" ? "npm.cmd" : "npm";
   try {
-    await promisify(execFile)(npm, ["run", "--silent", "gen", "--", "--check"], { timeout: 60_000 });
+    await promisify(execFile)(npm, ["run", "--silent", "gen", "--", "--check"], { timeout: 180_000 });
   } catch (err) {
     assert.fail(`src/openapi.d.ts is stale; run npm run gen and commit it:\n${err.stdout}\n${err.stderr}`);
   }
