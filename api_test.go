@@ -377,8 +377,11 @@ func TestErrorsAndCORS(t *testing.T) {
 	require.Equal(t, http.StatusNoContent, resp.StatusCode)
 	require.Equal(t, "https://console.example", resp.Header.Get("Access-Control-Allow-Origin"))
 
+	r := env.do("GET", "/api/v1/health", "", nil, "Origin", "https://console.example")
+	require.Equal(t, "Retry-After, Idempotent-Replayed", r.Header.Get("Access-Control-Expose-Headers"))
+
 	// Origins not listed get no CORS headers.
-	r := env.do("GET", "/api/v1/health", "", nil, "Origin", "https://evil.example")
+	r = env.do("GET", "/api/v1/health", "", nil, "Origin", "https://evil.example")
 	require.Empty(t, r.Header.Get("Access-Control-Allow-Origin"))
 }
 

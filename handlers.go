@@ -842,6 +842,8 @@ func (a *App) cors(next http.Handler) http.Handler {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
+			// Browser clients read these to back off and to spot replays.
+			h.Set("Access-Control-Expose-Headers", "Retry-After, Idempotent-Replayed")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
 				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-User-ID, traceparent")
