@@ -156,6 +156,41 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("POST", "/api/v1/approvals/expire", admin, map[string]any{"tenant_id": "acme"}), 200)
 	want(e.do("POST", "/api/v1/approvals/expire", agent, nil), 403)
 
+	// Webhooks: one receiver takes every delivery, another keeps failing, so
+	// delivered and failed deliveries with their attempt_log are both checked.
+	okHook, failHook := newReceiver(t, always(http.StatusNoContent)), newReceiver(t, always(http.StatusInternalServerError))
+	startWorker(t, e, webhookConfig{Enabled: true, MaxAttempts: 2, Backoff: 10 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true})
+	hook := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": okHook.srv.URL + "/atl", "format": "json", "tenant_id": "acme"}), 201)
+	failing := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": failHook.srv.URL, "format": "slack"}), 201)
+	want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "ftp://hooks.example.com/atl", "format": "xml"}), 400)
+	want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://hooks.example.com/atl", "secret": "mine"}), 400)
+	want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://hooks.example.com/atl", "tenant_id": "other"}), 403)
+	want(e.do("POST", "/api/v1/webhooks", approver, map[string]any{"url": "https://hooks.example.com/atl"}), 403)
+	want(e.do("POST", "/api/v1/webhooks", "", map[string]any{"url": "https://hooks.example.com/atl"}), 401)
+	want(e.do("POST", "/api/v1/webhooks", admin, "url=https://hooks.example.com/atl", "Content-Type", "text/plain"), 415)
+	want(e.do("POST", "/api/v1/webhooks", admin, strings.Repeat(" ", maxBodyBytes+1)), 413)
+	want(e.do("GET", "/api/v1/webhooks", admin, nil), 200)
+	want(e.do("GET", "/api/v1/webhooks?tenant_id=other", admin, nil), 403)
+	want(e.do("GET", "/api/v1/webhooks", agent, nil), 403)
+	hooked := want(exec(map[string]any{"tool": "deploy", "args": map[string]any{"env": "staging"}}), 202)
+	want(decide(approver, hooked.str("approval_request_id"), map[string]any{"decision": "REJECT", "reason": "not now"}), 201)
+	for _, h := range []response{hook, failing} {
+		settled := waitDeliveries(t, e, admin, h.str("id"), 2)
+		require.NotEmpty(t, settled[0]["attempt_log"], "a settled delivery lists its attempts")
+	}
+	first := want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?limit=1", admin, nil), 200)
+	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?cursor="+first.str("next_cursor"), admin, nil), 200)
+	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?limit=0", admin, nil), 400)
+	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?cursor=bad", admin, nil), 400)
+	want(e.do("GET", "/api/v1/webhooks/"+newUUID()+"/deliveries", admin, nil), 404)
+	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries", approver, nil), 403)
+	want(e.do("DELETE", "/api/v1/webhooks/"+failing.str("id"), admin, nil), 200)
+	want(e.do("DELETE", "/api/v1/webhooks/"+failing.str("id"), admin, nil), 200)
+	want(e.do("GET", "/api/v1/webhooks/"+failing.str("id")+"/deliveries", admin, nil), 200)
+	want(e.do("DELETE", "/api/v1/webhooks/"+newUUID(), admin, nil), 404)
+	want(e.do("DELETE", "/api/v1/webhooks/not-a-uuid", admin, nil), 404)
+	want(e.do("DELETE", "/api/v1/webhooks/"+hook.str("id"), agent, nil), 403)
+
 	// Events and the audit trail.
 	want(e.do("POST", "/api/v1/events", agent, map[string]any{"tool_name": "search", "status": "ok", "tool_args": map[string]any{"q": "x"},
 		"tool_result": []any{1, "two"}, "latency_ms": 3, "trust_level": "L0", "stage": "plan"}), 201)
@@ -210,6 +245,10 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(j.do("POST", "/api/v1/evals/runs", jagent, map[string]any{"suite_name": "s", "model_id": "m", "provider": "p"}), 503)
 	want(j.execute(jagent, "bot", map[string]any{"tool": "t", "mode": "live"}), 403) // live_disabled, recorded
 	want(j.execute(jagent, "bot", map[string]any{"tool": "t"}), 503)                 // L3 needs the database
+	want(j.do("POST", "/api/v1/webhooks", jadmin, map[string]any{"url": "https://hooks.example.com/atl"}), 503)
+	want(j.do("GET", "/api/v1/webhooks", jadmin, nil), 503)
+	want(j.do("DELETE", "/api/v1/webhooks/"+hook.str("id"), jadmin, nil), 503)
+	want(j.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries", jadmin, nil), 503)
 
 	// Every documented operation was answered, and these statuses in particular.
 	e.checkOpenAPI()

@@ -472,6 +472,70 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the tenant's webhooks (no secrets)
+         * @description Roles: admin. Deleted webhooks are not listed. Needs PostgreSQL: on JSONL files it answers 503 requires_database.
+         */
+        get: operations["listWebhooks"];
+        put?: never;
+        /**
+         * Add a webhook target
+         * @description Roles: admin. ATL POSTs approval events (approval.created, .approved, .rejected, .expired) to the url, signed with the secret, which this answer alone shows. Needs PostgreSQL: on JSONL files it answers 503 requires_database.
+         */
+        post: operations["createWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhooks/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook
+         * @description Roles: admin. Soft: the webhook gets no new deliveries, its pending ones end as failed, its past ones stay listed. Deleting twice answers it unchanged. Needs PostgreSQL: on JSONL files it answers 503 requires_database.
+         */
+        delete: operations["deleteWebhook"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhooks/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A webhook's deliveries with their attempts
+         * @description Roles: admin. Also for a deleted webhook. Needs PostgreSQL: on JSONL files it answers 503 requires_database.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -610,7 +674,7 @@ export interface components {
          * @description Stable snake_case code; clients switch on it. Never renamed.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error";
+        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error";
         EvalRun: {
             /** Format: uuid */
             id: string;
@@ -961,6 +1025,112 @@ export interface components {
          * @enum {string}
          */
         TrustLevel: "L0" | "L1" | "L2" | "L3" | "L4";
+        /** @description A webhook target; its secret is never listed. */
+        Webhook: {
+            /** Format: uuid */
+            id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            format: components["schemas"]["WebhookFormat"];
+            /** Format: date-time */
+            created_at: string;
+            /** @description The subject of the admin key that added it. */
+            created_by: string;
+            /**
+             * Format: date-time
+             * @description When it was deleted; null while live.
+             */
+            deleted_at: string | null;
+            /** @description The HMAC-SHA256 signing key of its deliveries; only in the answer that creates it. */
+            secret?: string;
+        };
+        /** @description One recorded attempt of a delivery. */
+        WebhookAttempt: {
+            attempt: number;
+            /** @description The receiver's status; null when none answered. */
+            http_status: number | null;
+            /** @description Why the attempt failed; null when it succeeded. */
+            error: string | null;
+            latency_ms: number;
+            /** Format: date-time */
+            created_at: string;
+        };
+        WebhookCreate: {
+            /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
+            tenant_id?: string;
+            /** @description An absolute http or https URL with a host and without credentials (validation_failed otherwise). Private addresses are refused at delivery unless ATL_ALLOW_PRIVATE_TARGETS=true. */
+            url: string;
+            /**
+             * @description json: the event as ATL builds it (WebhookEvent); slack: a Slack incoming-webhook message.
+             * @default json
+             * @enum {string}
+             */
+            format: "json" | "slack";
+        };
+        WebhookCreated: WithRequired<components["schemas"]["Webhook"], "secret">;
+        /** @description One event for one webhook, in the outbox. */
+        WebhookDelivery: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            webhook_id: string;
+            event: components["schemas"]["WebhookEventName"];
+            /**
+             * @description pending until delivered, or failed after ATL_WEBHOOK_MAX_ATTEMPTS attempts or when the webhook was deleted.
+             * @enum {string}
+             */
+            status: "pending" | "delivered" | "failed";
+            /** @description Claims so far, including any whose outcome was never recorded. */
+            attempts: number;
+            /**
+             * Format: date-time
+             * @description When the next attempt may start; null unless pending.
+             */
+            next_attempt_at: string | null;
+            /** @description The receiver's status at the last attempt. */
+            last_status: number | null;
+            last_error: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description Null unless delivered.
+             */
+            delivered_at: string | null;
+            payload: components["schemas"]["WebhookEvent"];
+            /** @description Every recorded attempt, oldest first. */
+            attempt_log: components["schemas"]["WebhookAttempt"][];
+        };
+        /** @description A webhook's deliveries, newest first. */
+        WebhookDeliveryPage: {
+            items: components["schemas"]["WebhookDelivery"][];
+            count: number;
+            /** @description Pass as `cursor` to read the next page; null on the last page. */
+            next_cursor: string | null;
+        };
+        /** @description The body of a json delivery, as it was when the event happened. */
+        WebhookEvent: {
+            event: components["schemas"]["WebhookEventName"];
+            /** Format: date-time */
+            occurred_at: string;
+            tenant_id: string;
+            /** Format: uuid */
+            webhook_id: string;
+            /** Format: uuid */
+            delivery_id: string;
+            approval: components["schemas"]["ApprovalRequest"];
+        };
+        /** @enum {string} */
+        WebhookEventName: "approval.created" | "approval.approved" | "approval.rejected" | "approval.expired";
+        /**
+         * @description json: the event as ATL builds it (WebhookEvent); slack: a Slack incoming-webhook message.
+         * @enum {string}
+         */
+        WebhookFormat: "json" | "slack";
+        WebhookList: {
+            items: components["schemas"]["Webhook"][];
+            count: number;
+        };
     };
     responses: {
         /** @description Bad JSON (invalid_json, unknown_field, invalid_text) or a field that fails validation. */
@@ -1068,6 +1238,8 @@ export interface components {
         /** @description The eval run's id (uuid). */
         RunID: string;
         Tool: string;
+        /** @description The webhook's id (uuid). */
+        WebhookID: string;
     };
     requestBodies: never;
     headers: {
@@ -2133,6 +2305,147 @@ export interface operations {
             };
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listWebhooks: {
+        parameters: {
+            query?: {
+                /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
+                tenant_id?: components["parameters"]["TenantID"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every webhook of the tenant that is not deleted, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookList"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    createWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookCreate"];
+            };
+        };
+        responses: {
+            /** @description The webhook with its signing secret (shown once). */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    deleteWebhook: {
+        parameters: {
+            query?: {
+                /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
+                tenant_id?: components["parameters"]["TenantID"];
+            };
+            header?: never;
+            path: {
+                /** @description The webhook's id (uuid). */
+                id: components["parameters"]["WebhookID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The webhook, with deleted_at set (idempotent). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Webhook"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description No such webhook in this tenant, or an id that is not a uuid (webhook_not_found). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 500 (invalid_limit otherwise). */
+                limit?: components["parameters"]["Limit"];
+                /** @description next_cursor of the previous page (invalid_cursor otherwise). */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
+                tenant_id?: components["parameters"]["TenantID"];
+            };
+            header?: never;
+            path: {
+                /** @description The webhook's id (uuid). */
+                id: components["parameters"]["WebhookID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of deliveries, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryPage"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description No such webhook in this tenant, or an id that is not a uuid (webhook_not_found). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["Unavailable"];
         };

@@ -41,6 +41,13 @@ export type EventsCreated = S["EventList"];
 /** What was wrong with one event of a refused batch. */
 export type EventError = S["EventError"];
 
+/** A webhook target (POST/GET /api/v1/webhooks); `secret` only in the answer that creates it. */
+export type Webhook = S["Webhook"];
+export type WebhookCreated = S["WebhookCreated"];
+/** One event for one webhook, with its attempts (GET /api/v1/webhooks/{id}/deliveries). */
+export type WebhookDelivery = S["WebhookDelivery"];
+export type WebhookDeliveryPage = S["WebhookDeliveryPage"];
+
 /** Filters of GET /api/v1/audit/logs. */
 export type AuditLogFilter = Query<"listAuditLogs">;
 /** Filters of GET /api/v1/events. */
