@@ -18,6 +18,9 @@ vet: ## gofmt check and go vet
 build: ## build a static binary at ./bin/atl
 	CGO_ENABLED=0 go build -buildvcs=true -trimpath -o bin/atl .
 
+screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in the README)
+	ATL_SCREENSHOT_DIR=docs/screenshots go test -count=1 -run TestConsoleInBrowser .
+
 migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
 
@@ -27,4 +30,4 @@ bench: ## run the benchmarks under bench/ (see bench/README.md)
 ci: ## what CI runs
 	bash .ci/run
 
-.PHONY: help run test vet build migrate bench ci
+.PHONY: help run test vet build screenshots migrate bench ci
