@@ -101,6 +101,9 @@ func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Han
 	handle("POST", "/console/logout", a.consolePage(c, c.logout))
 	handle("GET", "/console/approvals/:id", a.consolePage(c, c.detail))
 	handle("POST", "/console/approvals/:id/decide", a.consolePage(c, c.decide))
+	a.consoleNotFound = a.consolePage(c, func(*consoleReq) error {
+		return newError(http.StatusNotFound, codeNotFound, "There is no such page in the console.")
+	})
 	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		consoleHeaders(w)
 		if strings.HasSuffix(ps.ByName("file"), "/") {

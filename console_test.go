@@ -448,3 +448,16 @@ func TestConsoleQueuePagesAndTabs(t *testing.T) {
 	require.Contains(t, bad.Body, "validation_failed")
 	require.Equal(t, http.StatusBadRequest, b.do("GET", "/console?cursor=nope", nil).Status)
 }
+
+func TestConsoleUnknownPathIsAnHTMLPage(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "jsonl")
+	b := newConsoleBrowser(e)
+	r := b.do("GET", "/console/no-such-page", nil)
+	require.Equal(t, http.StatusNotFound, r.Status)
+	require.Contains(t, r.Header.Get("Content-Type"), "text/html")
+	require.Contains(t, r.Body, "There is no such page in the console.")
+	requireConsoleHeaders(t, r.Header)
+	// The API keeps its JSON answer.
+	requireError(t, e.do("GET", "/api/v1/no-such-route", "", nil), http.StatusNotFound, codeNotFound)
+}

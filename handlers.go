@@ -59,6 +59,8 @@ type App struct {
 	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
 	// consoleSecret is ATL_CONSOLE_SECRET; empty: a random key per process.
 	consoleSecret string
+	// consoleNotFound answers unknown /console paths with an HTML page; set by consoleRoutes.
+	consoleNotFound httprouter.Handle
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -115,6 +117,10 @@ func (a *App) routes() http.Handler {
 	a.consoleRoutes(handle) // the approvers' web console under /console (console.go)
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.consoleNotFound != nil && strings.HasPrefix(r.URL.Path, "/console/") {
+			a.consoleNotFound(w, r, nil)
+			return
+		}
 		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
 	})
 	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
