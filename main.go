@@ -265,7 +265,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		}
 	}
 	if cfg.ConsoleSecret == "" {
-		log.Info("ATL_CONSOLE_SECRET is not set: console sessions end when this process stops")
+		log.Warn("ATL_CONSOLE_SECRET is not set: console sessions end when this process stops and do not carry across replicas")
 	}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")

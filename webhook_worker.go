@@ -28,8 +28,8 @@ import (
 
 const (
 	webhookNotifyChannel = "atl_webhook"
-	webhookBatch         = 16
 	webhookConcurrency   = 4
+	webhookBatch         = webhookConcurrency // every claimed delivery is sent at once, so its lease covers one call
 	webhookMaxBackoff    = time.Hour
 	webhookIdleWait      = time.Minute // a bound on sleeping, should a notification be missed
 	webhookMinWait       = 5 * time.Millisecond
@@ -56,6 +56,9 @@ func webhookConfigFromEnv(getenv func(string) string) (webhookConfig, error) {
 	}
 	if c.Backoff, err = envDuration(getenv, "ATL_WEBHOOK_BACKOFF", 2*time.Second); err != nil {
 		return c, err
+	}
+	if c.Backoff <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_BACKOFF must be above 0")
 	}
 	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 10*time.Second); err != nil {
 		return c, err
@@ -86,8 +89,11 @@ type webhookWorker struct {
 // startWebhookWorker runs the worker until stop is called.
 func startWebhookWorker(pool *pgxpool.Pool, cfg webhookConfig, log *slog.Logger, version string) *webhookWorker {
 	ctx, cancel := context.WithCancel(context.Background())
+	client := newLiveClient(cfg.Timeout, cfg.AllowPrivate)
+	// A redirected POST would arrive as a bodiless GET: a 3xx is a failed attempt instead.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	w := &webhookWorker{pool: pool, connCfg: pool.Config().ConnConfig.Copy(),
-		client: newLiveClient(cfg.Timeout, cfg.AllowPrivate), cfg: cfg, log: log, version: version,
+		client: client, cfg: cfg, log: log, version: version,
 		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go w.run(ctx)
 	return w
@@ -312,6 +318,10 @@ func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, webhookMaxAnswer))
 	resp.Body.Close()
+	if resp.StatusCode < 100 || resp.StatusCode > 599 {
+		out.err = fmt.Sprintf("the receiver answered an invalid status %d", resp.StatusCode)
+		return out
+	}
 	out.status = resp.StatusCode
 	out.succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
 	if !out.succeeded {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -605,7 +606,7 @@ func TestWebhookConfig(t *testing.T) {
 	require.Equal(t, webhookConfig{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
 
 	for _, bad := range []map[string]string{{"ATL_WEBHOOKS": "sometimes"}, {"ATL_WEBHOOK_MAX_ATTEMPTS": "0"},
-		{"ATL_WEBHOOK_BACKOFF": "soon"}, {"ATL_WEBHOOK_TIMEOUT": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "-1s"}} {
+		{"ATL_WEBHOOK_BACKOFF": "soon"}, {"ATL_WEBHOOK_BACKOFF": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "-1s"}} {
 		_, err := configFromEnv(env(bad))
 		require.Error(t, err, "%v", bad)
 	}
@@ -635,4 +636,67 @@ func TestWebhookTwoWorkers(t *testing.T) {
 	for id, k := range perDelivery {
 		require.Equal(t, 1, k, "delivery %s arrived once", id)
 	}
+}
+
+// TestWebhookRedirectsAndOddStatuses: a redirect is a failed attempt, not a
+// bodiless GET that counts as delivered, and a status outside 100-599 is
+// recorded as an error with its attempt row.
+func TestWebhookRedirectsAndOddStatuses(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	var gets atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/moved":
+			http.Redirect(w, r, "/new", http.StatusFound)
+		case "/new":
+			gets.Add(1)
+			w.WriteHeader(http.StatusOK)
+		default:
+			w.WriteHeader(999)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cfg := testWebhookConfig()
+	cfg.MaxAttempts = 2
+	startWorker(t, e, cfg)
+	admin, agent, _ := webhookTenant(e, "acme")
+	moved, _ := addWebhook(e, admin, srv.URL+"/moved", "json")
+	odd, _ := addWebhook(e, admin, srv.URL+"/odd", "json")
+	requestApproval(e, agent)
+
+	d := waitDeliveries(t, e, admin, moved, 1)[0]
+	require.Equal(t, "failed", d["status"], d)
+	require.EqualValues(t, 302, d["last_status"])
+	log := d["attempt_log"].([]any)
+	require.Len(t, log, 2)
+	require.Equal(t, "the receiver answered 302", log[0].(map[string]any)["error"])
+	require.Zero(t, gets.Load(), "the redirect was not followed")
+
+	d = waitDeliveries(t, e, admin, odd, 1)[0]
+	require.Equal(t, "failed", d["status"], d)
+	require.Nil(t, d["last_status"])
+	log = d["attempt_log"].([]any)
+	require.Len(t, log, 2)
+	require.Nil(t, log[0].(map[string]any)["http_status"])
+	require.Equal(t, "the receiver answered an invalid status 999", log[0].(map[string]any)["error"])
+}
+
+// TestWebhookBoundPerTenant: at most 10 live webhooks a tenant, so one
+// tenant's fan-out cannot crowd the shared worker; deleting one frees a place.
+func TestWebhookBoundPerTenant(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	admin := e.tenant("acme")
+	other := e.tenant("globex")
+	var ids []string
+	for i := range 10 {
+		id, _ := addWebhook(e, admin, fmt.Sprintf("https://hooks.example.com/%d", i), "json")
+		ids = append(ids, id)
+	}
+	requireError(t, e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://hooks.example.com/x"}),
+		http.StatusConflict, "too_many_webhooks")
+	addWebhook(e, other, "https://hooks.example.com/globex", "json") // another tenant's bound is its own
+	require.Equal(t, http.StatusOK, e.do("DELETE", "/api/v1/webhooks/"+ids[0], admin, nil).Status)
+	addWebhook(e, admin, "https://hooks.example.com/x", "json")
 }

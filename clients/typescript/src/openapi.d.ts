@@ -674,7 +674,7 @@ export interface components {
          * @description Stable snake_case code; clients switch on it. Never renamed.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error";
+        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "too_many_webhooks" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error";
         EvalRun: {
             /** Format: uuid */
             id: string;
@@ -2361,6 +2361,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];
