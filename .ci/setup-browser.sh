@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Node 20 or later for playwright-core (and the TypeScript client's packages).
+bash .ci/setup-node.sh
+
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
   sudo=(sudo)

@@ -13,6 +13,12 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
 fi
+# playwright-core (e2e/) and the client's tests need Node 20 or later; Debian 12's own nodejs is 18.
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  echo "Node $(node --version) is too old: the TypeScript client and browser tests need Node 20 or later" >&2
+  exit 1
+fi
 echo "node $(node --version), npm $(npm --version)"
 
 stamp=node_modules/.atl-lock.sha256
