@@ -59,7 +59,7 @@ cleanup() {
   fi
   [[ -n $atl_pid ]] && stop_pid "$atl_pid"
   if ((db_created)); then
-    psql "$base_url" -X -q -c "drop database if exists \"$db\" with (force)" >/dev/null ||
+    drop_db "$base_url" "$db" ||
       printf 'idle.sh: could not drop database %s\n' "$db" >&2
   fi
   rm -rf "$tmp"

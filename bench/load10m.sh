@@ -48,7 +48,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   if ((db_created)) && [[ $keep != 1 || $status != 0 ]]; then
-    psql "$base_url" -X -q -c "drop database if exists \"$db\" with (force)" >/dev/null ||
+    drop_db "$base_url" "$db" ||
       printf 'load10m.sh: could not drop database %s\n' "$db" >&2
   fi
   rm -rf "$tmp"

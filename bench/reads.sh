@@ -83,7 +83,7 @@ cleanup() {
   fi
   [[ -n $atl_pid ]] && stop_pid "$atl_pid"
   if ((db_created)) && [[ $keep != 1 ]]; then
-    psql "$base_url" -X -q -c "drop database if exists \"$db\" with (force)" >/dev/null ||
+    drop_db "$base_url" "$db" ||
       printf 'reads.sh: could not drop database %s\n' "$db" >&2
   elif ((db_created)); then
     printf 'reads.sh: kept database %s (READS_DB=%s reuses it)\n' "$db" "$db" >&2
