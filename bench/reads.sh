@@ -16,7 +16,9 @@
 #   approvals GET /api/v1/approvals?status=PENDING
 #
 # Clients are spread over READS_TENANTS (the largest tenant holds about 1.8
-# million rows, the smallest 1,000); every request draws its tenant's
+# million rows, the smallest 1,000; with fewer clients than tenants, the
+# first tenants: one client reads t0000 only), at each client count of
+# READS_CLIENT_SET; every request draws its tenant's
 # parameters from the same distribution pgbench draws them from. The database
 # comes from bench/load10m.sh (or READS_DB, already loaded). Progress goes to
 # stderr, the table to stdout; it exits non-zero if any answer was not 2xx or
@@ -26,7 +28,7 @@ umask 077
 
 base_url=${ATL_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 seconds=${BENCH_SECONDS:-15}
-clients=${READS_CLIENTS:-16}
+client_set=${READS_CLIENT_SET:-1 16}
 threads=${BENCH_THREADS:-2}
 port=${BENCH_PORT:-}
 start_timeout=${BENCH_START_TIMEOUT:-60}
@@ -41,9 +43,13 @@ die() {
   printf 'reads.sh: %s\n' "$*" >&2
   exit 1
 }
-for v in seconds clients threads start_timeout; do
+for v in seconds threads start_timeout; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
+for c in $client_set; do
+  [[ $c =~ ^[1-9][0-9]*$ ]] || die "READS_CLIENT_SET must hold positive integers, got '$client_set'"
+done
+clients=${client_set%% *}
 for c in $cases; do
   [[ $c =~ ^(first|cursor|agent|trace|status|mode|window|events|approvals)$ ]] || die "BENCH_CASES: unknown case '$c'"
 done
@@ -232,7 +238,8 @@ pgscript() {
   exprs=${exprs//\{ne\}/(array[$event_counts])[:k]}
   IFS=';' read -r -a a <<<"$exprs"
   {
-    echo "\\set k random(1, ${#tenants[@]})"
+    # with fewer clients than tenants, client i has tenant i's key: pgbench draws from those
+    echo "\\set k random(1, $((clients < ${#tenants[@]} ? clients : ${#tenants[@]})))"
     echo "\\set r1 random(0, 999999)"
     echo "begin;"
     echo "select set_config('role', 'atl_app', true), set_config('app.tenant_id', ($tenant_array)[:k], true);"
@@ -261,7 +268,7 @@ pgscript() {
 atl_phase() {
   say "atl $1: $clients clients for ${seconds}s"
   local status=0 prof_pid=
-  if [[ $pprof == "$1" ]]; then
+  if [[ $pprof == "$1" && $clients == "${client_set##* }" ]]; then
     curl -sS --max-time $((seconds + 10)) -o "$tmp/cpu.pprof" \
       "http://$pprof_addr/debug/pprof/profile?seconds=$((seconds > 2 ? seconds - 2 : 1))" &
     prof_pid=$!
@@ -327,19 +334,21 @@ label() {
 }
 
 rows=()
-for c in $cases; do
-  urls "$c" "$tmp/$c.urls"
-  pgscript "$c" "$tmp/$c.sql"
-  # one request first, so that a broken URL shows as such and not as a failed phase
-  printf 'Authorization: Bearer %s\n' "${keys%%,*}" >"$tmp/auth.hdr"
-  code=$(curl -sS -o "$tmp/probe.json" -w '%{http_code}' --max-time 10 -H @"$tmp/auth.hdr" "$(head -n 1 "$tmp/$c.urls")")
-  rm -f "$tmp/auth.hdr"
-  [[ $code == 200 ]] || die "case $c: $(head -n 1 "$tmp/$c.urls") answered $code: $(head -c 300 "$tmp/probe.json")"
-  pg_phase "$c"
-  base_rps=$rps base_p50=$p50 base_p99=$p99
-  atl_phase "$c"
-  rows+=("$(awk -v l="$(label "$c")" -v br="$base_rps" -v b5="$base_p50" -v b9="$base_p99" -v r="$rps" -v a5="$p50" -v a9="$p99" 'BEGIN {
-    printf "%-36s %9.1f %7.2f %7.2f   %9.1f %7.2f %7.2f   %6.2f %6.2f", l, br, b5, b9, r, a5, a9, (br > 0 ? r / br : 0), (b9 > 0 ? a9 / b9 : 0) }')")
+for clients in $client_set; do
+  for c in $cases; do
+    urls "$c" "$tmp/$c.urls"
+    pgscript "$c" "$tmp/$c.sql"
+    # one request first, so that a broken URL shows as such and not as a failed phase
+    printf 'Authorization: Bearer %s\n' "${keys%%,*}" >"$tmp/auth.hdr"
+    code=$(curl -sS -o "$tmp/probe.json" -w '%{http_code}' --max-time 10 -H @"$tmp/auth.hdr" "$(head -n 1 "$tmp/$c.urls")")
+    rm -f "$tmp/auth.hdr"
+    [[ $code == 200 ]] || die "case $c: $(head -n 1 "$tmp/$c.urls") answered $code: $(head -c 300 "$tmp/probe.json")"
+    pg_phase "$c"
+    base_rps=$rps base_p50=$p50 base_p99=$p99
+    atl_phase "$c"
+    rows+=("$(awk -v l="$(label "$c")" -v c="$clients" -v br="$base_rps" -v b5="$base_p50" -v b9="$base_p99" -v r="$rps" -v a5="$p50" -v a9="$p99" 'BEGIN {
+      printf "%-36s %7s %9.1f %7.2f %7.2f   %9.1f %7.2f %7.2f   %6.2f %6.2f", l, c, br, b5, b9, r, a5, a9, (br > 0 ? r / br : 0), (b9 > 0 ? a9 / b9 : 0) }')")
+  done
 done
 
 if grep -q '"level":"ERROR"' "$tmp/atl.log"; then
@@ -348,8 +357,8 @@ if grep -q '"level":"ERROR"' "$tmp/atl.log"; then
   failed=1
 fi
 
-printf '%-36s %25s   %25s   %13s\n' "" "pgbench (same SQL)" "atl (HTTP)" "atl/pgbench"
-printf '%-36s %9s %7s %7s   %9s %7s %7s   %6s %6s\n' "$clients clients" "tx/s" "p50 ms" "p99 ms" "req/s" "p50 ms" "p99 ms" rate p99
+printf '%-36s %7s %25s   %25s   %13s\n' "" "" "pgbench (same SQL)" "atl (HTTP)" "atl/pgbench"
+printf '%-36s %7s %9s %7s %7s   %9s %7s %7s   %6s %6s\n' "" clients "tx/s" "p50 ms" "p99 ms" "req/s" "p50 ms" "p99 ms" rate p99
 printf '%s\n' "${rows[@]}"
 printf '(%s audit rows; clients spread over %s tenants: %s; limit 50, 51 rows fetched)\n' "$total" "${#tenants[@]}" "$tenant_list"
 exit "$failed"
