@@ -186,8 +186,9 @@ args_for() {
   esac
 }
 
-# urls CASE FILE: clients*200 request URLs; line j is sent by client j mod
-# clients, whose key is that of tenant (j mod clients) mod tenants.
+# urls CASE FILE: enough request URLs that none repeats within a phase (up to
+# 4,000 requests a second), as pgbench draws afresh each time; line j is sent
+# by client j mod clients, whose key is that of tenant (j mod clients) mod tenants.
 urls() {
   local spec kind names
   spec=$(args_for "$1")
@@ -209,7 +210,7 @@ urls() {
   done
   q -c "set timezone = 'UTC'" -c "with p as (
       select j, t.tn, t.na, t.ne, random() r1
-      from generate_series(0, $clients * 200 - 1) j
+      from generate_series(0, $clients * 200 + 4000 * $seconds - 1) j
       join (select (n - 1)::int k, tn, na, ne
             from unnest($tenant_array, array[$audit_counts]::bigint[], array[$event_counts]::bigint[])
             with ordinality u(tn, na, ne, n)) t on t.k = (j % $clients) % ${#tenants[@]}
