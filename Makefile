@@ -24,8 +24,8 @@ screenshots: ## run the browser tests and save their screenshots to docs/screens
 migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
 
-bench: ## run the benchmarks under bench/ (see bench/README.md)
-	bash bench/writes.sh
+bench: ## run every benchmark: writes, reads at 10M rows, idle connections, go test -bench (bench/README.md)
+	bash bench/all.sh
 
 ci: ## what CI runs
 	bash .ci/run

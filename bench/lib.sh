@@ -66,3 +66,14 @@ pct() {
       printf "%.3f", v[i] / 1000
     }' "$1"
 }
+
+# drop_db BASE DB: drops DB with (force), retrying for a while, since the
+# server may be restarting (another job's setup, say) when a run ends.
+drop_db() {
+  local i
+  for i in $(seq 15); do
+    psql "$1" -X -q -c "drop database if exists \"$2\" with (force)" >/dev/null 2>&1 && return 0
+    sleep 2
+  done
+  return 1
+}

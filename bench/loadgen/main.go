@@ -45,17 +45,20 @@ func main() {
 	clients := flag.Int("c", 16, "concurrent clients")
 	duration := flag.Duration("duration", 15*time.Second, "how long to send requests")
 	timeout := flag.Duration("timeout", 10*time.Second, "per-request timeout")
+	urlsFile := flag.String("urls-file", "",
+		"file of URLs, one a line, instead of -url: client i sends lines i, i+c, i+2c, ... in turn (line i mod n when there are fewer lines than clients)")
 	tokenEnv := flag.String("token-env", "ATL_BENCH_TOKEN",
 		"environment variable holding the bearer token, or several separated by commas that clients take in turn (empty: none)")
 	flag.Parse()
 
-	u, err := checkTarget(*target)
-	if err != nil {
-		fail(err)
-	}
 	if *clients < 1 || *clients > 1024 {
 		fail(fmt.Errorf("-c must be between 1 and 1024"))
 	}
+	targets, err := loadTargets(*target, *urlsFile)
+	if err != nil {
+		fail(err)
+	}
+	u := targets[0]
 	if *duration <= 0 || *duration > time.Hour {
 		fail(fmt.Errorf("-duration must be positive and at most 1h"))
 	}
@@ -97,11 +100,12 @@ func main() {
 		if len(auths) > 0 {
 			auth = auths[i%len(auths)]
 		}
+		mine := clientTargets(targets, i, *clients)
 		go func(res *result) {
 			defer wg.Done()
 			res.statuses = map[int]int{}
-			for time.Now().Before(deadline) {
-				req, err := http.NewRequest(*method, u.String(), bytes.NewReader(payload))
+			for n := 0; time.Now().Before(deadline); n++ {
+				req, err := http.NewRequest(*method, mine[n%len(mine)], bytes.NewReader(payload))
 				if err != nil {
 					res.errors++
 					res.note(err.Error())
@@ -170,7 +174,11 @@ func main() {
 	for _, code := range codes {
 		parts = append(parts, fmt.Sprintf("%d:%d", code, statuses[code]))
 	}
-	fmt.Printf("loadgen: %s %s, %d clients, %.2fs\n", *method, u.String(), *clients, elapsed.Seconds())
+	shown := u.String()
+	if len(targets) > 1 {
+		shown = fmt.Sprintf("%s (and %d more URLs)", shown, len(targets)-1)
+	}
+	fmt.Printf("loadgen: %s %s, %d clients, %.2fs\n", *method, shown, *clients, elapsed.Seconds())
 	fmt.Printf("  ok %d  non-2xx %d  errors %d  statuses [%s]\n", len(lat), non2xx, errs, strings.Join(parts, " "))
 	fmt.Printf("  %.1f requests/s  p50 %.2f ms  p99 %.2f ms\n", rps, p50, p99)
 	if sample != "" {
@@ -191,6 +199,51 @@ func (r *result) note(s string) {
 		}
 		r.sample = s
 	}
+}
+
+// loadTargets reads -url, or every line of -urls-file, each checked by checkTarget.
+func loadTargets(target, file string) ([]*url.URL, error) {
+	if file == "" {
+		u, err := checkTarget(target)
+		if err != nil {
+			return nil, err
+		}
+		return []*url.URL{u}, nil
+	}
+	if target != "" {
+		return nil, fmt.Errorf("give -url or -urls-file, not both")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("-urls-file: %w", err)
+	}
+	var out []*url.URL
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		u, err := checkTarget(line)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("-urls-file %s holds no URL", file)
+	}
+	return out, nil
+}
+
+// clientTargets are the URLs client i of c sends in turn: lines i, i+c, ...
+func clientTargets(all []*url.URL, i, c int) []string {
+	var out []string
+	for j := i; j < len(all); j += c {
+		out = append(out, all[j].String())
+	}
+	if len(out) == 0 {
+		out = append(out, all[i%len(all)].String())
+	}
+	return out
 }
 
 // checkTarget accepts only http(s) URLs on a loopback host.
