@@ -117,9 +117,12 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 	if err != nil {
 		return err
 	}
-	limit, before, _, _, err := pageParams(q)
+	limit, before, since, until, err := pageParams(q)
 	if err != nil {
 		return err
+	}
+	if since != nil || until != nil {
+		return validation("since and until are not filters of this list; page with limit and cursor")
 	}
 	rows, err := pg.ListWebhookDeliveries(r.Context(), p, strings.ToLower(id), before, limit+1)
 	if err != nil {

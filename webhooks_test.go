@@ -428,6 +428,9 @@ func TestWebhookRoutes(t *testing.T) {
 		http.StatusNotFound, "webhook_not_found")
 	requireError(t, e.do("GET", "/api/v1/webhooks/"+hookID+"/deliveries?cursor=bad", admin, nil),
 		http.StatusBadRequest, "invalid_cursor")
+	// A filter the list does not have is refused, not silently ignored.
+	requireError(t, e.do("GET", "/api/v1/webhooks/"+hookID+"/deliveries?since=2026-01-01T00:00:00Z", admin, nil),
+		http.StatusBadRequest, "validation_failed")
 
 	j := setup(t, "jsonl")
 	jadmin := j.tenant("acme")
