@@ -21,19 +21,22 @@ import (
 )
 
 // The delivery worker: claims due outbox rows of every tenant, POSTs them
-// signed, and records each attempt. It wakes on NOTIFY atl_webhook (sent by
+// signed, and records each attempt. Every claimed delivery is sent at once, so
+// its lease covers one call, and each place freed is claimed again at once. It wakes on NOTIFY atl_webhook (sent by
 // the outbox trigger at commit) and on a timer for the next due retry, so
 // nothing polls the table while there is nothing to do. Delivery is at least
 // once: a crash between the receiver's answer and the record repeats it.
 
 const (
 	webhookNotifyChannel = "atl_webhook"
-	webhookConcurrency   = 4
-	webhookBatch         = webhookConcurrency // every claimed delivery is sent at once, so its lease covers one call
-	webhookMaxBackoff    = time.Hour
-	webhookIdleWait      = time.Minute // a bound on sleeping, should a notification be missed
-	webhookMinWait       = 5 * time.Millisecond
-	webhookMaxAnswer     = 4 << 10
+	// webhookConcurrency bounds the deliveries in flight per process. The claim
+	// gives one tenant at most 4 of them (migration 014), so a tenant whose
+	// receivers hang leaves the other places to the other tenants.
+	webhookConcurrency = 16
+	webhookMaxBackoff  = time.Hour
+	webhookIdleWait    = time.Minute // a bound on sleeping, should a notification be missed
+	webhookMinWait     = 5 * time.Millisecond
+	webhookMaxAnswer   = 4 << 10
 )
 
 // webhookConfig is the worker's part of Config; see the README's table.
@@ -60,7 +63,7 @@ func webhookConfigFromEnv(getenv func(string) string) (webhookConfig, error) {
 	if c.Backoff <= 0 {
 		return c, fmt.Errorf("ATL_WEBHOOK_BACKOFF must be above 0")
 	}
-	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 10*time.Second); err != nil {
+	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 5*time.Second); err != nil {
 		return c, err
 	}
 	if c.Timeout <= 0 {
@@ -81,9 +84,11 @@ type webhookWorker struct {
 	log     *slog.Logger
 	version string
 
-	wake   chan struct{}
-	cancel context.CancelFunc
-	done   chan struct{}
+	slots    chan struct{}  // one per delivery in flight
+	inFlight sync.WaitGroup // deliveries not yet recorded
+	wake     chan struct{}
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 // startWebhookWorker runs the worker until stop is called.
@@ -93,7 +98,7 @@ func startWebhookWorker(pool *pgxpool.Pool, cfg webhookConfig, log *slog.Logger,
 	// A redirected POST would arrive as a bodiless GET: a 3xx is a failed attempt instead.
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	w := &webhookWorker{pool: pool, connCfg: pool.Config().ConnConfig.Copy(),
-		client: client, cfg: cfg, log: log, version: version,
+		client: client, cfg: cfg, log: log, version: version, slots: make(chan struct{}, webhookConcurrency),
 		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go w.run(ctx)
 	return w
@@ -121,9 +126,15 @@ func (w *webhookWorker) run(ctx context.Context) {
 		w.listen(ctx)
 	}()
 	defer listening.Wait()
+	defer w.inFlight.Wait()
 	failures := 0
 	for ctx.Err() == nil {
-		n, err := w.pass(ctx)
+		free := cap(w.slots) - len(w.slots)
+		var n int
+		var err error
+		if free > 0 {
+			n, err = w.pass(ctx, free)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -133,7 +144,9 @@ func (w *webhookWorker) run(ctx context.Context) {
 			failures++
 			wait = min(time.Duration(failures)*time.Second, 30*time.Second)
 			w.log.Warn("webhook worker: database call failed; retrying", "err", err.Error(), "in", wait.String())
-		case n == webhookBatch:
+		case free == 0:
+			wait = webhookIdleWait // a delivery that ends frees a place and wakes the loop
+		case n == free:
 			failures = 0
 			continue // there may be more due right now
 		default:
@@ -227,11 +240,13 @@ type claimedDelivery struct {
 const webhookClaimSQL = `select delivery_id::text, tenant_id, webhook_id::text, url, format, secret, event, payload, attempt
 from atl.webhook_delivery_claim($1::integer, $2::interval, $3::integer)`
 
-// pass claims one batch, delivers it and records every outcome; it returns how many it claimed.
-func (w *webhookWorker) pass(ctx context.Context) (int, error) {
+// pass claims up to limit deliveries and starts sending each one; every
+// delivery records its outcome, frees its place and wakes the loop. It
+// returns how many it claimed.
+func (w *webhookWorker) pass(ctx context.Context, limit int) (int, error) {
 	var batch []claimedDelivery
 	err := w.workerTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, webhookClaimSQL, webhookBatch, w.cfg.lease(), w.cfg.MaxAttempts)
+		rows, err := tx.Query(ctx, webhookClaimSQL, limit, w.cfg.lease(), w.cfg.MaxAttempts)
 		if err != nil {
 			return err
 		}
@@ -245,25 +260,20 @@ func (w *webhookWorker) pass(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// In-flight deliveries finish on shutdown, so an answered call gets recorded.
+	// In-flight deliveries finish on shutdown (each bounded by the timeout), so an answered call gets recorded.
 	dctx := context.WithoutCancel(ctx)
-	sem := make(chan struct{}, webhookConcurrency)
-	var wg sync.WaitGroup
 	for _, d := range batch {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			// Shutting down: what has not started is claimed again once its lease ends.
-			wg.Wait()
-			return len(batch), nil
-		}
-		wg.Add(1)
+		w.slots <- struct{}{} // never blocks: limit was the free places, and only this loop takes them
+		w.inFlight.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
+			defer func() {
+				<-w.slots
+				w.inFlight.Done()
+				w.poke()
+			}()
 			w.deliver(dctx, d)
 		}()
 	}
-	wg.Wait()
 	return len(batch), nil
 }
 

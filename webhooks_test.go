@@ -600,8 +600,8 @@ func TestWebhookConfig(t *testing.T) {
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 	c, err := configFromEnv(env(nil))
 	require.NoError(t, err)
-	require.Equal(t, webhookConfig{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 10 * time.Second}, c.Webhooks)
-	require.Equal(t, 25*time.Second, c.Webhooks.lease())
+	require.Equal(t, webhookConfig{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 5 * time.Second}, c.Webhooks)
+	require.Equal(t, 15*time.Second, c.Webhooks.lease())
 
 	c, err = configFromEnv(env(map[string]string{"ATL_WEBHOOKS": "false", "ATL_WEBHOOK_MAX_ATTEMPTS": "3",
 		"ATL_WEBHOOK_BACKOFF": "250ms", "ATL_WEBHOOK_TIMEOUT": "1s", "ATL_ALLOW_PRIVATE_TARGETS": "true"}))
@@ -702,4 +702,103 @@ func TestWebhookBoundPerTenant(t *testing.T) {
 	addWebhook(e, other, "https://hooks.example.com/globex", "json") // another tenant's bound is its own
 	require.Equal(t, http.StatusOK, e.do("DELETE", "/api/v1/webhooks/"+ids[0], admin, nil).Status)
 	addWebhook(e, admin, "https://hooks.example.com/x", "json")
+}
+
+// hangingReceiver accepts every request and never answers, until the test ends.
+func hangingReceiver(t *testing.T) (srv *httptest.Server, calls *atomic.Int64) {
+	release := make(chan struct{})
+	calls = new(atomic.Int64)
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: Close waits for the handlers
+	return srv, calls
+}
+
+// TestWebhookFairAcrossTenants: while tenant acme's 10 webhooks point at a
+// receiver that never answers, tenant globex's delivery still arrives at
+// once: acme holds at most 4 of the worker's places, and each attempt times out.
+func TestWebhookFairAcrossTenants(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	hang, hung := hangingReceiver(t)
+	rc := newReceiver(t, always(http.StatusOK))
+	cfg := testWebhookConfig()
+	cfg.Timeout = 5 * time.Second // the default
+	startWorker(t, e, cfg)
+	admin, agent, _ := webhookTenant(e, "acme")
+	for i := range 10 {
+		addWebhook(e, admin, fmt.Sprintf("%s/acme/%d", hang.URL, i), "json")
+	}
+	requestApproval(e, agent)
+	require.Eventually(t, func() bool { return hung.Load() >= 4 }, 10*time.Second, 5*time.Millisecond,
+		"acme's deliveries are hanging")
+
+	admin2, agent2, _ := webhookTenant(e, "globex")
+	addWebhook(e, admin2, rc.srv.URL+"/globex", "json")
+	start := time.Now()
+	requestApproval(e, agent2)
+	require.Eventually(t, func() bool { return len(rc.requests()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	took := time.Since(start)
+	t.Logf("globex's delivery arrived after %s, with %d of acme's calls hanging", took, hung.Load())
+	require.Less(t, took, 2*time.Second, "another tenant's hanging receivers delayed this delivery")
+	require.LessOrEqual(t, hung.Load(), int64(4), "at most 4 of acme's deliveries in flight")
+}
+
+// TestWebhookClaimPerTenantCap: one claim takes at most 4 of a tenant's due
+// deliveries, tenants in turn; while 4 are in flight (claimed, not recorded)
+// the tenant gets no more, and a recorded outcome gives a place back.
+// next_due says 0 only while a claimable delivery is due, NULL with nothing pending.
+func TestWebhookClaimPerTenantCap(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	pool := e.store.(*PGStore).pool
+	ctx := context.Background()
+	nextDue := func() *time.Duration {
+		var d *time.Duration
+		require.NoError(t, pool.QueryRow(ctx, "select atl.webhook_delivery_next_due()").Scan(&d))
+		return d
+	}
+	require.Nil(t, nextDue(), "nothing pending")
+	admin, agent, _ := webhookTenant(e, "acme")
+	for i := range 10 {
+		addWebhook(e, admin, fmt.Sprintf("https://hooks.example.com/%d", i), "json")
+	}
+	admin2, agent2, _ := webhookTenant(e, "globex")
+	addWebhook(e, admin2, "https://hooks.example.com/globex", "json")
+	requestApproval(e, agent)
+	requestApproval(e, agent2)
+	require.Equal(t, time.Duration(0), *nextDue())
+
+	claim := func() map[string][]string {
+		rows, err := pool.Query(ctx, "select tenant_id, delivery_id::text, attempt from atl.webhook_delivery_claim(100, '1 minute', 5)")
+		require.NoError(t, err)
+		got := map[string][]string{}
+		for rows.Next() {
+			var tenant, id string
+			var attempt int
+			require.NoError(t, rows.Scan(&tenant, &id, &attempt))
+			got[tenant] = append(got[tenant], id)
+		}
+		require.NoError(t, rows.Err())
+		return got
+	}
+	first := claim()
+	require.Len(t, first["acme"], 4)
+	require.Len(t, first["globex"], 1)
+	require.Empty(t, claim(), "acme has 4 in flight, globex none due")
+	left := *nextDue()
+	require.Greater(t, left, 50*time.Second, "acme's due deliveries wait for a place: the next is a lease's end")
+
+	_, err := pool.Exec(ctx, "select atl.webhook_delivery_record('acme', $1::uuid, 1, 500, null, 3, 5, '1 hour')", first["acme"][0])
+	require.NoError(t, err)
+	require.Equal(t, time.Duration(0), *nextDue(), "a recorded outcome gives acme a place back")
+	second := claim()
+	require.Len(t, second["acme"], 1)
+	require.Empty(t, second["globex"])
 }
