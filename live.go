@@ -9,60 +9,18 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
-	"syscall"
 	"time"
+
+	"github.com/asi-labs/atl/internal/egress"
 )
 
 // maxLiveResult bounds the copy of a live tool's answer that is recorded.
 const maxLiveResult = 64 << 10
 
-var errPrivateTarget = errors.New("target address is loopback, link-local or private")
-
-// cgnat is 100.64.0.0/10, shared address space that net/netip does not call private.
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
-
-func forbiddenTarget(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	return ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsPrivate() ||
-		ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() || cgnat.Contains(ip)
-}
-
-// newLiveClient makes the client for live tool calls: it always times out,
-// never follows a redirect to another host, and (unless allowPrivate) refuses
-// loopback, link-local and private addresses at connect time, after DNS, so a
-// name that resolves to an internal address is refused too.
+// newLiveClient makes the client for live tool calls and webhook deliveries:
+// the one outbound client and address filter of package egress.
 func newLiveClient(timeout time.Duration, allowPrivate bool) *http.Client {
-	dialer := &net.Dialer{Timeout: timeout, Control: func(_, address string, _ syscall.RawConn) error {
-		if allowPrivate {
-			return nil
-		}
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil || forbiddenTarget(ap.Addr()) {
-			return errPrivateTarget
-		}
-		return nil
-	}}
-	return &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{
-			Proxy:                 nil,
-			DialContext:           dialer.DialContext,
-			TLSHandshakeTimeout:   timeout,
-			ResponseHeaderTimeout: timeout,
-			MaxIdleConnsPerHost:   8,
-			IdleConnTimeout:       60 * time.Second,
-		},
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 3 {
-				return errors.New("too many redirects")
-			}
-			if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
-				return fmt.Errorf("redirect to another host (%s) refused", req.URL.Host)
-			}
-			return nil
-		},
-	}
+	return egress.NewClient(timeout, allowPrivate)
 }
 
 // liveOutcome is what a live call returned, bounded for the record.
@@ -124,8 +82,8 @@ func callLive(ctx context.Context, client *http.Client, endpoint string, args js
 func liveError(err error) string {
 	var netErr net.Error
 	switch {
-	case errors.Is(err, errPrivateTarget):
-		return "endpoint refused: " + errPrivateTarget.Error() + " (set ATL_ALLOW_PRIVATE_TARGETS=true to allow)"
+	case errors.Is(err, egress.ErrForbidden):
+		return "endpoint refused: " + egress.ErrForbidden.Error() + " (set ATL_ALLOW_PRIVATE_TARGETS=true to allow)"
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return "endpoint timed out"
 	case errors.Is(err, context.Canceled):
