@@ -165,7 +165,7 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		key, ok := bearer(r)
 		if !ok || len(key) > 200 {
-			return errUnauthorized
+			return errUnauthorized()
 		}
 		p, err := a.store.Authenticate(r.Context(), key)
 		if err != nil {
@@ -177,10 +177,10 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 		}
 		err = func() error {
 			if !slices.Contains(roles, p.Role) {
-				return errForbidden
+				return errForbidden()
 			}
 			if t := r.URL.Query().Get("tenant_id"); t != "" && t != p.TenantID {
-				return errMismatch
+				return errMismatch()
 			}
 			return fn(w, r, ps, p)
 		}()
@@ -295,7 +295,7 @@ func decode(r *http.Request, v any, p *Principal) error {
 			TenantID *string `json:"tenant_id"`
 		}
 		if json.Unmarshal(body, &probe) == nil && probe.TenantID != nil && *probe.TenantID != p.TenantID {
-			return errMismatch
+			return errMismatch()
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -720,8 +720,7 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 			return err
 		case err.Status != http.StatusBadRequest:
 			// A forbidden event (another tenant's id) refuses the whole request as it is.
-			err.Message = fmt.Sprintf("events[%d]: %s", i, err.Message)
-			return err
+			return err.withPrefix(fmt.Sprintf("events[%d]: ", i))
 		default:
 			bad = append(bad, EventError{Index: i, Code: err.Code, Message: err.Message})
 		}
@@ -746,7 +745,7 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 
 func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 	if in.TenantID != nil && *in.TenantID != p.TenantID {
-		return Event{}, errMismatch
+		return Event{}, errMismatch()
 	}
 	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
 		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
@@ -1085,7 +1084,9 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	return nil
 }
 
-var errApprovalNotFound = newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+func errApprovalNotFound() *Error {
+	return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+}
 
 type decisionRequest struct {
 	TenantID *string `json:"tenant_id"`
@@ -1096,7 +1097,7 @@ type decisionRequest struct {
 func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errApprovalNotFound
+		return errApprovalNotFound()
 	}
 	var req decisionRequest
 	if err := decode(r, &req, &p); err != nil {
@@ -1161,7 +1162,9 @@ func validName(s string) bool {
 	return n >= 1 && n <= 200
 }
 
-var errRunNotFound = newError(http.StatusNotFound, "run_not_found", "eval run not found")
+func errRunNotFound() *Error {
+	return newError(http.StatusNotFound, "run_not_found", "eval run not found")
+}
 
 func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
 	var req startEvalRunRequest
@@ -1196,7 +1199,7 @@ type completeEvalRunRequest struct {
 func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	var req completeEvalRunRequest
 	if err := decode(r, &req, &p); err != nil {
@@ -1223,7 +1226,7 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	out, err := a.store.GetEvalRun(r.Context(), p, strings.ToLower(id))
 	if err != nil {
@@ -1270,7 +1273,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 		return validation("the suite name must be 1 to 200 characters")
 	}
 	if !uuidPattern.MatchString(req.RunID) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {

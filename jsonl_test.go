@@ -84,7 +84,7 @@ func TestJSONLNeedsDatabaseRoutes(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
 	_, err := env.store.PingDB(context.Background())
-	require.ErrorIs(t, err, errNeedsDB)
+	require.ErrorIs(t, err, errNeedsDB())
 	r := env.do("GET", "/api/v1/health/db", "", nil)
 	require.Equal(t, http.StatusServiceUnavailable, r.Status)
 	require.Contains(t, r.Raw, "DATABASE_URL")

@@ -251,7 +251,7 @@ func (s *JSONLStore) Close() {
 	s.files = map[string]*os.File{}
 }
 
-func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB }
+func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB() }
 
 func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (Tenant, APIKey, error) {
 	s.mu.Lock()
@@ -274,7 +274,7 @@ func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, 
 	defer s.mu.Unlock()
 	k, ok := s.byHash[h]
 	if !ok || k.RevokedAt != nil {
-		return Principal{}, errUnauthorized
+		return Principal{}, errUnauthorized()
 	}
 	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
 }
@@ -542,7 +542,7 @@ func (s *JSONLStore) GetPolicy(_ context.Context, p Principal, tool string) (jso
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound
+		return nil, errPolicyNotFound()
 	}
 	return pol.view(), nil
 }
@@ -564,7 +564,7 @@ func (s *JSONLStore) DeletePolicy(_ context.Context, p Principal, tool string, a
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound
+		return nil, errPolicyNotFound()
 	}
 	gone := pol
 	gone.Deleted = true
@@ -642,7 +642,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		answer["status"] = "refused"
 		answer["error"] = map[string]string{"code": code, "message": "live mode is switched off (LIVE_ENABLED=false); use dry_run"}
 	case e.Mode == "live" || level == "L3" || level == "L4":
-		return GateResult{}, errNeedsDB
+		return GateResult{}, errNeedsDB()
 	default:
 		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
 		if level == "L2" {
@@ -674,43 +674,43 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 }
 
 func (s *JSONLStore) RecordOutcome(context.Context, Principal, OutcomeInput) (GateResult, error) {
-	return GateResult{}, errNeedsDB
+	return GateResult{}, errNeedsDB()
 }
 
 func (s *JSONLStore) ListApprovals(context.Context, Principal, string, *Cursor, int) ([]json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) GetApproval(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) DecideApproval(context.Context, Principal, string, string, *string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) ExpireApprovals(context.Context, Principal, *AuditLog) (int, error) {
-	return 0, errNeedsDB
+	return 0, errNeedsDB()
 }
 
 func (s *JSONLStore) StartEvalRun(context.Context, Principal, EvalRunInput, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) CompleteEvalRun(context.Context, Principal, string, json.RawMessage, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) GetEvalRun(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) ListEvalRuns(context.Context, Principal, EvalFilter) ([]json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 // VerifyAudit recomputes the tenant's chain as atl.audit_verify() does, with the same answers.
