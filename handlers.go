@@ -38,7 +38,9 @@ var (
 	traceIDPattern  = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	statusPattern   = regexp.MustCompile(`^[a-z][a-z_]{0,31}$`)
 	uuidPattern     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	traceparentRE   = regexp.MustCompile(`^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$`)
+	// traceparentRE is W3C Trace Context's version-trace_id-parent_id-flags, lower-case hex;
+	// a future version may carry more fields after a dash.
+	traceparentRE = regexp.MustCompile(`^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$`)
 )
 
 var trustLevels = []string{"L0", "L1", "L2", "L3", "L4"}
@@ -243,10 +245,22 @@ func traceID(r *http.Request, fromBody string) string {
 	if fromBody != "" {
 		return fromBody
 	}
-	if m := traceparentRE.FindStringSubmatch(r.Header.Get("traceparent")); m != nil {
-		return m[1]
+	if id, ok := traceparentTraceID(r.Header.Get("traceparent")); ok {
+		return id
 	}
 	return newTraceID()
+}
+
+// traceparentTraceID is the trace id of a valid W3C traceparent header. Version
+// ff and all-zero ids are invalid; version 00 has exactly four fields.
+func traceparentTraceID(h string) (string, bool) {
+	m := traceparentRE.FindStringSubmatch(h)
+	switch {
+	case m == nil, m[1] == "ff", m[1] == "00" && m[4] != "",
+		m[2] == strings.Repeat("0", 32), m[3] == strings.Repeat("0", 16):
+		return "", false
+	}
+	return m[2], true
 }
 
 // newTraceID is 16 random bytes in hex, as a W3C trace id.
