@@ -179,6 +179,10 @@ func pgError(pgErr *pgconn.PgError) *Error {
 	switch pgErr.Code[:2] {
 	case "08", "53", "57", "58":
 		return unavailable
+	case "22":
+		// Any other data exception comes from a value the caller sent (Go validates the
+		// known fields first; this is the backstop), never a 500.
+		return newError(http.StatusBadRequest, codeValidation, "a value is malformed or out of range (%s)", constraintHint(pgErr))
 	}
 	return newError(http.StatusInternalServerError, codeInternal, "internal error")
 }

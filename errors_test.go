@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -10,8 +11,20 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 )
+
+// TestDataExceptionsAreBadRequests: SQLSTATE class 22 (a value out of range,
+// malformed input, ...) is the caller's fault: 400 validation_failed, never a 500.
+func TestDataExceptionsAreBadRequests(t *testing.T) {
+	t.Parallel()
+	for _, code := range []string{"22003", "22P02", "22023", "22012", "2201E", "22018", "22P03", "22004"} {
+		e := errorFor(fmt.Errorf("call: %w", &pgconn.PgError{Code: code, ColumnName: "latency_ms", Message: "secret SQL detail"}))
+		require.Equal(t, [2]any{http.StatusBadRequest, codeValidation}, [2]any{e.Status, e.Code}, code)
+		require.NotContains(t, e.Message, "secret", code)
+	}
+}
 
 // TestErrorAnswersAreNotShared: a batch refused for its second event's tenant
 // says events[1], and no other answer, of this tenant or another, grows by it.

@@ -352,6 +352,10 @@ func jsonError(err error) *Error {
 		if field == "" {
 			return newError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
 		}
+		if strings.HasPrefix(typeErr.Value, "number") {
+			// A number that does not fit the field: a fraction for a whole number, or beyond float64.
+			return numberRangeError(field)
+		}
 		return newError(http.StatusBadRequest, codeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF):
 		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
@@ -361,6 +365,51 @@ func jsonError(err error) *Error {
 		return newError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+}
+
+// numberRange is the accepted range of a numeric body field.
+type numberRange struct {
+	min, max float64
+	whole    bool
+}
+
+// numberRanges holds every numeric body field, by JSON name; checkNumber and
+// the decoder's refusals both say the range from here.
+var numberRanges = map[string]numberRange{
+	"latency_ms":           {0, math.MaxInt32, true},
+	"approval_ttl_seconds": {1, maxApprovalTTLSeconds, true},
+	"required_approvals":   {1, 10, true},
+	"drift_threshold":      {0, 100, false},
+	"score":                {0, 1, false},
+}
+
+// maxApprovalTTLSeconds is 30 days.
+const maxApprovalTTLSeconds = 2592000
+
+// checkNumber refuses a value outside its field's range; path names the field
+// in the answer (events[3].latency_ms, results.case-1.score).
+func checkNumber(path string, v float64) *Error {
+	name := path[strings.LastIndexAny(path, ".]")+1:]
+	r, ok := numberRanges[name]
+	if !ok {
+		panic("no range for numeric field " + name)
+	}
+	if v < r.min || v > r.max || (r.whole && v != math.Trunc(v)) {
+		return numberRangeError(path)
+	}
+	return nil
+}
+
+func numberRangeError(path string) *Error {
+	name := path[strings.LastIndexAny(path, ".]")+1:]
+	r, ok := numberRanges[name]
+	switch {
+	case !ok:
+		return validation("field %q is out of range", path)
+	case r.whole:
+		return validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
+	}
+	return validation("%s must be a number from %g to %g", path, r.min, r.max)
 }
 
 func jsonType(kind string) string {
@@ -790,8 +839,8 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 		return e, validation("agent must be at most 200 characters")
 	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
 		return e, validation("approval_request_id must be a UUID")
-	case e.LatencyMS != nil && *e.LatencyMS < 0:
-		return e, validation("latency_ms must not be negative")
+	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
+		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
 	case e.SandboxID != nil && utf8.RuneCountInString(*e.SandboxID) > 200:
 		return e, validation("sandbox_id must be at most 200 characters")
 	case e.WorkflowName != nil && utf8.RuneCountInString(*e.WorkflowName) > 200:
@@ -898,10 +947,10 @@ func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 		return validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
 	case !slices.Contains(trustLevels, in.TrustLevel):
 		return validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
-	case in.ApprovalTTLSeconds != nil && (*in.ApprovalTTLSeconds < 1 || *in.ApprovalTTLSeconds > 2592000):
-		return validation("approval_ttl_seconds must be from 1 to 2592000 (30 days)")
-	case in.RequiredApprovals != nil && (*in.RequiredApprovals < 1 || *in.RequiredApprovals > 10):
-		return validation("required_approvals must be from 1 to 10")
+	case in.ApprovalTTLSeconds != nil && checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds)) != nil:
+		return checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds))
+	case in.RequiredApprovals != nil && checkNumber("required_approvals", float64(*in.RequiredApprovals)) != nil:
+		return checkNumber("required_approvals", float64(*in.RequiredApprovals))
 	case in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible:
 		return validation("an L4 tool can never be auto-approved")
 	case in.EndpointURL != nil && !validEndpoint(*in.EndpointURL):
@@ -1188,8 +1237,8 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 	switch {
 	case !validName(req.SuiteName) || !validName(req.ModelID) || !validName(req.Provider):
 		return validation("suite_name, model_id and provider are required, 1 to 200 characters each")
-	case req.DriftThreshold != nil && (*req.DriftThreshold < 0 || *req.DriftThreshold > 100):
-		return validation("drift_threshold must be from 0 to 100")
+	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
+		return checkNumber("drift_threshold", *req.DriftThreshold)
 	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
 		return newError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
@@ -1228,12 +1277,44 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 	case utf8.RuneCountInString(req.Error) > 2000:
 		return validation("error must be at most 2000 characters")
 	}
+	if req.Status == "" {
+		if err := checkScores(results); err != nil {
+			return err
+		}
+	}
 	out, err := a.store.CompleteEvalRun(r.Context(), p, strings.ToLower(id), results, req.Status, req.Error,
 		newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
 		return err
 	}
 	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// checkScores refuses a score that is not a number from 0 to 1 before SQL
+// sees it, naming the case; the rest of the shape SQL checks.
+func checkScores(results json.RawMessage) error {
+	var cases map[string]json.RawMessage
+	if json.Unmarshal(results, &cases) != nil {
+		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+	}
+	for id, raw := range cases {
+		var c map[string]json.RawMessage
+		if json.Unmarshal(raw, &c) != nil {
+			continue // not an object: SQL names the case
+		}
+		score, ok := c["score"]
+		if !ok || len(score) == 0 || !(score[0] == '-' || (score[0] >= '0' && score[0] <= '9')) {
+			continue
+		}
+		v, err := strconv.ParseFloat(string(score), 64)
+		if err != nil {
+			return numberRangeError(fmt.Sprintf("results.%s.score", id))
+		}
+		if e := checkNumber(fmt.Sprintf("results.%s.score", id), v); e != nil {
+			return e
+		}
+	}
 	return nil
 }
 
