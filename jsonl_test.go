@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -102,4 +105,47 @@ func TestJSONLFilesArePrivate(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join(env.dir, "keys.jsonl"))
 	require.NoError(t, err)
 	require.NotContains(t, string(raw), `"api_key":"atl_`, "secrets are never written")
+}
+
+// TestJSONLDirectoryIsLocked: a directory is open in one store at a time, even
+// within one process; the refusal names the directory and the holder's pid.
+func TestJSONLDirectoryIsLocked(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	_, err := OpenJSONLStore(env.dir, testLogger())
+	require.Error(t, err)
+	require.Contains(t, err.Error(), env.dir)
+	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", os.Getpid()))
+	require.Contains(t, err.Error(), "ATL_DATA_DIR")
+
+	// Closing lets the next store in, and the failed open did not release the lock.
+	env.reopen()
+	_, err = OpenJSONLStore(env.dir, testLogger())
+	require.Error(t, err, "still held by the reopened store")
+}
+
+// TestJSONLSecondProcessExits: a second atl on the same ATL_DATA_DIR exits at
+// once, non-zero, saying which directory and which process holds it; the
+// first keeps serving.
+func TestJSONLSecondProcessExits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first := startATL(t, "ATL_DATA_DIR="+dir)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	second := exec.CommandContext(ctx, buildATL(t))
+	second.Env = []string{"PATH=" + os.Getenv("PATH"), "PORT=0", "ATL_DATA_DIR=" + dir}
+	var stderr strings.Builder
+	second.Stderr = &stderr
+	err := second.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "the second process must exit by itself: %s", stderr.String())
+	require.NotEqual(t, 0, exit.ExitCode())
+	require.Contains(t, stderr.String(), dir)
+	require.Contains(t, stderr.String(), fmt.Sprintf("pid %d", first.cmd.Process.Pid))
+	require.NotContains(t, stderr.String(), "atl listening")
+
+	status, _ := first.call(http.DefaultClient, "GET", "/api/v1/health", "", nil)
+	require.Equal(t, http.StatusOK, status, "the first process is unaffected")
 }

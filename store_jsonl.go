@@ -29,9 +29,11 @@ import (
 //	tenants.jsonl              tenants
 //	keys.jsonl                 key issues and revocations (hashes only)
 //	tenants/<id>/trail.jsonl   the tenant's audit rows and events
+//	atl.lock                   flocked by the one process that has the directory open
 type JSONLStore struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	log  *slog.Logger
+	lock *os.File // atl.lock, flocked while the store is open
 
 	mu      sync.Mutex
 	tenants map[string]Tenant
@@ -117,20 +119,34 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
 		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{},
 		chains: map[string]*jsonlChain{}}
-	if err := s.load(filepath.Join(dir, "tenants.jsonl")); err != nil {
+	lock, err := lockDataDir(dir)
+	if err != nil {
 		return nil, err
 	}
-	if err := s.load(filepath.Join(dir, "keys.jsonl")); err != nil {
+	s.lock = lock
+	if err := s.loadAll(); err != nil {
+		s.Close()
 		return nil, err
+	}
+	return s, nil
+}
+
+// loadAll reads every file into memory; the caller holds the directory's lock.
+func (s *JSONLStore) loadAll() error {
+	if err := s.load(filepath.Join(s.dir, "tenants.jsonl")); err != nil {
+		return err
+	}
+	if err := s.load(filepath.Join(s.dir, "keys.jsonl")); err != nil {
+		return err
 	}
 	for id := range s.tenants {
 		if err := s.load(s.trailPath(id)); err != nil {
-			return nil, err
+			return err
 		}
 		slices.SortStableFunc(s.events[id], func(a, b Event) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 		slices.SortStableFunc(s.audit[id], func(a, b AuditLog) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	}
-	return s, nil
+	return nil
 }
 
 func (s *JSONLStore) trailPath(tenant string) string {
@@ -249,6 +265,10 @@ func (s *JSONLStore) Close() {
 		f.Close()
 	}
 	s.files = map[string]*os.File{}
+	if s.lock != nil {
+		s.lock.Close() // releases the flock; the file stays, naming the last holder
+		s.lock = nil
+	}
 }
 
 func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB() }
