@@ -149,3 +149,40 @@ func TestJSONLSecondProcessExits(t *testing.T) {
 	status, _ := first.call(http.DefaultClient, "GET", "/api/v1/health", "", nil)
 	require.Equal(t, http.StatusOK, status, "the first process is unaffected")
 }
+
+// TestJSONLRefusesL3AndL4Audited: in JSONL mode an L3 or L4 call answers 503
+// requires_database saying so and how to set DATABASE_URL, and the refusal is
+// in the audit trail (denied) and the chain.
+func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	admin := env.tenant("acme")
+	agent := env.key(admin, "agent", "bot")
+	env.policy(admin, "payments.charge", map[string]any{"trust_level": "L4"})
+	for _, call := range []map[string]any{
+		{"tool": "bookings.create", "args": map[string]any{"id": 1}}, // no policy: the tenant default, L3
+		{"tool": "payments.charge", "args": map[string]any{"amount": 5}},
+		{"tool": "search", "trust_level": "L3"}, // the agent's floor
+	} {
+		r := env.execute(agent, "bot", call)
+		requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+		msg := r.Body["error"].(map[string]any)["message"].(string)
+		require.True(t, strings.HasPrefix(msg, "L3 and L4 calls need PostgreSQL"), msg)
+		require.Contains(t, msg, "set DATABASE_URL")
+	}
+
+	logs := env.do("GET", "/api/v1/audit/logs?status=denied", admin, nil)
+	require.Equal(t, http.StatusOK, logs.Status, logs.Raw)
+	require.Len(t, logs.items(), 3, logs.Raw)
+	for _, l := range logs.items() {
+		require.Equal(t, "bot", l["agent_id"])
+		require.EqualValues(t, http.StatusServiceUnavailable, l["http_status"])
+		require.Equal(t, codeRequiresDatabase, l["error"])
+		require.Equal(t, "POST /api/v1/agents/bot/execute", l["route"])
+	}
+	events := env.do("GET", "/api/v1/events?status=refused", admin, nil)
+	require.Len(t, events.items(), 3, events.Raw)
+	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"], "the refusals are chained")
+	env.reopen()
+	require.Len(t, env.do("GET", "/api/v1/audit/logs?status=denied", admin, nil).items(), 3, "and on disk")
+}

@@ -662,7 +662,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		answer["status"] = "refused"
 		answer["error"] = map[string]string{"code": code, "message": "live mode is switched off (LIVE_ENABLED=false); use dry_run"}
 	case e.Mode == "live" || level == "L3" || level == "L4":
-		return GateResult{}, errNeedsDB()
+		return GateResult{}, s.refuseNeedsDB(p, e, audit)
 	default:
 		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
 		if level == "L2" {
@@ -691,6 +691,29 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		s.apply(jsonlRecord{Type: "idem", Idem: idem})
 	}
 	return GateResult{HTTPStatus: status, Body: body}, nil
+}
+
+// refuseNeedsDB answers an L3/L4 or live call in JSONL mode, and records the
+// refusal as the gate records any other: an event and an audit row, denied.
+// The caller holds s.mu.
+func (s *JSONLStore) refuseNeedsDB(p Principal, e Event, audit *AuditLog) error {
+	what := "L3 and L4 calls need PostgreSQL"
+	if e.TrustLevel != "L3" && e.TrustLevel != "L4" {
+		what = "live calls need PostgreSQL"
+	}
+	refusal := newError(http.StatusServiceUnavailable, codeRequiresDatabase,
+		"%s (they wait for approvals, which JSONL mode cannot hold): set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL", what)
+	code := codeRequiresDatabase
+	e.Status, e.Error = "refused", &code
+	audit.Status, audit.HTTPStatus, audit.Error = "denied", refusal.Status, &code
+	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	s.fillAudit(p, audit)
+	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "event", Event: &e}, jsonlRecord{Type: "audit", Audit: audit}); err != nil {
+		return err
+	}
+	s.events[p.TenantID] = append(s.events[p.TenantID], e)
+	s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
+	return refusal
 }
 
 func (s *JSONLStore) RecordOutcome(context.Context, Principal, OutcomeInput) (GateResult, error) {
