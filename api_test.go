@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -476,5 +477,27 @@ func TestEventBatchErrors(t *testing.T) {
 			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": append(full, full[0])}),
 				http.StatusBadRequest, codeValidation)
 		})
+	}
+}
+
+// TestOperatorTokenNotConfigured: without ATL_ADMIN_TOKEN, operator routes say
+// the token is not configured on this server (401), whatever is sent.
+func TestOperatorTokenNotConfigured(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	app := &App{store: env.store, log: testLogger(), version: "test"}
+	env.srv = httptest.NewServer(app.routes())
+	t.Cleanup(env.srv.Close)
+	for _, token := range []string{"", "anything", testOperatorToken} {
+		for _, rt := range []struct{ method, path string }{{"POST", "/api/v1/tenants"}, {"GET", "/api/v1/stats"}, {"GET", "/metrics"}} {
+			var body any
+			if rt.method == "POST" {
+				body = map[string]any{"id": "acme"}
+			}
+			r := env.do(rt.method, rt.path, token, body)
+			requireError(t, r, http.StatusUnauthorized, codeUnauthorized)
+			require.Contains(t, r.Body["error"].(map[string]any)["message"], "operator token is not configured on this server", r.Raw)
+			require.Contains(t, r.Raw, "ATL_ADMIN_TOKEN")
+		}
 	}
 }

@@ -152,9 +152,13 @@ func (a *App) handle(fn handlerFunc) httprouter.Handle {
 // operator guards routes reserved to the holder of ATL_ADMIN_TOKEN.
 func (a *App) operator(fn handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+		if a.adminToken == "" {
+			// No token could pass: say so, rather than ask for one (still 401, as any refused operator call).
+			return newError(http.StatusUnauthorized, codeUnauthorized,
+				"the operator token is not configured on this server: start ATL with ATL_ADMIN_TOKEN set to use operator routes")
+		}
 		token, ok := bearer(r)
-		if !ok || a.adminToken == "" ||
-			subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
+		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
 			return newError(http.StatusUnauthorized, codeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
 		}
 		return fn(w, r, ps)
