@@ -501,3 +501,20 @@ func TestOperatorTokenNotConfigured(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsShowLimits: GET /api/v1/stats says which request limits are in
+// force, so a client's test suite can skip what the service cannot show it.
+func TestStatsShowLimits(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	r := env.do("GET", "/api/v1/stats", testOperatorToken, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.Equal(t, map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0.0, "waiters_per_tenant": 0.0}, r.Body["limits"], "all off")
+
+	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test",
+		limiter: newRateLimiter(5, 40), waits: &approvalHub{perTenant: 2}}
+	env.srv = httptest.NewServer(app.routes())
+	t.Cleanup(env.srv.Close)
+	r = env.do("GET", "/api/v1/stats", testOperatorToken, nil)
+	require.Equal(t, map[string]any{"rate_limit_per_second": 5.0, "rate_burst": 40.0, "waiters_per_tenant": 2.0}, r.Body["limits"], r.Raw)
+}

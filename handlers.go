@@ -489,6 +489,15 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 	out := map[string]any{"storage": a.store.Kind(), "version": a.version, "goroutines": runtime.NumGoroutine(),
 		"heap_alloc_bytes": m.HeapAlloc, "sys_bytes": m.Sys, "gc_runs": m.NumGC, "rss_bytes": rssBytes(),
 		"uptime_seconds": int(time.Since(a.started).Seconds())}
+	// The request limits in force (0: off), so a client's test suite can tell what it may expect.
+	limits := map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0, "waiters_per_tenant": 0}
+	if a.limiter != nil {
+		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.rate, int(a.limiter.burst)
+	}
+	if a.waits != nil {
+		limits["waiters_per_tenant"] = a.waits.perTenant
+	}
+	out["limits"] = limits
 	if s, ok := a.store.(interface{ Stats() map[string]any }); ok {
 		maps.Copy(out, s.Stats())
 	}
