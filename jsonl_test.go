@@ -132,9 +132,10 @@ func TestJSONLSecondProcessExits(t *testing.T) {
 	dir := t.TempDir()
 	first := startATL(t, "ATL_DATA_DIR="+dir)
 
+	bin := buildATL(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	second := exec.CommandContext(ctx, buildATL(t))
+	second := exec.CommandContext(ctx, bin)
 	second.Env = []string{"PATH=" + os.Getenv("PATH"), "PORT=0", "ATL_DATA_DIR=" + dir}
 	var stderr strings.Builder
 	second.Stderr = &stderr
