@@ -8,8 +8,8 @@ help: ## list the targets
 run: ## run the service (JSONL files under ./data unless DATABASE_URL is set)
 	go run .
 
-test: ## run the whole test suite (needs PostgreSQL, default 127.0.0.1:5432)
-	go test -race -count=1 ./...
+test: ## run the whole test suite (needs PostgreSQL, default 127.0.0.1:5432); ends with what skipped and why
+	bash scripts/test.sh -race -count=1
 
 vet: ## gofmt check and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

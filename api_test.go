@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -477,4 +478,43 @@ func TestEventBatchErrors(t *testing.T) {
 				http.StatusBadRequest, codeValidation)
 		})
 	}
+}
+
+// TestOperatorTokenNotConfigured: without ATL_ADMIN_TOKEN, operator routes say
+// the token is not configured on this server (401), whatever is sent.
+func TestOperatorTokenNotConfigured(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	app := &App{store: env.store, log: testLogger(), version: "test"}
+	env.srv = httptest.NewServer(app.routes())
+	t.Cleanup(env.srv.Close)
+	for _, token := range []string{"", "anything", testOperatorToken} {
+		for _, rt := range []struct{ method, path string }{{"POST", "/api/v1/tenants"}, {"GET", "/api/v1/stats"}, {"GET", "/metrics"}} {
+			var body any
+			if rt.method == "POST" {
+				body = map[string]any{"id": "acme"}
+			}
+			r := env.do(rt.method, rt.path, token, body)
+			requireError(t, r, http.StatusUnauthorized, codeUnauthorized)
+			require.Contains(t, r.Body["error"].(map[string]any)["message"], "operator token is not configured on this server", r.Raw)
+			require.Contains(t, r.Raw, "ATL_ADMIN_TOKEN")
+		}
+	}
+}
+
+// TestStatsShowLimits: GET /api/v1/stats says which request limits are in
+// force, so a client's test suite can skip what the service cannot show it.
+func TestStatsShowLimits(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	r := env.do("GET", "/api/v1/stats", testOperatorToken, nil)
+	require.Equal(t, http.StatusOK, r.Status, r.Raw)
+	require.Equal(t, map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0.0, "waiters_per_tenant": 0.0}, r.Body["limits"], "all off")
+
+	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test",
+		limiter: newRateLimiter(5, 40), waits: &approvalHub{perTenant: 2}}
+	env.srv = httptest.NewServer(app.routes())
+	t.Cleanup(env.srv.Close)
+	r = env.do("GET", "/api/v1/stats", testOperatorToken, nil)
+	require.Equal(t, map[string]any{"rate_limit_per_second": 5.0, "rate_burst": 40.0, "waiters_per_tenant": 2.0}, r.Body["limits"], r.Raw)
 }

@@ -84,7 +84,7 @@ func TestAuthCacheRevocation(t *testing.T) {
 	_, err = store.RevokeKey(ctx, p, k1.ID, nil)
 	require.NoError(t, err)
 	_, err = store.Authenticate(ctx, k1.APIKey)
-	require.ErrorIs(t, err, errUnauthorized, "revoked through the service: refused at once")
+	require.ErrorIs(t, err, errUnauthorized(), "revoked through the service: refused at once")
 
 	_, err = sqlAs(ctx, pool, "acme", "select to_jsonb(k) from atl.api_key_revoke($1::uuid) k", k2.ID)
 	require.NoError(t, err)
@@ -92,5 +92,5 @@ func TestAuthCacheRevocation(t *testing.T) {
 	require.NoError(t, err, "revoked in SQL: still cached here")
 	clk.t = clk.t.Add(time.Minute)
 	_, err = store.Authenticate(ctx, k2.APIKey)
-	require.ErrorIs(t, err, errUnauthorized, "refused once the TTL is over")
+	require.ErrorIs(t, err, errUnauthorized(), "refused once the TTL is over")
 }

@@ -262,7 +262,8 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 			return nil, 0, usagef("give the tenant id")
 		}
 		t, k, err := store.CreateTenant(ctx, pos[0], or(*name, pos[0]))
-		return map[string]any{"tenant": t, "admin_key": k}, 0, err
+		// The same names as POST /api/v1/tenants answers with.
+		return map[string]any{"tenant": t, "api_key": k.APIKey, "api_key_id": k.ID}, 0, err
 	case "key issue":
 		if err := needTenant(); err != nil {
 			return nil, 0, err

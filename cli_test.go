@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	neturl "net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,7 +75,9 @@ func TestCLI(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	created := decode(out)
 	require.Equal(t, "Acme Travel", created["tenant"].(map[string]any)["name"])
-	require.NotEmpty(t, created["admin_key"].(map[string]any)["api_key"])
+	require.Equal(t, []string{"api_key", "api_key_id", "tenant"}, slices.Sorted(maps.Keys(created)), "the names POST /api/v1/tenants uses")
+	require.True(t, strings.HasPrefix(created["api_key"].(string), "atl_"), out)
+	require.Regexp(t, uuidPattern, created["api_key_id"])
 	code, _, errOut = runCLI(t, url, "tenant", "create", "acme")
 	require.Equal(t, 1, code, "a second acme is a conflict")
 	require.Contains(t, errOut, "(already_exists)")

@@ -455,7 +455,9 @@ func (c *console) queue(cr *consoleReq) error {
 
 func title(status string) string { return status[:1] + strings.ToLower(status[1:]) }
 
-var errConsoleNotFound = newError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
+func errConsoleNotFound() *Error {
+	return newError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
+}
 
 func (c *console) detail(cr *consoleReq) error {
 	if !c.signedIn(cr) {
@@ -468,12 +470,12 @@ func (c *console) detail(cr *consoleReq) error {
 func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
 	id := cr.ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errConsoleNotFound
+		return errConsoleNotFound()
 	}
 	raw, err := cr.app.store.GetApproval(cr.r.Context(), cr.p, strings.ToLower(id))
 	if err != nil {
 		if errorFor(err).Status == http.StatusNotFound {
-			return errConsoleNotFound
+			return errConsoleNotFound()
 		}
 		return err
 	}
@@ -506,7 +508,7 @@ func (c *console) decide(cr *consoleReq) error {
 	}
 	id := cr.ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errConsoleNotFound
+		return errConsoleNotFound()
 	}
 	decision := cr.r.PostForm.Get("decision")
 	reason := strings.TrimSpace(cr.r.PostForm.Get("reason"))
@@ -529,7 +531,7 @@ func (c *console) decide(cr *consoleReq) error {
 	if err != nil {
 		e := errorFor(err)
 		if e.Status == http.StatusNotFound {
-			return errConsoleNotFound
+			return errConsoleNotFound()
 		}
 		if e.Status >= 500 {
 			return err

@@ -33,6 +33,19 @@ type EventError struct {
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
+// Is matches answers by status and code, since each answer is its own value.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Status == e.Status && t.Code == e.Code
+}
+
+// withPrefix is a copy of e whose message starts with prefix; e is left as it is.
+func (e *Error) withPrefix(prefix string) *Error {
+	c := *e
+	c.Message = prefix + c.Message
+	return &c
+}
+
 func newError(status int, code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
@@ -71,18 +84,35 @@ const (
 	codeInternal = "internal_error"
 )
 
-var (
-	errNotFound       = newError(http.StatusNotFound, codeNotFound, "not found")
-	errUnauthorized   = newError(http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: send Authorization: Bearer <key>")
-	errForbidden      = newError(http.StatusForbidden, codeForbidden, "this key's role may not use this route")
-	errMismatch       = newError(http.StatusForbidden, codeTenantMismatch, "tenant_id does not match the key's tenant")
-	errPolicyNotFound = newError(http.StatusNotFound, "policy_not_found",
-		"this tool has no policy; it gets the tenant's default trust level")
-	errTooManyWaits = &Error{Status: http.StatusTooManyRequests, Code: codeTooManyWaits, RetryAfter: 1,
+// The answers many routes share. Each call builds a new value: a caller may
+// add context to its copy (events[i]: ...), which must never reach another request.
+func errNotFound() *Error { return newError(http.StatusNotFound, codeNotFound, "not found") }
+
+func errUnauthorized() *Error {
+	return newError(http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: send Authorization: Bearer <key>")
+}
+
+func errForbidden() *Error {
+	return newError(http.StatusForbidden, codeForbidden, "this key's role may not use this route")
+}
+
+func errMismatch() *Error {
+	return newError(http.StatusForbidden, codeTenantMismatch, "tenant_id does not match the key's tenant")
+}
+
+func errPolicyNotFound() *Error {
+	return newError(http.StatusNotFound, "policy_not_found", "this tool has no policy; it gets the tenant's default trust level")
+}
+
+func errTooManyWaits() *Error {
+	return &Error{Status: http.StatusTooManyRequests, Code: codeTooManyWaits, RetryAfter: 1,
 		Message: "this tenant has too many requests waiting for decisions; retry shortly"}
-	errNeedsDB = newError(http.StatusServiceUnavailable, codeRequiresDatabase,
+}
+
+func errNeedsDB() *Error {
+	return newError(http.StatusServiceUnavailable, codeRequiresDatabase,
 		"this route needs PostgreSQL: set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL")
-)
+}
 
 // sqlStatusByClass maps ATL's own SQLSTATEs (raised with RAISE ... USING ERRCODE,
 // the stable code in HINT) to HTTP statuses.
@@ -103,7 +133,7 @@ func errorFor(err error) *Error {
 		return e
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
-		return errNotFound
+		return errNotFound()
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -149,6 +179,10 @@ func pgError(pgErr *pgconn.PgError) *Error {
 	switch pgErr.Code[:2] {
 	case "08", "53", "57", "58":
 		return unavailable
+	case "22":
+		// Any other data exception comes from a value the caller sent (Go validates the
+		// known fields first; this is the backstop), never a 500.
+		return newError(http.StatusBadRequest, codeValidation, "a value is malformed or out of range (%s)", constraintHint(pgErr))
 	}
 	return newError(http.StatusInternalServerError, codeInternal, "internal error")
 }

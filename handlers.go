@@ -38,7 +38,9 @@ var (
 	traceIDPattern  = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	statusPattern   = regexp.MustCompile(`^[a-z][a-z_]{0,31}$`)
 	uuidPattern     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	traceparentRE   = regexp.MustCompile(`^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$`)
+	// traceparentRE is W3C Trace Context's version-trace_id-parent_id-flags, lower-case hex;
+	// a future version may carry more fields after a dash.
+	traceparentRE = regexp.MustCompile(`^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$`)
 )
 
 var trustLevels = []string{"L0", "L1", "L2", "L3", "L4"}
@@ -150,9 +152,13 @@ func (a *App) handle(fn handlerFunc) httprouter.Handle {
 // operator guards routes reserved to the holder of ATL_ADMIN_TOKEN.
 func (a *App) operator(fn handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+		if a.adminToken == "" {
+			// No token could pass: say so, rather than ask for one (still 401, as any refused operator call).
+			return newError(http.StatusUnauthorized, codeUnauthorized,
+				"the operator token is not configured on this server: start ATL with ATL_ADMIN_TOKEN set to use operator routes")
+		}
 		token, ok := bearer(r)
-		if !ok || a.adminToken == "" ||
-			subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
+		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
 			return newError(http.StatusUnauthorized, codeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
 		}
 		return fn(w, r, ps)
@@ -165,7 +171,7 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		key, ok := bearer(r)
 		if !ok || len(key) > 200 {
-			return errUnauthorized
+			return errUnauthorized()
 		}
 		p, err := a.store.Authenticate(r.Context(), key)
 		if err != nil {
@@ -177,10 +183,10 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 		}
 		err = func() error {
 			if !slices.Contains(roles, p.Role) {
-				return errForbidden
+				return errForbidden()
 			}
 			if t := r.URL.Query().Get("tenant_id"); t != "" && t != p.TenantID {
-				return errMismatch
+				return errMismatch()
 			}
 			return fn(w, r, ps, p)
 		}()
@@ -243,10 +249,22 @@ func traceID(r *http.Request, fromBody string) string {
 	if fromBody != "" {
 		return fromBody
 	}
-	if m := traceparentRE.FindStringSubmatch(r.Header.Get("traceparent")); m != nil {
-		return m[1]
+	if id, ok := traceparentTraceID(r.Header.Get("traceparent")); ok {
+		return id
 	}
 	return newTraceID()
+}
+
+// traceparentTraceID is the trace id of a valid W3C traceparent header. Version
+// ff and all-zero ids are invalid; version 00 has exactly four fields.
+func traceparentTraceID(h string) (string, bool) {
+	m := traceparentRE.FindStringSubmatch(h)
+	switch {
+	case m == nil, m[1] == "ff", m[1] == "00" && m[4] != "",
+		m[2] == strings.Repeat("0", 32), m[3] == strings.Repeat("0", 16):
+		return "", false
+	}
+	return m[2], true
 }
 
 // newTraceID is 16 random bytes in hex, as a W3C trace id.
@@ -295,7 +313,7 @@ func decode(r *http.Request, v any, p *Principal) error {
 			TenantID *string `json:"tenant_id"`
 		}
 		if json.Unmarshal(body, &probe) == nil && probe.TenantID != nil && *probe.TenantID != p.TenantID {
-			return errMismatch
+			return errMismatch()
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -338,6 +356,10 @@ func jsonError(err error) *Error {
 		if field == "" {
 			return newError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
 		}
+		if strings.HasPrefix(typeErr.Value, "number") {
+			// A number that does not fit the field: a fraction for a whole number, or beyond float64.
+			return numberRangeError(field)
+		}
 		return newError(http.StatusBadRequest, codeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF):
 		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
@@ -347,6 +369,51 @@ func jsonError(err error) *Error {
 		return newError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+}
+
+// numberRange is the accepted range of a numeric body field.
+type numberRange struct {
+	min, max float64
+	whole    bool
+}
+
+// numberRanges holds every numeric body field, by JSON name; checkNumber and
+// the decoder's refusals both say the range from here.
+var numberRanges = map[string]numberRange{
+	"latency_ms":           {0, math.MaxInt32, true},
+	"approval_ttl_seconds": {1, maxApprovalTTLSeconds, true},
+	"required_approvals":   {1, 10, true},
+	"drift_threshold":      {0, 100, false},
+	"score":                {0, 1, false},
+}
+
+// maxApprovalTTLSeconds is 30 days.
+const maxApprovalTTLSeconds = 2592000
+
+// checkNumber refuses a value outside its field's range; path names the field
+// in the answer (events[3].latency_ms, results.case-1.score).
+func checkNumber(path string, v float64) *Error {
+	name := path[strings.LastIndexAny(path, ".]")+1:]
+	r, ok := numberRanges[name]
+	if !ok {
+		panic("no range for numeric field " + name)
+	}
+	if v < r.min || v > r.max || (r.whole && v != math.Trunc(v)) {
+		return numberRangeError(path)
+	}
+	return nil
+}
+
+func numberRangeError(path string) *Error {
+	name := path[strings.LastIndexAny(path, ".]")+1:]
+	r, ok := numberRanges[name]
+	switch {
+	case !ok:
+		return validation("field %q is out of range", path)
+	case r.whole:
+		return validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
+	}
+	return validation("%s must be a number from %g to %g", path, r.min, r.max)
 }
 
 func jsonType(kind string) string {
@@ -422,6 +489,15 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 	out := map[string]any{"storage": a.store.Kind(), "version": a.version, "goroutines": runtime.NumGoroutine(),
 		"heap_alloc_bytes": m.HeapAlloc, "sys_bytes": m.Sys, "gc_runs": m.NumGC, "rss_bytes": rssBytes(),
 		"uptime_seconds": int(time.Since(a.started).Seconds())}
+	// The request limits in force (0: off), so a client's test suite can tell what it may expect.
+	limits := map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0, "waiters_per_tenant": 0}
+	if a.limiter != nil {
+		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.rate, int(a.limiter.burst)
+	}
+	if a.waits != nil {
+		limits["waiters_per_tenant"] = a.waits.perTenant
+	}
+	out["limits"] = limits
 	if s, ok := a.store.(interface{ Stats() map[string]any }); ok {
 		maps.Copy(out, s.Stats())
 	}
@@ -720,8 +796,7 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 			return err
 		case err.Status != http.StatusBadRequest:
 			// A forbidden event (another tenant's id) refuses the whole request as it is.
-			err.Message = fmt.Sprintf("events[%d]: %s", i, err.Message)
-			return err
+			return err.withPrefix(fmt.Sprintf("events[%d]: ", i))
 		default:
 			bad = append(bad, EventError{Index: i, Code: err.Code, Message: err.Message})
 		}
@@ -746,7 +821,7 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 
 func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 	if in.TenantID != nil && *in.TenantID != p.TenantID {
-		return Event{}, errMismatch
+		return Event{}, errMismatch()
 	}
 	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
 		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
@@ -777,8 +852,8 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 		return e, validation("agent must be at most 200 characters")
 	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
 		return e, validation("approval_request_id must be a UUID")
-	case e.LatencyMS != nil && *e.LatencyMS < 0:
-		return e, validation("latency_ms must not be negative")
+	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
+		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
 	case e.SandboxID != nil && utf8.RuneCountInString(*e.SandboxID) > 200:
 		return e, validation("sandbox_id must be at most 200 characters")
 	case e.WorkflowName != nil && utf8.RuneCountInString(*e.WorkflowName) > 200:
@@ -885,10 +960,10 @@ func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 		return validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
 	case !slices.Contains(trustLevels, in.TrustLevel):
 		return validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
-	case in.ApprovalTTLSeconds != nil && (*in.ApprovalTTLSeconds < 1 || *in.ApprovalTTLSeconds > 2592000):
-		return validation("approval_ttl_seconds must be from 1 to 2592000 (30 days)")
-	case in.RequiredApprovals != nil && (*in.RequiredApprovals < 1 || *in.RequiredApprovals > 10):
-		return validation("required_approvals must be from 1 to 10")
+	case in.ApprovalTTLSeconds != nil && checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds)) != nil:
+		return checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds))
+	case in.RequiredApprovals != nil && checkNumber("required_approvals", float64(*in.RequiredApprovals)) != nil:
+		return checkNumber("required_approvals", float64(*in.RequiredApprovals))
 	case in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible:
 		return validation("an L4 tool can never be auto-approved")
 	case in.EndpointURL != nil && !validEndpoint(*in.EndpointURL):
@@ -1085,7 +1160,9 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	return nil
 }
 
-var errApprovalNotFound = newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+func errApprovalNotFound() *Error {
+	return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+}
 
 type decisionRequest struct {
 	TenantID *string `json:"tenant_id"`
@@ -1096,7 +1173,7 @@ type decisionRequest struct {
 func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errApprovalNotFound
+		return errApprovalNotFound()
 	}
 	var req decisionRequest
 	if err := decode(r, &req, &p); err != nil {
@@ -1161,7 +1238,9 @@ func validName(s string) bool {
 	return n >= 1 && n <= 200
 }
 
-var errRunNotFound = newError(http.StatusNotFound, "run_not_found", "eval run not found")
+func errRunNotFound() *Error {
+	return newError(http.StatusNotFound, "run_not_found", "eval run not found")
+}
 
 func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
 	var req startEvalRunRequest
@@ -1171,8 +1250,8 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 	switch {
 	case !validName(req.SuiteName) || !validName(req.ModelID) || !validName(req.Provider):
 		return validation("suite_name, model_id and provider are required, 1 to 200 characters each")
-	case req.DriftThreshold != nil && (*req.DriftThreshold < 0 || *req.DriftThreshold > 100):
-		return validation("drift_threshold must be from 0 to 100")
+	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
+		return checkNumber("drift_threshold", *req.DriftThreshold)
 	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
 		return newError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
@@ -1196,7 +1275,7 @@ type completeEvalRunRequest struct {
 func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	var req completeEvalRunRequest
 	if err := decode(r, &req, &p); err != nil {
@@ -1211,6 +1290,11 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 	case utf8.RuneCountInString(req.Error) > 2000:
 		return validation("error must be at most 2000 characters")
 	}
+	if req.Status == "" {
+		if err := checkScores(results); err != nil {
+			return err
+		}
+	}
 	out, err := a.store.CompleteEvalRun(r.Context(), p, strings.ToLower(id), results, req.Status, req.Error,
 		newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
@@ -1220,10 +1304,37 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 	return nil
 }
 
+// checkScores refuses a score that is not a number from 0 to 1 before SQL
+// sees it, naming the case; the rest of the shape SQL checks.
+func checkScores(results json.RawMessage) error {
+	var cases map[string]json.RawMessage
+	if json.Unmarshal(results, &cases) != nil {
+		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+	}
+	for id, raw := range cases {
+		var c map[string]json.RawMessage
+		if json.Unmarshal(raw, &c) != nil {
+			continue // not an object: SQL names the case
+		}
+		score, ok := c["score"]
+		if !ok || len(score) == 0 || !(score[0] == '-' || (score[0] >= '0' && score[0] <= '9')) {
+			continue
+		}
+		v, err := strconv.ParseFloat(string(score), 64)
+		if err != nil {
+			return numberRangeError(fmt.Sprintf("results.%s.score", id))
+		}
+		if e := checkNumber(fmt.Sprintf("results.%s.score", id), v); e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
 func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	out, err := a.store.GetEvalRun(r.Context(), p, strings.ToLower(id))
 	if err != nil {
@@ -1270,7 +1381,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 		return validation("the suite name must be 1 to 200 characters")
 	}
 	if !uuidPattern.MatchString(req.RunID) {
-		return errRunNotFound
+		return errRunNotFound()
 	}
 	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {

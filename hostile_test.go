@@ -99,6 +99,74 @@ func TestHostileInput(t *testing.T) {
 	}
 }
 
+// numericFields are every numeric field of every request body: the route, the
+// role allowed on it, a body with the field set to v, and the field's name as
+// answers must say it.
+var numericFields = []struct {
+	method, path, role, field string
+	body                      func(v string) string
+	integer                   bool
+	bad                       []string // out of range for this field, beyond the common ones
+}{
+	{"POST", "/api/v1/events", "agent", "latency_ms", func(v string) string {
+		return `{"tool_name":"t","status":"ok","latency_ms":` + v + `}`
+	}, true, []string{"-1", "2147483648"}},
+	{"POST", "/api/v1/events", "agent", "latency_ms", func(v string) string {
+		return `{"events":[{"tool_name":"t","status":"ok"},{"tool_name":"t","status":"ok","latency_ms":` + v + `}]}`
+	}, true, []string{"-1", "2147483648"}},
+	{"PUT", "/api/v1/policies/tool", "admin", "approval_ttl_seconds", func(v string) string {
+		return `{"trust_level":"L3","approval_ttl_seconds":` + v + `}`
+	}, true, []string{"0", "-1", "2592001"}},
+	{"PUT", "/api/v1/policies/tool", "admin", "required_approvals", func(v string) string {
+		return `{"trust_level":"L3","required_approvals":` + v + `}`
+	}, true, []string{"0", "11"}},
+	{"POST", "/api/v1/evals/runs", "agent", "drift_threshold", func(v string) string {
+		return `{"suite_name":"s","model_id":"m","provider":"p","drift_threshold":` + v + `}`
+	}, false, []string{"-0.5", "100.01"}},
+	{"POST", "/api/v1/evals/runs/00000000-0000-4000-8000-000000000000/complete", "agent", "score", func(v string) string {
+		return `{"results":{"case-1":{"passed":true,"score":` + v + `}}}`
+	}, false, []string{"-0.1", "1.01"}},
+}
+
+// TestHostileNumbers: out-of-range and non-integer values of every numeric
+// field answer 400 validation_failed naming the field, on both stores.
+func TestHostileNumbers(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := setup(t, kind)
+			admin := env.tenant("acme")
+			keys := map[string]string{"admin": admin, "agent": env.key(admin, "agent", "bot")}
+			for _, f := range numericFields {
+				values := append([]string{"10000000000", "-10000000000", "1e400", "-1e400", "9223372036854775808", "1e999999"}, f.bad...)
+				if f.integer {
+					values = append(values, "1.5", "1e3", "1.0", "-0.5")
+				}
+				for _, v := range values {
+					r := env.do(f.method, f.path, keys[f.role], f.body(v))
+					msg := r.Body["error"].(map[string]any)["message"]
+					if r.code() == codeInvalidEvents { // a batch says which event, and why
+						requireError(t, r, http.StatusBadRequest, codeInvalidEvents)
+						bad := r.Body["error"].(map[string]any)["events"].([]any)[0].(map[string]any)
+						require.Equal(t, codeValidation, bad["code"], r.Raw)
+						msg = bad["message"]
+					} else {
+						requireError(t, r, http.StatusBadRequest, codeValidation)
+					}
+					require.Contains(t, msg, f.field, "%s %s = %s: %s", f.path, f.field, v, r.Raw)
+				}
+			}
+			// Query numbers: limit is a whole number from 1 to 500.
+			for _, v := range []string{"1.5", "1e3", "0", "501", "10000000000", "-0"} {
+				r := env.do("GET", "/api/v1/events?limit="+v, admin, nil)
+				require.Equal(t, http.StatusBadRequest, r.Status, "limit=%s: %s", v, r.Raw)
+				require.Contains(t, r.Raw, "limit", "limit=%s", v)
+			}
+		})
+	}
+}
+
 // FuzzDecode: no body makes decoding panic, and whatever it refuses is a 4xx.
 func FuzzDecode(f *testing.F) {
 	for _, b := range hostileBodies() {

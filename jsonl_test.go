@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -84,7 +87,7 @@ func TestJSONLNeedsDatabaseRoutes(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
 	_, err := env.store.PingDB(context.Background())
-	require.ErrorIs(t, err, errNeedsDB)
+	require.ErrorIs(t, err, errNeedsDB())
 	r := env.do("GET", "/api/v1/health/db", "", nil)
 	require.Equal(t, http.StatusServiceUnavailable, r.Status)
 	require.Contains(t, r.Raw, "DATABASE_URL")
@@ -102,4 +105,85 @@ func TestJSONLFilesArePrivate(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join(env.dir, "keys.jsonl"))
 	require.NoError(t, err)
 	require.NotContains(t, string(raw), `"api_key":"atl_`, "secrets are never written")
+}
+
+// TestJSONLDirectoryIsLocked: a directory is open in one store at a time, even
+// within one process; the refusal names the directory and the holder's pid.
+func TestJSONLDirectoryIsLocked(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	_, err := OpenJSONLStore(env.dir, testLogger())
+	require.Error(t, err)
+	require.Contains(t, err.Error(), env.dir)
+	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", os.Getpid()))
+	require.Contains(t, err.Error(), "ATL_DATA_DIR")
+
+	// Closing lets the next store in, and the failed open did not release the lock.
+	env.reopen()
+	_, err = OpenJSONLStore(env.dir, testLogger())
+	require.Error(t, err, "still held by the reopened store")
+}
+
+// TestJSONLSecondProcessExits: a second atl on the same ATL_DATA_DIR exits at
+// once, non-zero, saying which directory and which process holds it; the
+// first keeps serving.
+func TestJSONLSecondProcessExits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first := startATL(t, "ATL_DATA_DIR="+dir)
+
+	bin := buildATL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	second := exec.CommandContext(ctx, bin)
+	second.Env = []string{"PATH=" + os.Getenv("PATH"), "PORT=0", "ATL_DATA_DIR=" + dir}
+	var stderr strings.Builder
+	second.Stderr = &stderr
+	err := second.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "the second process must exit by itself: %s", stderr.String())
+	require.NotEqual(t, 0, exit.ExitCode())
+	require.Contains(t, stderr.String(), dir)
+	require.Contains(t, stderr.String(), fmt.Sprintf("pid %d", first.cmd.Process.Pid))
+	require.NotContains(t, stderr.String(), "atl listening")
+
+	status, _ := first.call(http.DefaultClient, "GET", "/api/v1/health", "", nil)
+	require.Equal(t, http.StatusOK, status, "the first process is unaffected")
+}
+
+// TestJSONLRefusesL3AndL4Audited: in JSONL mode an L3 or L4 call answers 503
+// requires_database saying so and how to set DATABASE_URL, and the refusal is
+// in the audit trail (denied) and the chain.
+func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "jsonl")
+	admin := env.tenant("acme")
+	agent := env.key(admin, "agent", "bot")
+	env.policy(admin, "payments.charge", map[string]any{"trust_level": "L4"})
+	for _, call := range []map[string]any{
+		{"tool": "bookings.create", "args": map[string]any{"id": 1}}, // no policy: the tenant default, L3
+		{"tool": "payments.charge", "args": map[string]any{"amount": 5}},
+		{"tool": "search", "trust_level": "L3"}, // the agent's floor
+	} {
+		r := env.execute(agent, "bot", call)
+		requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+		msg := r.Body["error"].(map[string]any)["message"].(string)
+		require.True(t, strings.HasPrefix(msg, "L3 and L4 calls need PostgreSQL"), msg)
+		require.Contains(t, msg, "set DATABASE_URL")
+	}
+
+	logs := env.do("GET", "/api/v1/audit/logs?status=denied", admin, nil)
+	require.Equal(t, http.StatusOK, logs.Status, logs.Raw)
+	require.Len(t, logs.items(), 3, logs.Raw)
+	for _, l := range logs.items() {
+		require.Equal(t, "bot", l["agent_id"])
+		require.EqualValues(t, http.StatusServiceUnavailable, l["http_status"])
+		require.Equal(t, codeRequiresDatabase, l["error"])
+		require.Equal(t, "POST /api/v1/agents/bot/execute", l["route"])
+	}
+	events := env.do("GET", "/api/v1/events?status=refused", admin, nil)
+	require.Len(t, events.items(), 3, events.Raw)
+	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"], "the refusals are chained")
+	env.reopen()
+	require.Len(t, env.do("GET", "/api/v1/audit/logs?status=denied", admin, nil).items(), 3, "and on disk")
 }

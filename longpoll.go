@@ -56,7 +56,7 @@ func newApprovalHub(cfg *pgx.ConnConfig, perTenant int, log *slog.Logger) *appro
 // errHubClosed: the service is shutting down; waits end with the request as it is.
 var errHubClosed = errors.New("approval hub closed")
 
-// add registers a waiter: errTooManyWaits when the tenant already has
+// add registers a waiter: errTooManyWaits() when the tenant already has
 // perTenant waiting, errHubClosed once the service is shutting down.
 func (h *approvalHub) add(k waitKey) (chan struct{}, error) {
 	h.mu.Lock()
@@ -65,7 +65,7 @@ func (h *approvalHub) add(k waitKey) (chan struct{}, error) {
 		return nil, errHubClosed
 	}
 	if h.perTenant > 0 && h.byTenant[k.tenant] >= h.perTenant {
-		return nil, errTooManyWaits
+		return nil, errTooManyWaits()
 	}
 	if !h.started {
 		h.started = true
@@ -205,7 +205,7 @@ func isPending(raw json.RawMessage) bool {
 func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errApprovalNotFound
+		return errApprovalNotFound()
 	}
 	id = strings.ToLower(id)
 	wait, err := parseWait(r)
@@ -221,7 +221,7 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return err
 	}
 	if a.waits == nil {
-		return errNeedsDB
+		return errNeedsDB()
 	}
 	k := waitKey{tenant: p.TenantID, id: id}
 	deadline := time.Now().Add(wait)

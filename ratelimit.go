@@ -92,8 +92,10 @@ func newTenantSlots(max int, wait time.Duration) *tenantSlots {
 }
 
 // errTenantBusy answers a request that waited too long for one of its tenant's slots.
-var errTenantBusy = &Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
-	Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
+func errTenantBusy() *Error {
+	return &Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
+		Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
+}
 
 // acquire takes one of tenant's slots, waiting at most l.wait; release gives it back.
 func (l *tenantSlots) acquire(ctx context.Context, tenant string) (release func(), err error) {
@@ -133,7 +135,7 @@ func (l *tenantSlots) acquire(ctx context.Context, tenant string) (release func(
 		l.mu.Lock()
 		l.busy++
 		l.mu.Unlock()
-		return nil, errTenantBusy
+		return nil, errTenantBusy()
 	}
 }
 

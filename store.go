@@ -332,7 +332,7 @@ func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, e
 	}
 	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Principal{}, errUnauthorized
+		return Principal{}, errUnauthorized()
 	}
 	if err == nil {
 		s.auth.put(apiKey, p, gen)
@@ -633,7 +633,7 @@ const getPolicySQL = `select atl.policy_get($1::text)`
 func (s *PGStore) GetPolicy(ctx context.Context, p Principal, tool string) (json.RawMessage, error) {
 	out, err := s.jsonCall(ctx, p, nil, getPolicySQL, tool)
 	if err == nil && (out == nil || string(out) == "null") {
-		return nil, errPolicyNotFound
+		return nil, errPolicyNotFound()
 	}
 	return out, err
 }

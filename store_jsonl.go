@@ -29,9 +29,11 @@ import (
 //	tenants.jsonl              tenants
 //	keys.jsonl                 key issues and revocations (hashes only)
 //	tenants/<id>/trail.jsonl   the tenant's audit rows and events
+//	atl.lock                   flocked by the one process that has the directory open
 type JSONLStore struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	log  *slog.Logger
+	lock *os.File // atl.lock, flocked while the store is open
 
 	mu      sync.Mutex
 	tenants map[string]Tenant
@@ -117,20 +119,34 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
 		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{},
 		chains: map[string]*jsonlChain{}}
-	if err := s.load(filepath.Join(dir, "tenants.jsonl")); err != nil {
+	lock, err := lockDataDir(dir)
+	if err != nil {
 		return nil, err
 	}
-	if err := s.load(filepath.Join(dir, "keys.jsonl")); err != nil {
+	s.lock = lock
+	if err := s.loadAll(); err != nil {
+		s.Close()
 		return nil, err
+	}
+	return s, nil
+}
+
+// loadAll reads every file into memory; the caller holds the directory's lock.
+func (s *JSONLStore) loadAll() error {
+	if err := s.load(filepath.Join(s.dir, "tenants.jsonl")); err != nil {
+		return err
+	}
+	if err := s.load(filepath.Join(s.dir, "keys.jsonl")); err != nil {
+		return err
 	}
 	for id := range s.tenants {
 		if err := s.load(s.trailPath(id)); err != nil {
-			return nil, err
+			return err
 		}
 		slices.SortStableFunc(s.events[id], func(a, b Event) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 		slices.SortStableFunc(s.audit[id], func(a, b AuditLog) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	}
-	return s, nil
+	return nil
 }
 
 func (s *JSONLStore) trailPath(tenant string) string {
@@ -249,9 +265,13 @@ func (s *JSONLStore) Close() {
 		f.Close()
 	}
 	s.files = map[string]*os.File{}
+	if s.lock != nil {
+		s.lock.Close() // releases the flock; the file stays, naming the last holder
+		s.lock = nil
+	}
 }
 
-func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB }
+func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB() }
 
 func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (Tenant, APIKey, error) {
 	s.mu.Lock()
@@ -274,7 +294,7 @@ func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, 
 	defer s.mu.Unlock()
 	k, ok := s.byHash[h]
 	if !ok || k.RevokedAt != nil {
-		return Principal{}, errUnauthorized
+		return Principal{}, errUnauthorized()
 	}
 	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
 }
@@ -542,7 +562,7 @@ func (s *JSONLStore) GetPolicy(_ context.Context, p Principal, tool string) (jso
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound
+		return nil, errPolicyNotFound()
 	}
 	return pol.view(), nil
 }
@@ -564,7 +584,7 @@ func (s *JSONLStore) DeletePolicy(_ context.Context, p Principal, tool string, a
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound
+		return nil, errPolicyNotFound()
 	}
 	gone := pol
 	gone.Deleted = true
@@ -642,7 +662,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		answer["status"] = "refused"
 		answer["error"] = map[string]string{"code": code, "message": "live mode is switched off (LIVE_ENABLED=false); use dry_run"}
 	case e.Mode == "live" || level == "L3" || level == "L4":
-		return GateResult{}, errNeedsDB
+		return GateResult{}, s.refuseNeedsDB(p, e, audit)
 	default:
 		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
 		if level == "L2" {
@@ -673,44 +693,67 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 	return GateResult{HTTPStatus: status, Body: body}, nil
 }
 
+// refuseNeedsDB answers an L3/L4 or live call in JSONL mode, and records the
+// refusal as the gate records any other: an event and an audit row, denied.
+// The caller holds s.mu.
+func (s *JSONLStore) refuseNeedsDB(p Principal, e Event, audit *AuditLog) error {
+	what := "L3 and L4 calls need PostgreSQL"
+	if e.TrustLevel != "L3" && e.TrustLevel != "L4" {
+		what = "live calls need PostgreSQL"
+	}
+	refusal := newError(http.StatusServiceUnavailable, codeRequiresDatabase,
+		"%s (they wait for approvals, which JSONL mode cannot hold): set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL", what)
+	code := codeRequiresDatabase
+	e.Status, e.Error = "refused", &code
+	audit.Status, audit.HTTPStatus, audit.Error = "denied", refusal.Status, &code
+	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	s.fillAudit(p, audit)
+	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "event", Event: &e}, jsonlRecord{Type: "audit", Audit: audit}); err != nil {
+		return err
+	}
+	s.events[p.TenantID] = append(s.events[p.TenantID], e)
+	s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
+	return refusal
+}
+
 func (s *JSONLStore) RecordOutcome(context.Context, Principal, OutcomeInput) (GateResult, error) {
-	return GateResult{}, errNeedsDB
+	return GateResult{}, errNeedsDB()
 }
 
 func (s *JSONLStore) ListApprovals(context.Context, Principal, string, *Cursor, int) ([]json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) GetApproval(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) DecideApproval(context.Context, Principal, string, string, *string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) ExpireApprovals(context.Context, Principal, *AuditLog) (int, error) {
-	return 0, errNeedsDB
+	return 0, errNeedsDB()
 }
 
 func (s *JSONLStore) StartEvalRun(context.Context, Principal, EvalRunInput, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) CompleteEvalRun(context.Context, Principal, string, json.RawMessage, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) GetEvalRun(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) ListEvalRuns(context.Context, Principal, EvalFilter) ([]json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB
+	return nil, errNeedsDB()
 }
 
 // VerifyAudit recomputes the tenant's chain as atl.audit_verify() does, with the same answers.

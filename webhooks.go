@@ -16,7 +16,9 @@ import (
 
 const maxWebhookURL = 2048
 
-var errWebhookNotFound = newError(http.StatusNotFound, "webhook_not_found", "webhook not found")
+func errWebhookNotFound() *Error {
+	return newError(http.StatusNotFound, "webhook_not_found", "webhook not found")
+}
 
 type webhookRequest struct {
 	TenantID *string `json:"tenant_id"`
@@ -39,7 +41,7 @@ func (a *App) webhookStore() (*PGStore, error) {
 	}
 	pg, ok := s.(*PGStore)
 	if !ok {
-		return nil, errNeedsDB
+		return nil, errNeedsDB()
 	}
 	return pg, nil
 }
@@ -94,7 +96,7 @@ func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httproute
 	}
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errWebhookNotFound
+		return errWebhookNotFound()
 	}
 	out, err := pg.DeleteWebhook(r.Context(), p, strings.ToLower(id), newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
@@ -111,7 +113,7 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 	}
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return errWebhookNotFound
+		return errWebhookNotFound()
 	}
 	q, err := parseQuery(r)
 	if err != nil {

@@ -988,6 +988,15 @@ export interface components {
             uptime_seconds: number;
             pool?: Record<string, unknown>;
             tenant_slots?: Record<string, unknown>;
+            /** @description The request limits in force; 0 means off (waiters_per_tenant is 0 in JSONL mode, which has no long-poll). */
+            limits?: {
+                /** @description ATL_RATE_LIMIT. */
+                rate_limit_per_second: number;
+                /** @description ATL_RATE_BURST (or the rate rounded up). */
+                rate_burst: number;
+                /** @description ATL_WAITERS_PER_TENANT. */
+                waiters_per_tenant: number;
+            };
         };
         Tenant: {
             id: string;

@@ -16,7 +16,7 @@ import {
   ATLTimeoutError,
   ATLValidationError,
 } from "@asi/agent-trust-layer";
-import { baseUrl, deferred, tenant, watchingFetch } from "./helpers.mjs";
+import { baseUrl, deferred, harness, serverLimits, tenant, watchingFetch } from "./helpers.mjs";
 
 const policies = {
   search: { trust_level: "L0" },
@@ -333,7 +333,12 @@ test("traceparent is passed on, idempotency keys replay, events and audit logs l
   assert.ok(logs.items.every((l) => l.trace_id === traceId));
 });
 
-test("a key over its rate gets ATLRateLimitError with retryAfter (the harness sets ATL_RATE_LIMIT=5, burst 40)", async () => {
+test("a key over its rate gets ATLRateLimitError with retryAfter (the harness sets ATL_RATE_LIMIT=5, burst 40)", async (ctx) => {
+  const limits = await serverLimits();
+  if (!(limits.rate_limit_per_second > 0 && limits.rate_burst < 100)) {
+    ctx.skip(`needs ATL_RATE_LIMIT set and a burst under 100; this service has rate ${limits.rate_limit_per_second}/s, burst ${limits.rate_burst} (${harness})`);
+    return;
+  }
   const t = await tenant();
   const atl = createATL({ baseUrl, apiKey: t.alice });
   // 100 at once against a bucket of 40 that refills 5 a second: even a slow machine refuses some.
@@ -349,7 +354,12 @@ test("a key over its rate gets ATLRateLimitError with retryAfter (the harness se
   }
 });
 
-test("waitForApproval waits on when the tenant has too many waiters (the harness sets ATL_WAITERS_PER_TENANT=2)", async () => {
+test("waitForApproval waits on when the tenant has too many waiters (the harness sets ATL_WAITERS_PER_TENANT=2)", async (ctx) => {
+  const limits = await serverLimits();
+  if (limits.storage !== "postgres" || limits.waiters_per_tenant < 1 || limits.waiters_per_tenant > 2) {
+    ctx.skip(`needs ATL_WAITERS_PER_TENANT at most 2 on PostgreSQL; this service has ${limits.waiters_per_tenant} on ${limits.storage} (${harness})`);
+    return;
+  }
   const t = await tenant(policies);
   const busy = deferred();
   let refused = 0;

@@ -19,6 +19,16 @@ async function call(method, path, key, body) {
   return JSON.parse(text);
 }
 
+/** How to start ATL for every test here, as the Go test TestTypeScriptClient does. */
+export const harness =
+  "start ATL on PostgreSQL with ATL_RATE_LIMIT=5 ATL_RATE_BURST=40 ATL_WAITERS_PER_TENANT=2, as TestTypeScriptClient does";
+
+/** The service's storage and request limits in force (GET /api/v1/stats with the operator token; 0: off). */
+export async function serverLimits() {
+  const stats = await call("GET", "/api/v1/stats", operator);
+  return { storage: stats.storage, rate_limit_per_second: 0, rate_burst: 0, waiters_per_tenant: 0, ...stats.limits };
+}
+
 /** A fresh tenant with an admin, an agent and two approvers, and its policies (tool → policy body). */
 export async function tenant(policies = {}) {
   const id = `ts-${randomUUID().slice(0, 8)}`;

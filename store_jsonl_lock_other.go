@@ -1,0 +1,16 @@
+//go:build !unix
+
+package main
+
+import (
+	"os"
+	"path/filepath"
+)
+
+const lockFileName = "atl.lock"
+
+// lockDataDir cannot flock here: the directory is opened unlocked, and it is
+// the operator's task to run one process on it.
+func lockDataDir(dir string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(dir, lockFileName), os.O_RDWR|os.O_CREATE, 0o600)
+}
