@@ -488,7 +488,9 @@ func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
 	case "REJECT":
 		done = "Your rejection is recorded."
 	}
+	text, cut := canonicalText(v.ActionPayload)
 	c.render(cr, status, "detail", map[string]any{"Title": "Request " + v.ID[:8], "A": v, "Flash": flash, "Done": done,
+		"Canonical": text, "CanonicalCut": cut, "CanonicalKB": (len(v.ActionPayload) + 1023) / 1024,
 		"Mine": slices.ContainsFunc(v.Decisions, func(d decisionView) bool { return d.DecidedBy == cr.p.Subject }),
 		"Own":  v.RequestedBy == cr.p.Subject, "Reason": cr.r.PostFormValue("reason")})
 	return nil
@@ -573,77 +575,182 @@ func span(d time.Duration) string {
 func when(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
 func iso(t time.Time) string  { return t.UTC().Format(time.RFC3339) }
 
-// foldAt is the length past which a payload string is folded behind <details>.
-const foldAt = 120
+// Bounds of the payload view: whatever an agent sends, the detail page shows at
+// most this much of it (a payload 9,000 arrays deep once made a 162 MB page).
+const (
+	payloadMaxDepth  = 10        // levels shown; deeper objects and arrays collapse to {…} and […]
+	payloadMaxItems  = 100       // keys or items shown per object or array
+	payloadFoldAt    = 120       // characters past which a string is folded behind <details>
+	payloadMaxString = 2000      // characters shown of one string
+	payloadMaxKey    = 200       // characters shown of one key
+	payloadMaxHTML   = 256 << 10 // bytes of rendered payload; the rest is cut
+	payloadMaxRaw    = 64 << 10  // bytes shown of the canonical text
+)
 
-// renderPayload pretty-prints JSON as escaped HTML, folding long strings.
+// renderPayload pretty-prints JSON as escaped HTML within the bounds above.
+// It reads tokens one at a time, so neither depth nor size builds a tree.
 func renderPayload(raw json.RawMessage) template.HTML {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return template.HTML(template.HTMLEscapeString(string(raw)))
+	r := &payloadView{dec: json.NewDecoder(bytes.NewReader(raw))}
+	r.dec.UseNumber()
+	err := r.value(0)
+	switch {
+	case r.full:
+		r.b.WriteString("\n<span class=\"n\">… the rest is cut: this view shows at most 256 KB; the canonical text below is the payload as stored</span>")
+	case err != nil:
+		r.b.WriteString("\n<span class=\"n\">… the rest could not be read as JSON; see the canonical text below</span>")
 	}
-	var b strings.Builder
-	writeValue(&b, v, 0)
-	return template.HTML(b.String()) //nolint:gosec // every piece of text is escaped in writeValue
+	return template.HTML(r.b.String()) //nolint:gosec // every piece of text is escaped as it is written
 }
 
-func writeValue(b *strings.Builder, v any, depth int) {
-	indent := strings.Repeat("  ", depth)
-	switch x := v.(type) {
-	case map[string]any:
-		if len(x) == 0 {
-			b.WriteString("{}")
-			return
-		}
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		b.WriteString("{\n")
-		for i, k := range keys {
-			fmt.Fprintf(b, "%s  <span class=\"k\">%s</span>: ", indent, template.HTMLEscapeString(jsonString(k)))
-			writeValue(b, x[k], depth+1)
-			if i < len(keys)-1 {
-				b.WriteString(",")
-			}
-			b.WriteString("\n")
-		}
-		b.WriteString(indent + "}")
-	case []any:
-		if len(x) == 0 {
-			b.WriteString("[]")
-			return
-		}
-		b.WriteString("[\n")
-		for i, e := range x {
-			b.WriteString(indent + "  ")
-			writeValue(b, e, depth+1)
-			if i < len(x)-1 {
-				b.WriteString(",")
-			}
-			b.WriteString("\n")
-		}
-		b.WriteString(indent + "]")
-	case string:
-		s := jsonString(x)
-		if utf8.RuneCountInString(x) <= foldAt {
-			fmt.Fprintf(b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(s))
-			return
-		}
-		head := string([]rune(x)[:60])
-		hj := jsonString(head)
-		fmt.Fprintf(b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span></details>",
-			template.HTMLEscapeString(strings.TrimSuffix(hj, "\"")), utf8.RuneCountInString(x), template.HTMLEscapeString(s))
-	case json.Number:
-		fmt.Fprintf(b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
-	case bool:
-		fmt.Fprintf(b, "<span class=\"b\">%t</span>", x)
-	case nil:
-		b.WriteString("<span class=\"b\">null</span>")
+type payloadView struct {
+	dec  *json.Decoder
+	b    strings.Builder
+	full bool // the output reached payloadMaxHTML
+}
+
+// value renders the next value of the stream at depth.
+func (r *payloadView) value(depth int) error {
+	tok, err := r.dec.Token()
+	if err != nil {
+		return err
 	}
+	switch x := tok.(type) {
+	case json.Delim: // an opening one: Token returns the closing ones inside container
+		return r.container(x == '{', depth)
+	case string:
+		r.str(x)
+	case json.Number:
+		fmt.Fprintf(&r.b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
+	case bool:
+		fmt.Fprintf(&r.b, "<span class=\"b\">%t</span>", x)
+	case nil:
+		r.b.WriteString("<span class=\"b\">null</span>")
+	}
+	return nil
+}
+
+// container renders an object or array whose opening delimiter was just read.
+func (r *payloadView) container(obj bool, depth int) error {
+	open, closing, noun := "[", "]", "item"
+	if obj {
+		open, closing, noun = "{", "}", "key"
+	}
+	if !r.dec.More() {
+		_, err := r.dec.Token()
+		r.b.WriteString(open + closing)
+		return err
+	}
+	if depth >= payloadMaxDepth {
+		n, err := skipRest(r.dec, obj)
+		fmt.Fprintf(&r.b, "%s<span class=\"n\">… %d %s nested deeper</span>%s", open, n, plural(n, noun), closing)
+		return err
+	}
+	indent := strings.Repeat("  ", depth)
+	r.b.WriteString(open)
+	for i := 0; r.dec.More(); i++ {
+		if r.b.Len() >= payloadMaxHTML {
+			r.full = true
+			return nil
+		}
+		if i > 0 {
+			r.b.WriteString(",")
+		}
+		r.b.WriteString("\n" + indent + "  ")
+		if i == payloadMaxItems {
+			n, err := skipRest(r.dec, obj)
+			fmt.Fprintf(&r.b, "<span class=\"n\">… %d more %s</span>\n%s%s", n, plural(n, noun), indent, closing)
+			return err
+		}
+		if obj {
+			tok, err := r.dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := tok.(string)
+			fmt.Fprintf(&r.b, "<span class=\"k\">%s</span>: ", template.HTMLEscapeString(jsonString(cutRunes(k, payloadMaxKey))))
+		}
+		if err := r.value(depth + 1); err != nil || r.full {
+			return err
+		}
+	}
+	_, err := r.dec.Token()
+	r.b.WriteString("\n" + indent + closing)
+	return err
+}
+
+// str renders a string, folding a long one and cutting it at payloadMaxString.
+func (r *payloadView) str(s string) {
+	n := utf8.RuneCountInString(s)
+	if n <= payloadFoldAt {
+		fmt.Fprintf(&r.b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(jsonString(s)))
+		return
+	}
+	head := strings.TrimSuffix(jsonString(cutRunes(s, 60)), "\"")
+	body, more := jsonString(s), ""
+	if n > payloadMaxString {
+		body = strings.TrimSuffix(jsonString(cutRunes(s, payloadMaxString)), "\"") + "…"
+		more = fmt.Sprintf(" <span class=\"n\">(the first %d characters; the canonical text has more)</span>", payloadMaxString)
+	}
+	fmt.Fprintf(&r.b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span>%s</details>",
+		template.HTMLEscapeString(head), n, template.HTMLEscapeString(body), more)
+}
+
+// skipRest reads past the end of the object or array being read and says how
+// many members it had left; it counts levels, so depth costs no memory here.
+func skipRest(dec *json.Decoder, obj bool) (int, error) {
+	n, level := 0, 1
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return n, err
+		}
+		d, delim := tok.(json.Delim)
+		if delim && (d == '}' || d == ']') {
+			if level--; level == 0 {
+				if obj {
+					n /= 2 // a key and its value
+				}
+				return n, nil
+			}
+			continue
+		}
+		if level == 1 {
+			n++
+		}
+		if delim {
+			level++
+		}
+	}
+}
+
+// canonicalText is the payload's stored jsonb text, cut at payloadMaxRaw bytes on a character boundary.
+func canonicalText(raw json.RawMessage) (text string, cut bool) {
+	if len(raw) <= payloadMaxRaw {
+		return string(raw), false
+	}
+	n := payloadMaxRaw
+	for n > 0 && !utf8.RuneStart(raw[n]) {
+		n--
+	}
+	return string(raw[:n]), true
+}
+
+// cutRunes is s cut to at most n characters.
+func cutRunes(s string, n int) string {
+	for i := range s {
+		if n == 0 {
+			return s[:i]
+		}
+		n--
+	}
+	return s
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return noun
+	}
+	return noun + "s"
 }
 
 // jsonString quotes s as JSON without escaping <, > and & (the page escapes them as HTML).

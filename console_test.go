@@ -2,14 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 )
@@ -460,4 +463,80 @@ func TestConsoleUnknownPathIsAnHTMLPage(t *testing.T) {
 	requireConsoleHeaders(t, r.Header)
 	// The API keeps its JSON answer.
 	requireError(t, e.do("GET", "/api/v1/no-such-route", "", nil), http.StatusNotFound, codeNotFound)
+}
+
+// deepArgs is an args object {"v": [[…]]} whose arrays nest depth levels deep.
+func deepArgs(depth int) string {
+	return `{"v":` + strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`
+}
+
+// Not parallel: it measures the process's allocations around one page.
+func TestConsoleDeepPayloadIsBounded(t *testing.T) {
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-deep")
+	e.policy(ct.admin, "deep", map[string]any{"trust_level": "L3"})
+	r := e.do("POST", "/api/v1/agents/bot/execute", ct.agent, `{"tool":"deep","args":`+deepArgs(5000)+`}`)
+	require.Equal(t, http.StatusAccepted, r.Status, r.Raw)
+	id := r.str("approval_request_id")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	d := b.do("GET", "/console/approvals/"+id, nil)
+	runtime.ReadMemStats(&after)
+	require.Equal(t, http.StatusOK, d.Status)
+	require.Less(t, len(d.Body), 1<<20, "the page stays under 1 MB")
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(100<<20), "one view allocates under 100 MB")
+	require.Less(t, int64(after.HeapAlloc)-int64(before.HeapAlloc), int64(100<<20), "the heap grows under 100 MB")
+	require.Contains(t, d.Body, "nested deeper")
+	require.Contains(t, d.Body, "Canonical text")
+	require.Contains(t, d.Body, `{&#34;v&#34;: [[[[`, "the canonical text is the stored jsonb text, escaped")
+	t.Logf("5,000 levels: a page of %d bytes, %d KB allocated", len(d.Body), (after.TotalAlloc-before.TotalAlloc)>>10)
+
+}
+
+func TestConsolePayloadBounds(t *testing.T) {
+	t.Parallel()
+	wide := map[string]any{}
+	for i := range 500 {
+		wide[fmt.Sprintf("k%03d", i)] = i
+	}
+	raw, err := json.Marshal(map[string]any{"wide": wide, "long": strings.Repeat("<", 5000),
+		"deep": json.RawMessage(strings.Repeat("[", 30) + "1, 2" + strings.Repeat("]", 30))})
+	require.NoError(t, err)
+	out := string(renderPayload(raw))
+	require.Equal(t, payloadMaxItems, strings.Count(out, `<span class="num">`), "100 keys of wide; deep's two numbers are collapsed")
+	require.Contains(t, out, "… 400 more keys")
+	require.Contains(t, out, "(5000 characters)")
+	require.Contains(t, out, "(the first 2000 characters; the canonical text has more)")
+	require.Equal(t, payloadMaxString, strings.Count(out, "&lt;")-60, "2000 characters unfolded, 60 in the summary")
+	require.Contains(t, out, "[<span class=\"n\">… 1 item nested deeper</span>]")
+	require.Equal(t, payloadMaxDepth-1, strings.Count(out, "[\n"), "the object and nine arrays are ten levels; the eleventh collapses")
+
+	// Output is bounded whatever the shape: 100 × 100 strings of 2,000 characters would be 40 MB.
+	big := make([]any, 100)
+	for i := range big {
+		row := make([]any, 100)
+		for j := range row {
+			row[j] = strings.Repeat("\"", 2000)
+		}
+		big[i] = row
+	}
+	raw, err = json.Marshal(map[string]any{"big": big})
+	require.NoError(t, err)
+	out = string(renderPayload(raw))
+	require.Less(t, len(out), payloadMaxHTML+64<<10)
+	require.Contains(t, out, "the rest is cut")
+
+	text, cut := canonicalText(raw)
+	require.True(t, cut)
+	require.Len(t, text, payloadMaxRaw)
+	text, cut = canonicalText(json.RawMessage(`{"a": "` + strings.Repeat("é", payloadMaxRaw) + `"}`))
+	require.True(t, cut)
+	require.True(t, utf8.ValidString(text), "cut on a character boundary")
+
+	// Not JSON at all: what could be read, then a note.
+	require.Contains(t, string(renderPayload(json.RawMessage(`{"a": [1, `))), "could not be read as JSON")
 }
