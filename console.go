@@ -3,14 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +32,7 @@ var consoleFiles embed.FS
 const (
 	consoleCookie     = "atl_console"
 	consoleCSRFCookie = "atl_console_login"
-	consoleSession    = 8 * time.Hour
+	consoleSessionTTL = 8 * time.Hour // default of ATL_CONSOLE_SESSION_TTL
 	consolePageSize   = 25
 	consoleCSP        = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; " +
 		"frame-ancestors 'none'; base-uri 'none'"
@@ -43,35 +40,18 @@ const (
 
 var consoleStatuses = []string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}
 
-// console holds the server keys and the parsed pages.
+// console holds the parsed pages and how long a session lasts.
 type console struct {
-	seal  cipher.AEAD // seals the key and expiry inside the session cookie
-	mac   []byte      // signs CSRF tokens
 	pages map[string]*template.Template
+	ttl   time.Duration
 	now   func() time.Time
 }
 
-// newConsole derives its keys from ATL_CONSOLE_SECRET, or from random bytes
-// when unset, so that sessions then end when the process does.
-func newConsole(secret string) (*console, error) {
-	if secret == "" {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return nil, err
-		}
-		secret = string(b)
+func newConsole(ttl time.Duration) (*console, error) {
+	if ttl <= 0 {
+		ttl = consoleSessionTTL
 	}
-	encKey := sha256.Sum256([]byte("atl console seal\x00" + secret))
-	macKey := sha256.Sum256([]byte("atl console csrf\x00" + secret))
-	block, err := aes.NewCipher(encKey[:])
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	c := &console{seal: aead, mac: macKey[:], pages: map[string]*template.Template{}, now: time.Now}
+	c := &console{pages: map[string]*template.Template{}, ttl: ttl, now: time.Now}
 	funcs := template.FuncMap{
 		"timeLeft": c.timeLeft, "when": when, "iso": iso, "payload": renderPayload, "lower": strings.ToLower,
 		"title":     title,
@@ -89,9 +69,9 @@ func newConsole(secret string) (*console, error) {
 
 // consoleRoutes registers the console's pages under /console.
 func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Handle)) {
-	c, err := newConsole(a.consoleSecret)
+	c, err := newConsole(a.consoleTTL)
 	if err != nil {
-		panic(fmt.Sprintf("console keys: %v", err)) // only a broken system random source gets here
+		panic(fmt.Sprintf("console templates: %v", err)) // embedded files that do not parse: a build fault
 	}
 	static, _ := fs.Sub(consoleFiles, "console/static")
 	files := http.StripPrefix("/console/static", http.FileServer(http.FS(static)))
@@ -131,8 +111,7 @@ type consoleReq struct {
 	r       *http.Request
 	ps      httprouter.Params
 	p       Principal
-	key     string
-	session string // the cookie value the CSRF token is bound to
+	session string // the session id from the cookie; the CSRF token is bound to it
 	signed  bool
 }
 
@@ -156,18 +135,15 @@ func (a *App) consolePage(c *console, fn consoleHandler) httprouter.Handle {
 // errSignIn sends the browser to the sign-in page.
 var errSignIn = errors.New("sign in")
 
-// authenticate opens the session cookie and re-checks its key as the API
-// would, so a revoked key or an agent key ends the session.
+// authenticate looks the cookie's session up in storage on every request:
+// only a session that is not ended, not expired and whose key is still an
+// active approver or admin key passes.
 func (c *console) authenticate(cr *consoleReq) error {
 	ck, err := cr.r.Cookie(consoleCookie)
-	if err != nil {
+	if err != nil || !validSessionID(ck.Value) {
 		return errSignIn
 	}
-	key, ok := c.open(ck.Value)
-	if !ok {
-		return errSignIn
-	}
-	p, err := cr.app.store.Authenticate(cr.r.Context(), key)
+	p, err := cr.app.store.ConsoleSession(cr.r.Context(), ck.Value)
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
@@ -181,7 +157,7 @@ func (c *console) authenticate(cr *consoleReq) error {
 	if ok, _ := cr.app.limiter.allow(p.KeyID); !ok {
 		return newError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
 	}
-	cr.p, cr.key, cr.session, cr.signed = p, key, ck.Value, true
+	cr.p, cr.session, cr.signed = p, ck.Value, true
 	return nil
 }
 
@@ -204,38 +180,29 @@ func (c *console) signedIn(cr *consoleReq) bool {
 	return false
 }
 
-// ---- sealing
+// ---- sessions and CSRF
 
-// sealSession returns the cookie value: nonce, then AES-GCM of expiry and key.
-func (c *console) sealSession(key string, expires time.Time) string {
-	plain := binary.BigEndian.AppendUint64(nil, uint64(expires.Unix()))
-	plain = append(plain, key...)
-	nonce := make([]byte, c.seal.NonceSize())
-	_, _ = rand.Read(nonce)
-	return base64.RawURLEncoding.EncodeToString(c.seal.Seal(nonce, nonce, plain, []byte(consoleCookie)))
+// newSessionID is a session's id: 32 random bytes, base64url. Storage keeps only its SHA-256.
+func newSessionID() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// open returns the sealed key while the session has not expired.
-func (c *console) open(v string) (string, bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(v)
-	if err != nil || len(raw) < c.seal.NonceSize() {
-		return "", false
-	}
-	n := c.seal.NonceSize()
-	plain, err := c.seal.Open(nil, raw[:n], raw[n:], []byte(consoleCookie))
-	if err != nil || len(plain) < 8 {
-		return "", false
-	}
-	if !c.now().Before(time.Unix(int64(binary.BigEndian.Uint64(plain[:8])), 0)) {
-		return "", false
-	}
-	return string(plain[8:]), true
+// validSessionID spares storage a look-up for a cookie that cannot be a session id.
+func validSessionID(v string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	return err == nil && len(b) == 32
 }
 
-// token is the CSRF token of a session (or of the pre-session login cookie).
+// token is the CSRF token of a session (or of the pre-session login cookie):
+// an HMAC keyed by that secret cookie value, so it needs no server key and
+// holds across replicas, and cannot be made without the cookie.
 func (c *console) token(purpose, session string) string {
-	m := hmac.New(sha256.New, c.mac)
-	m.Write([]byte(purpose + "\x00" + session))
+	m := hmac.New(sha256.New, []byte(session))
+	m.Write([]byte("atl console csrf\x00" + purpose))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
@@ -321,7 +288,7 @@ func (c *console) showLogin(cr *consoleReq, status int, problem string) error {
 	pre := base64.RawURLEncoding.EncodeToString(b)
 	http.SetCookie(cr.w, cookie(consoleCSRFCookie, pre, 3600))
 	cr.signed = false
-	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem,
+	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem, "TTL": hours(c.ttl),
 		"Ended": cr.r.URL.Query().Get("ended") == "1", "SignedOut": cr.r.URL.Query().Get("out") == "1"}
 	c.render(cr, status, "login", data)
 	return nil
@@ -353,8 +320,18 @@ func (c *console) login(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return c.showLogin(cr, http.StatusForbidden, "Only approver and admin keys can sign in; this is an "+p.Role+" key. (forbidden)")
 	}
+	session, err := newSessionID()
+	if err != nil {
+		return err
+	}
+	if _, err := cr.app.store.StartConsoleSession(cr.r.Context(), p, session, c.ttl); err != nil {
+		if e := errorFor(err); e.Status == http.StatusForbidden {
+			return c.showLogin(cr, http.StatusUnauthorized, "That key is unknown or revoked. (unauthorized)") // revoked meanwhile
+		}
+		return err
+	}
 	http.SetCookie(cr.w, cookie(consoleCSRFCookie, "", -1))
-	http.SetCookie(cr.w, cookie(consoleCookie, c.sealSession(key, c.now().Add(consoleSession)), int(consoleSession.Seconds())))
+	http.SetCookie(cr.w, cookie(consoleCookie, session, int(c.ttl.Seconds())))
 	cr.app.log.Info("console sign-in", "tenant", p.TenantID, "key_id", p.KeyID, "subject", p.Subject)
 	http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
 	return nil
@@ -368,7 +345,18 @@ func (c *console) logout(cr *consoleReq) error {
 	if err := c.checkPost(cr, "session", session); err != nil {
 		return err
 	}
+	// End the session on the server; one that is no longer live needs nothing.
+	// If storage cannot be reached the cookie is kept, so that signing out can be retried.
+	if err := c.authenticate(cr); err == nil {
+		if err := cr.app.store.EndConsoleSession(cr.r.Context(), cr.p, session); err != nil {
+			return err
+		}
+		cr.app.log.Info("console sign-out", "tenant", cr.p.TenantID, "key_id", cr.p.KeyID)
+	} else if !errors.Is(err, errSignIn) {
+		return err
+	}
 	c.clearSession(cr.w)
+	cr.signed = false
 	http.Redirect(cr.w, cr.r, "/console/login?out=1", http.StatusSeeOther)
 	return nil
 }
@@ -570,6 +558,14 @@ func span(d time.Duration) string {
 		return fmt.Sprintf("%dh %02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+// hours says a session's lifetime in words: "8 hours", "90 minutes".
+func hours(d time.Duration) string {
+	if d%time.Hour == 0 {
+		return fmt.Sprintf("%d %s", int(d.Hours()), plural(int(d.Hours()), "hour"))
+	}
+	return fmt.Sprintf("%d %s", int(d.Minutes()), plural(int(d.Minutes()), "minute"))
 }
 
 func when(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
