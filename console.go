@@ -611,7 +611,7 @@ func (r *payloadView) value(depth int) error {
 		return err
 	}
 	switch x := tok.(type) {
-	case json.Delim: // an opening one: Token returns the closing ones inside container
+	case json.Delim: // only an opening one reaches here; container reads its closing one
 		return r.container(x == '{', depth)
 	case string:
 		r.str(x)
