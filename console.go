@@ -478,7 +478,7 @@ func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
 	}
 	text, cut := canonicalText(v.ActionPayload)
 	c.render(cr, status, "detail", map[string]any{"Title": "Request " + v.ID[:8], "A": v, "Flash": flash, "Done": done,
-		"Canonical": text, "CanonicalCut": cut, "CanonicalKB": (len(v.ActionPayload) + 1023) / 1024,
+		"Canonical": text, "CanonicalCut": cut, "CanonicalSize": size(len(v.ActionPayload)),
 		"Mine": slices.ContainsFunc(v.Decisions, func(d decisionView) bool { return d.DecidedBy == cr.p.Subject }),
 		"Own":  v.RequestedBy == cr.p.Subject, "Reason": cr.r.PostFormValue("reason")})
 	return nil
@@ -558,6 +558,14 @@ func span(d time.Duration) string {
 		return fmt.Sprintf("%dh %02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+// size says a byte count in words: "812 bytes", "18 KB".
+func size(n int) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d %s", n, plural(n, "byte"))
+	}
+	return fmt.Sprintf("%d KB", (n+1023)/1024)
 }
 
 // hours says a session's lifetime in words: "8 hours", "90 minutes".

@@ -518,6 +518,9 @@ func TestConsolePayloadBounds(t *testing.T) {
 	require.True(t, cut)
 	require.True(t, utf8.ValidString(text), "cut on a character boundary")
 
+	require.Equal(t, "812 bytes", size(812))
+	require.Equal(t, "18 KB", size(18*1024-100))
+
 	// Not JSON at all: what could be read, then a note.
 	require.Contains(t, string(renderPayload(json.RawMessage(`{"a": [1, `))), "could not be read as JSON")
 }
