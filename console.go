@@ -3,14 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +32,7 @@ var consoleFiles embed.FS
 const (
 	consoleCookie     = "atl_console"
 	consoleCSRFCookie = "atl_console_login"
-	consoleSession    = 8 * time.Hour
+	consoleSessionTTL = 8 * time.Hour // default of ATL_CONSOLE_SESSION_TTL
 	consolePageSize   = 25
 	consoleCSP        = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; " +
 		"frame-ancestors 'none'; base-uri 'none'"
@@ -43,35 +40,18 @@ const (
 
 var consoleStatuses = []string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}
 
-// console holds the server keys and the parsed pages.
+// console holds the parsed pages and how long a session lasts.
 type console struct {
-	seal  cipher.AEAD // seals the key and expiry inside the session cookie
-	mac   []byte      // signs CSRF tokens
 	pages map[string]*template.Template
+	ttl   time.Duration
 	now   func() time.Time
 }
 
-// newConsole derives its keys from ATL_CONSOLE_SECRET, or from random bytes
-// when unset, so that sessions then end when the process does.
-func newConsole(secret string) (*console, error) {
-	if secret == "" {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return nil, err
-		}
-		secret = string(b)
+func newConsole(ttl time.Duration) (*console, error) {
+	if ttl <= 0 {
+		ttl = consoleSessionTTL
 	}
-	encKey := sha256.Sum256([]byte("atl console seal\x00" + secret))
-	macKey := sha256.Sum256([]byte("atl console csrf\x00" + secret))
-	block, err := aes.NewCipher(encKey[:])
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	c := &console{seal: aead, mac: macKey[:], pages: map[string]*template.Template{}, now: time.Now}
+	c := &console{pages: map[string]*template.Template{}, ttl: ttl, now: time.Now}
 	funcs := template.FuncMap{
 		"timeLeft": c.timeLeft, "when": when, "iso": iso, "payload": renderPayload, "lower": strings.ToLower,
 		"title":     title,
@@ -89,9 +69,9 @@ func newConsole(secret string) (*console, error) {
 
 // consoleRoutes registers the console's pages under /console.
 func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Handle)) {
-	c, err := newConsole(a.consoleSecret)
+	c, err := newConsole(a.consoleTTL)
 	if err != nil {
-		panic(fmt.Sprintf("console keys: %v", err)) // only a broken system random source gets here
+		panic(fmt.Sprintf("console templates: %v", err)) // embedded files that do not parse: a build fault
 	}
 	static, _ := fs.Sub(consoleFiles, "console/static")
 	files := http.StripPrefix("/console/static", http.FileServer(http.FS(static)))
@@ -131,8 +111,7 @@ type consoleReq struct {
 	r       *http.Request
 	ps      httprouter.Params
 	p       Principal
-	key     string
-	session string // the cookie value the CSRF token is bound to
+	session string // the session id from the cookie; the CSRF token is bound to it
 	signed  bool
 }
 
@@ -156,18 +135,15 @@ func (a *App) consolePage(c *console, fn consoleHandler) httprouter.Handle {
 // errSignIn sends the browser to the sign-in page.
 var errSignIn = errors.New("sign in")
 
-// authenticate opens the session cookie and re-checks its key as the API
-// would, so a revoked key or an agent key ends the session.
+// authenticate looks the cookie's session up in storage on every request:
+// only a session that is not ended, not expired and whose key is still an
+// active approver or admin key passes.
 func (c *console) authenticate(cr *consoleReq) error {
 	ck, err := cr.r.Cookie(consoleCookie)
-	if err != nil {
+	if err != nil || !validSessionID(ck.Value) {
 		return errSignIn
 	}
-	key, ok := c.open(ck.Value)
-	if !ok {
-		return errSignIn
-	}
-	p, err := cr.app.store.Authenticate(cr.r.Context(), key)
+	p, err := cr.app.store.ConsoleSession(cr.r.Context(), ck.Value)
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
@@ -181,7 +157,7 @@ func (c *console) authenticate(cr *consoleReq) error {
 	if ok, _ := cr.app.limiter.allow(p.KeyID); !ok {
 		return newError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
 	}
-	cr.p, cr.key, cr.session, cr.signed = p, key, ck.Value, true
+	cr.p, cr.session, cr.signed = p, ck.Value, true
 	return nil
 }
 
@@ -204,38 +180,29 @@ func (c *console) signedIn(cr *consoleReq) bool {
 	return false
 }
 
-// ---- sealing
+// ---- sessions and CSRF
 
-// sealSession returns the cookie value: nonce, then AES-GCM of expiry and key.
-func (c *console) sealSession(key string, expires time.Time) string {
-	plain := binary.BigEndian.AppendUint64(nil, uint64(expires.Unix()))
-	plain = append(plain, key...)
-	nonce := make([]byte, c.seal.NonceSize())
-	_, _ = rand.Read(nonce)
-	return base64.RawURLEncoding.EncodeToString(c.seal.Seal(nonce, nonce, plain, []byte(consoleCookie)))
+// newSessionID is a session's id: 32 random bytes, base64url. Storage keeps only its SHA-256.
+func newSessionID() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// open returns the sealed key while the session has not expired.
-func (c *console) open(v string) (string, bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(v)
-	if err != nil || len(raw) < c.seal.NonceSize() {
-		return "", false
-	}
-	n := c.seal.NonceSize()
-	plain, err := c.seal.Open(nil, raw[:n], raw[n:], []byte(consoleCookie))
-	if err != nil || len(plain) < 8 {
-		return "", false
-	}
-	if !c.now().Before(time.Unix(int64(binary.BigEndian.Uint64(plain[:8])), 0)) {
-		return "", false
-	}
-	return string(plain[8:]), true
+// validSessionID spares storage a look-up for a cookie that cannot be a session id.
+func validSessionID(v string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	return err == nil && len(b) == 32
 }
 
-// token is the CSRF token of a session (or of the pre-session login cookie).
+// token is the CSRF token of a session (or of the pre-session login cookie):
+// an HMAC keyed by that secret cookie value, so it needs no server key and
+// holds across replicas, and cannot be made without the cookie.
 func (c *console) token(purpose, session string) string {
-	m := hmac.New(sha256.New, c.mac)
-	m.Write([]byte(purpose + "\x00" + session))
+	m := hmac.New(sha256.New, []byte(session))
+	m.Write([]byte("atl console csrf\x00" + purpose))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
@@ -321,7 +288,7 @@ func (c *console) showLogin(cr *consoleReq, status int, problem string) error {
 	pre := base64.RawURLEncoding.EncodeToString(b)
 	http.SetCookie(cr.w, cookie(consoleCSRFCookie, pre, 3600))
 	cr.signed = false
-	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem,
+	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem, "TTL": hours(c.ttl),
 		"Ended": cr.r.URL.Query().Get("ended") == "1", "SignedOut": cr.r.URL.Query().Get("out") == "1"}
 	c.render(cr, status, "login", data)
 	return nil
@@ -353,8 +320,18 @@ func (c *console) login(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return c.showLogin(cr, http.StatusForbidden, "Only approver and admin keys can sign in; this is an "+p.Role+" key. (forbidden)")
 	}
+	session, err := newSessionID()
+	if err != nil {
+		return err
+	}
+	if _, err := cr.app.store.StartConsoleSession(cr.r.Context(), p, session, c.ttl); err != nil {
+		if e := errorFor(err); e.Status == http.StatusForbidden {
+			return c.showLogin(cr, http.StatusUnauthorized, "That key is unknown or revoked. (unauthorized)") // revoked meanwhile
+		}
+		return err
+	}
 	http.SetCookie(cr.w, cookie(consoleCSRFCookie, "", -1))
-	http.SetCookie(cr.w, cookie(consoleCookie, c.sealSession(key, c.now().Add(consoleSession)), int(consoleSession.Seconds())))
+	http.SetCookie(cr.w, cookie(consoleCookie, session, int(c.ttl.Seconds())))
 	cr.app.log.Info("console sign-in", "tenant", p.TenantID, "key_id", p.KeyID, "subject", p.Subject)
 	http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
 	return nil
@@ -368,7 +345,18 @@ func (c *console) logout(cr *consoleReq) error {
 	if err := c.checkPost(cr, "session", session); err != nil {
 		return err
 	}
+	// End the session on the server; one that is no longer live needs nothing.
+	// If storage cannot be reached the cookie is kept, so that signing out can be retried.
+	if err := c.authenticate(cr); err == nil {
+		if err := cr.app.store.EndConsoleSession(cr.r.Context(), cr.p, session); err != nil {
+			return err
+		}
+		cr.app.log.Info("console sign-out", "tenant", cr.p.TenantID, "key_id", cr.p.KeyID)
+	} else if !errors.Is(err, errSignIn) {
+		return err
+	}
 	c.clearSession(cr.w)
+	cr.signed = false
 	http.Redirect(cr.w, cr.r, "/console/login?out=1", http.StatusSeeOther)
 	return nil
 }
@@ -490,7 +478,9 @@ func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
 	case "REJECT":
 		done = "Your rejection is recorded."
 	}
+	text, cut := canonicalText(v.ActionPayload)
 	c.render(cr, status, "detail", map[string]any{"Title": "Request " + v.ID[:8], "A": v, "Flash": flash, "Done": done,
+		"Canonical": text, "CanonicalCut": cut, "CanonicalSize": size(len(v.ActionPayload)),
 		"Mine": slices.ContainsFunc(v.Decisions, func(d decisionView) bool { return d.DecidedBy == cr.p.Subject }),
 		"Own":  v.RequestedBy == cr.p.Subject, "Reason": cr.r.PostFormValue("reason")})
 	return nil
@@ -572,80 +562,201 @@ func span(d time.Duration) string {
 	return fmt.Sprintf("%d days", int(d.Hours()/24))
 }
 
+// size says a byte count in words: "812 bytes", "18 KB".
+func size(n int) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d %s", n, plural(n, "byte"))
+	}
+	return fmt.Sprintf("%d KB", (n+1023)/1024)
+}
+
+// hours says a session's lifetime in words: "8 hours", "90 minutes".
+func hours(d time.Duration) string {
+	if d%time.Hour == 0 {
+		return fmt.Sprintf("%d %s", int(d.Hours()), plural(int(d.Hours()), "hour"))
+	}
+	return fmt.Sprintf("%d %s", int(d.Minutes()), plural(int(d.Minutes()), "minute"))
+}
+
 func when(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
 func iso(t time.Time) string  { return t.UTC().Format(time.RFC3339) }
 
-// foldAt is the length past which a payload string is folded behind <details>.
-const foldAt = 120
+// Bounds of the payload view: whatever an agent sends, the detail page shows at
+// most this much of it (a payload 9,000 arrays deep once made a 162 MB page).
+const (
+	payloadMaxDepth  = 10        // levels shown; deeper objects and arrays collapse to {…} and […]
+	payloadMaxItems  = 100       // keys or items shown per object or array
+	payloadFoldAt    = 120       // characters past which a string is folded behind <details>
+	payloadMaxString = 2000      // characters shown of one string
+	payloadMaxKey    = 200       // characters shown of one key
+	payloadMaxHTML   = 256 << 10 // bytes of rendered payload; the rest is cut
+	payloadMaxRaw    = 64 << 10  // bytes shown of the canonical text
+)
 
-// renderPayload pretty-prints JSON as escaped HTML, folding long strings.
+// renderPayload pretty-prints JSON as escaped HTML within the bounds above.
+// It reads tokens one at a time, so neither depth nor size builds a tree.
 func renderPayload(raw json.RawMessage) template.HTML {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return template.HTML(template.HTMLEscapeString(string(raw)))
+	r := &payloadView{dec: json.NewDecoder(bytes.NewReader(raw))}
+	r.dec.UseNumber()
+	err := r.value(0)
+	switch {
+	case r.full:
+		r.b.WriteString("\n<span class=\"n\">… the rest is cut: this view shows at most 256 KB; the canonical text below is the payload as stored</span>")
+	case err != nil:
+		r.b.WriteString("\n<span class=\"n\">… the rest could not be read as JSON; see the canonical text below</span>")
 	}
-	var b strings.Builder
-	writeValue(&b, v, 0)
-	return template.HTML(b.String()) //nolint:gosec // every piece of text is escaped in writeValue
+	return template.HTML(r.b.String()) //nolint:gosec // every piece of text is escaped as it is written
 }
 
-func writeValue(b *strings.Builder, v any, depth int) {
-	indent := strings.Repeat("  ", depth)
-	switch x := v.(type) {
-	case map[string]any:
-		if len(x) == 0 {
-			b.WriteString("{}")
-			return
-		}
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		b.WriteString("{\n")
-		for i, k := range keys {
-			fmt.Fprintf(b, "%s  <span class=\"k\">%s</span>: ", indent, template.HTMLEscapeString(jsonString(k)))
-			writeValue(b, x[k], depth+1)
-			if i < len(keys)-1 {
-				b.WriteString(",")
-			}
-			b.WriteString("\n")
-		}
-		b.WriteString(indent + "}")
-	case []any:
-		if len(x) == 0 {
-			b.WriteString("[]")
-			return
-		}
-		b.WriteString("[\n")
-		for i, e := range x {
-			b.WriteString(indent + "  ")
-			writeValue(b, e, depth+1)
-			if i < len(x)-1 {
-				b.WriteString(",")
-			}
-			b.WriteString("\n")
-		}
-		b.WriteString(indent + "]")
-	case string:
-		s := jsonString(x)
-		if utf8.RuneCountInString(x) <= foldAt {
-			fmt.Fprintf(b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(s))
-			return
-		}
-		head := string([]rune(x)[:60])
-		hj := jsonString(head)
-		fmt.Fprintf(b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span></details>",
-			template.HTMLEscapeString(strings.TrimSuffix(hj, "\"")), utf8.RuneCountInString(x), template.HTMLEscapeString(s))
-	case json.Number:
-		fmt.Fprintf(b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
-	case bool:
-		fmt.Fprintf(b, "<span class=\"b\">%t</span>", x)
-	case nil:
-		b.WriteString("<span class=\"b\">null</span>")
+type payloadView struct {
+	dec  *json.Decoder
+	b    strings.Builder
+	full bool // the output reached payloadMaxHTML
+}
+
+// value renders the next value of the stream at depth.
+func (r *payloadView) value(depth int) error {
+	tok, err := r.dec.Token()
+	if err != nil {
+		return err
 	}
+	switch x := tok.(type) {
+	case json.Delim: // only an opening one reaches here; container reads its closing one
+		return r.container(x == '{', depth)
+	case string:
+		r.str(x)
+	case json.Number:
+		fmt.Fprintf(&r.b, "<span class=\"num\">%s</span>", template.HTMLEscapeString(x.String()))
+	case bool:
+		fmt.Fprintf(&r.b, "<span class=\"b\">%t</span>", x)
+	case nil:
+		r.b.WriteString("<span class=\"b\">null</span>")
+	}
+	return nil
+}
+
+// container renders an object or array whose opening delimiter was just read.
+func (r *payloadView) container(obj bool, depth int) error {
+	open, closing, noun := "[", "]", "item"
+	if obj {
+		open, closing, noun = "{", "}", "key"
+	}
+	if !r.dec.More() {
+		_, err := r.dec.Token()
+		r.b.WriteString(open + closing)
+		return err
+	}
+	if depth >= payloadMaxDepth {
+		n, err := skipRest(r.dec, obj)
+		fmt.Fprintf(&r.b, "%s<span class=\"n\">… %d %s nested deeper</span>%s", open, n, plural(n, noun), closing)
+		return err
+	}
+	indent := strings.Repeat("  ", depth)
+	r.b.WriteString(open)
+	for i := 0; r.dec.More(); i++ {
+		if r.b.Len() >= payloadMaxHTML {
+			r.full = true
+			return nil
+		}
+		if i > 0 {
+			r.b.WriteString(",")
+		}
+		r.b.WriteString("\n" + indent + "  ")
+		if i == payloadMaxItems {
+			n, err := skipRest(r.dec, obj)
+			fmt.Fprintf(&r.b, "<span class=\"n\">… %d more %s</span>\n%s%s", n, plural(n, noun), indent, closing)
+			return err
+		}
+		if obj {
+			tok, err := r.dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := tok.(string)
+			fmt.Fprintf(&r.b, "<span class=\"k\">%s</span>: ", template.HTMLEscapeString(jsonString(cutRunes(k, payloadMaxKey))))
+		}
+		if err := r.value(depth + 1); err != nil || r.full {
+			return err
+		}
+	}
+	_, err := r.dec.Token()
+	r.b.WriteString("\n" + indent + closing)
+	return err
+}
+
+// str renders a string, folding a long one and cutting it at payloadMaxString.
+func (r *payloadView) str(s string) {
+	n := utf8.RuneCountInString(s)
+	if n <= payloadFoldAt {
+		fmt.Fprintf(&r.b, "<span class=\"s\">%s</span>", template.HTMLEscapeString(jsonString(s)))
+		return
+	}
+	head := strings.TrimSuffix(jsonString(cutRunes(s, 60)), "\"")
+	body, more := jsonString(s), ""
+	if n > payloadMaxString {
+		body = strings.TrimSuffix(jsonString(cutRunes(s, payloadMaxString)), "\"") + "…"
+		more = fmt.Sprintf(" <span class=\"n\">(the first %d characters; the canonical text has more)</span>", payloadMaxString)
+	}
+	fmt.Fprintf(&r.b, "<details class=\"fold\"><summary><span class=\"s\">%s…\"</span> <span class=\"n\">(%d characters)</span></summary><span class=\"s\">%s</span>%s</details>",
+		template.HTMLEscapeString(head), n, template.HTMLEscapeString(body), more)
+}
+
+// skipRest reads past the end of the object or array being read and says how
+// many members it had left; it counts levels, so depth costs no memory here.
+func skipRest(dec *json.Decoder, obj bool) (int, error) {
+	n, level := 0, 1
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return n, err
+		}
+		d, delim := tok.(json.Delim)
+		if delim && (d == '}' || d == ']') {
+			if level--; level == 0 {
+				if obj {
+					n /= 2 // a key and its value
+				}
+				return n, nil
+			}
+			continue
+		}
+		if level == 1 {
+			n++
+		}
+		if delim {
+			level++
+		}
+	}
+}
+
+// canonicalText is the payload's stored jsonb text, cut at payloadMaxRaw bytes on a character boundary.
+func canonicalText(raw json.RawMessage) (text string, cut bool) {
+	if len(raw) <= payloadMaxRaw {
+		return string(raw), false
+	}
+	n := payloadMaxRaw
+	for n > 0 && !utf8.RuneStart(raw[n]) {
+		n--
+	}
+	return string(raw[:n]), true
+}
+
+// cutRunes is s cut to at most n characters.
+func cutRunes(s string, n int) string {
+	for i := range s {
+		if n == 0 {
+			return s[:i]
+		}
+		n--
+	}
+	return s
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return noun
+	}
+	return noun + "s"
 }
 
 // jsonString quotes s as JSON without escaping <, > and & (the page escapes them as HTML).

@@ -1,16 +1,23 @@
 package main
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -141,7 +148,7 @@ func TestConsoleSignInCookieAndHeaders(t *testing.T) {
 	require.True(t, s.HttpOnly)
 	require.Equal(t, http.SameSiteStrictMode, s.SameSite)
 	require.Equal(t, "/console", s.Path)
-	require.Equal(t, int(consoleSession.Seconds()), s.MaxAge)
+	require.Equal(t, int(consoleSessionTTL.Seconds()), s.MaxAge)
 	require.NotContains(t, s.Value, ct.approver)
 	require.NotContains(t, b.jar, consoleCSRFCookie, "the pre-session cookie is dropped at sign-in")
 
@@ -361,36 +368,6 @@ func TestConsoleKeepsKeysOutOfURLsAndLogs(t *testing.T) {
 	require.Contains(t, logs.String(), "console sign-in", "the log does record sign-ins, by key id")
 }
 
-func TestConsoleSessionSealing(t *testing.T) {
-	t.Parallel()
-	c, err := newConsole("a test secret that is long enough to use")
-	require.NoError(t, err)
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	c.now = func() time.Time { return now }
-	v := c.sealSession("atl_key", now.Add(time.Hour))
-	key, ok := c.open(v)
-	require.True(t, ok)
-	require.Equal(t, "atl_key", key)
-	now = now.Add(time.Hour)
-	_, ok = c.open(v)
-	require.False(t, ok, "a session ends at its expiry, whatever the cookie's Max-Age")
-
-	// Another server secret cannot open it; the same secret can (sessions survive a restart).
-	other, err := newConsole("another secret that is long enough to use")
-	require.NoError(t, err)
-	other.now = c.now
-	same, err := newConsole("a test secret that is long enough to use")
-	require.NoError(t, err)
-	same.now = c.now
-	v = c.sealSession("atl_key", now.Add(time.Hour))
-	_, ok = other.open(v)
-	require.False(t, ok)
-	_, ok = same.open(v)
-	require.True(t, ok)
-	require.Equal(t, c.token("session", v), same.token("session", v))
-	require.NotEqual(t, c.token("session", v), other.token("session", v))
-}
-
 func TestConsolePayloadRendering(t *testing.T) {
 	t.Parallel()
 	long := strings.Repeat("é<", 100)
@@ -406,14 +383,21 @@ func TestConsolePayloadRendering(t *testing.T) {
 	require.NotContains(t, out, "é<")
 }
 
-func TestConsoleSecretConfig(t *testing.T) {
+func TestConsoleSessionTTLConfig(t *testing.T) {
 	t.Parallel()
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
-	_, err := configFromEnv(env(map[string]string{"ATL_CONSOLE_SECRET": "short"}))
-	require.ErrorContains(t, err, "ATL_CONSOLE_SECRET")
-	c, err := configFromEnv(env(map[string]string{"ATL_CONSOLE_SECRET": strings.Repeat("s", 32)}))
+	c, err := configFromEnv(env(nil))
 	require.NoError(t, err)
-	require.Equal(t, strings.Repeat("s", 32), c.ConsoleSecret)
+	require.Equal(t, 8*time.Hour, c.ConsoleTTL)
+	c, err = configFromEnv(env(map[string]string{"ATL_CONSOLE_SESSION_TTL": "90m"}))
+	require.NoError(t, err)
+	require.Equal(t, 90*time.Minute, c.ConsoleTTL)
+	for _, bad := range []string{"0s", "30s", "721h", "soon"} {
+		_, err = configFromEnv(env(map[string]string{"ATL_CONSOLE_SESSION_TTL": bad}))
+		require.ErrorContains(t, err, "ATL_CONSOLE_SESSION_TTL", bad)
+	}
+	require.Equal(t, "8 hours", hours(8*time.Hour))
+	require.Equal(t, "90 minutes", hours(90*time.Minute))
 }
 
 func TestConsoleQueuePagesAndTabs(t *testing.T) {
@@ -460,4 +444,316 @@ func TestConsoleUnknownPathIsAnHTMLPage(t *testing.T) {
 	requireConsoleHeaders(t, r.Header)
 	// The API keeps its JSON answer.
 	requireError(t, e.do("GET", "/api/v1/no-such-route", "", nil), http.StatusNotFound, codeNotFound)
+}
+
+// deepArgs is an args object {"v": [[…]]} whose arrays nest depth levels deep.
+func deepArgs(depth int) string {
+	return `{"v":` + strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`
+}
+
+// Not parallel: it measures the process's allocations around one page.
+func TestConsoleDeepPayloadIsBounded(t *testing.T) {
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-deep")
+	e.policy(ct.admin, "deep", map[string]any{"trust_level": "L3"})
+	r := e.do("POST", "/api/v1/agents/bot/execute", ct.agent, `{"tool":"deep","args":`+deepArgs(5000)+`}`)
+	require.Equal(t, http.StatusAccepted, r.Status, r.Raw)
+	id := r.str("approval_request_id")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	d := b.do("GET", "/console/approvals/"+id, nil)
+	runtime.ReadMemStats(&after)
+	require.Equal(t, http.StatusOK, d.Status)
+	require.Less(t, len(d.Body), 1<<20, "the page stays under 1 MB")
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(100<<20), "one view allocates under 100 MB")
+	require.Less(t, int64(after.HeapAlloc)-int64(before.HeapAlloc), int64(100<<20), "the heap grows under 100 MB")
+	require.Contains(t, d.Body, "nested deeper")
+	require.Contains(t, d.Body, "Canonical text")
+	require.Contains(t, d.Body, `{&#34;v&#34;: [[[[`, "the canonical text is the stored jsonb text, escaped")
+	t.Logf("5,000 levels: a page of %d bytes, %d KB allocated", len(d.Body), (after.TotalAlloc-before.TotalAlloc)>>10)
+
+}
+
+func TestConsolePayloadBounds(t *testing.T) {
+	t.Parallel()
+	wide := map[string]any{}
+	for i := range 500 {
+		wide[fmt.Sprintf("k%03d", i)] = i
+	}
+	raw, err := json.Marshal(map[string]any{"wide": wide, "long": strings.Repeat("<", 5000),
+		"deep": json.RawMessage(strings.Repeat("[", 30) + "1, 2" + strings.Repeat("]", 30))})
+	require.NoError(t, err)
+	out := string(renderPayload(raw))
+	require.Equal(t, payloadMaxItems, strings.Count(out, `<span class="num">`), "100 keys of wide; deep's two numbers are collapsed")
+	require.Contains(t, out, "… 400 more keys")
+	require.Contains(t, out, "(5000 characters)")
+	require.Contains(t, out, "(the first 2000 characters; the canonical text has more)")
+	require.Equal(t, payloadMaxString, strings.Count(out, "&lt;")-60, "2000 characters unfolded, 60 in the summary")
+	require.Contains(t, out, "[<span class=\"n\">… 1 item nested deeper</span>]")
+	require.Equal(t, payloadMaxDepth-1, strings.Count(out, "[\n"), "the object and nine arrays are ten levels; the eleventh collapses")
+
+	// Output is bounded whatever the shape: 100 × 100 strings of 2,000 characters would be 40 MB.
+	big := make([]any, 100)
+	for i := range big {
+		row := make([]any, 100)
+		for j := range row {
+			row[j] = strings.Repeat("\"", 2000)
+		}
+		big[i] = row
+	}
+	raw, err = json.Marshal(map[string]any{"big": big})
+	require.NoError(t, err)
+	out = string(renderPayload(raw))
+	require.Less(t, len(out), payloadMaxHTML+64<<10)
+	require.Contains(t, out, "the rest is cut")
+
+	text, cut := canonicalText(raw)
+	require.True(t, cut)
+	require.Len(t, text, payloadMaxRaw)
+	text, cut = canonicalText(json.RawMessage(`{"a": "` + strings.Repeat("é", payloadMaxRaw) + `"}`))
+	require.True(t, cut)
+	require.True(t, utf8.ValidString(text), "cut on a character boundary")
+
+	require.Equal(t, "812 bytes", size(812))
+	require.Equal(t, "18 KB", size(18*1024-100))
+
+	// Not JSON at all: what could be read, then a note.
+	require.Contains(t, string(renderPayload(json.RawMessage(`{"a": [1, `))), "could not be read as JSON")
+}
+
+// signedIn says whether the browser's cookie still opens a signed-in page:
+// the queue (200) or, in JSONL mode, the page saying approvals need PostgreSQL (503).
+func (b *consoleBrowser) signedIn() bool {
+	b.e.t.Helper()
+	r := b.do("GET", "/console", nil)
+	if r.Status == http.StatusSeeOther {
+		require.Equal(b.e.t, "/console/login?ended=1", r.Header.Get("Location"))
+		return false
+	}
+	require.Contains(b.e.t, []int{http.StatusOK, http.StatusServiceUnavailable}, r.Status, r.Body)
+	require.Contains(b.e.t, r.Body, "Sign out")
+	return true
+}
+
+func TestConsoleSignOutEndsSession(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t, kind)
+			ct := newConsoleTenant(t, e, "con-out")
+			b := newConsoleBrowser(e)
+			require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+			saved := *b.jar[consoleCookie]
+			require.True(t, b.signedIn())
+			token := csrfOf(t, b.do("GET", "/console", nil))
+
+			out := b.do("POST", "/console/logout", url.Values{"csrf": {token}})
+			require.Equal(t, http.StatusSeeOther, out.Status, out.Body)
+			require.Equal(t, "/console/login?out=1", out.Header.Get("Location"))
+			require.NotContains(t, b.jar, consoleCookie)
+
+			// The old cookie, replayed: the session is over on the server.
+			b.jar[consoleCookie] = &saved
+			require.False(t, b.signedIn())
+			b.jar[consoleCookie] = &saved
+			r := b.do("POST", "/console/approvals/"+strings.Repeat("0", 8)+"-0000-0000-0000-000000000000/decide",
+				url.Values{"csrf": {token}, "decision": {"APPROVE"}})
+			require.Equal(t, http.StatusUnauthorized, r.Status)
+			// Signing out again with it does no harm.
+			b.jar[consoleCookie] = &saved
+			require.Equal(t, http.StatusSeeOther, b.do("POST", "/console/logout", url.Values{"csrf": {token}}).Status)
+
+			// Another session of the same key lives on.
+			other := newConsoleBrowser(e)
+			require.Equal(t, http.StatusSeeOther, other.signIn(ct.approver).Status)
+			require.True(t, other.signedIn())
+			if kind == "postgres" {
+				var ended int
+				conn, err := pgx.Connect(context.Background(), e.dbURL)
+				require.NoError(t, err)
+				defer conn.Close(context.Background())
+				require.NoError(t, conn.QueryRow(context.Background(),
+					"select count(*) from atl.console_sessions where ended_at is not null").Scan(&ended))
+				require.Equal(t, 1, ended)
+			}
+		})
+	}
+}
+
+func TestConsoleRevokedKeyEndsSessionJSONL(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "jsonl")
+	ct := newConsoleTenant(t, e, "con-revoke-jsonl")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	require.True(t, b.signedIn())
+	require.Equal(t, http.StatusOK, e.do("DELETE", "/api/v1/keys/"+ct.approverID, ct.admin, nil).Status)
+	require.False(t, b.signedIn())
+}
+
+func TestConsoleExpiredSessionEnds(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-expiry")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+	require.True(t, b.signedIn())
+	e.sql(`update atl.console_sessions set created_at = now() - interval '9 hours', expires_at = now() - interval '1 hour'`)
+	require.False(t, b.signedIn())
+	require.NotContains(t, b.jar, consoleCookie, "the dead session's cookie is cleared")
+}
+
+// TestConsoleSessionStore checks the three session methods of both stores directly.
+func TestConsoleSessionStore(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t, kind)
+			ctx := context.Background()
+			adminA := e.tenant("ses-a")
+			e.tenant("ses-b")
+			approver, err := e.store.Authenticate(ctx, e.key(adminA, "approver", "alice@example.com"))
+			require.NoError(t, err)
+			agent, err := e.store.Authenticate(ctx, e.key(adminA, "agent", "bot"))
+			require.NoError(t, err)
+			id, err := newSessionID()
+			require.NoError(t, err)
+
+			expires, err := e.store.StartConsoleSession(ctx, approver, id, time.Hour)
+			require.NoError(t, err)
+			require.WithinDuration(t, time.Now().Add(time.Hour), expires, time.Minute)
+			p, err := e.store.ConsoleSession(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, approver, p)
+
+			// Refused: an agent key, a key of another tenant, a short id.
+			other, _ := newSessionID()
+			_, err = e.store.StartConsoleSession(ctx, agent, other, time.Hour)
+			require.Equal(t, http.StatusForbidden, errorFor(err).Status)
+			_, err = e.store.StartConsoleSession(ctx, Principal{TenantID: "ses-b", KeyID: approver.KeyID, Role: "approver"}, other, time.Hour)
+			require.Equal(t, http.StatusForbidden, errorFor(err).Status)
+			_, err = e.store.StartConsoleSession(ctx, approver, "short", time.Hour)
+			require.Equal(t, http.StatusBadRequest, errorFor(err).Status)
+
+			// Tenant B cannot end tenant A's session.
+			require.NoError(t, e.store.EndConsoleSession(ctx, Principal{TenantID: "ses-b"}, id))
+			_, err = e.store.ConsoleSession(ctx, id)
+			require.NoError(t, err)
+			require.NoError(t, e.store.EndConsoleSession(ctx, approver, id))
+			_, err = e.store.ConsoleSession(ctx, id)
+			require.ErrorIs(t, err, errUnauthorized)
+			_, err = e.store.ConsoleSession(ctx, "unknown")
+			require.ErrorIs(t, err, errUnauthorized)
+
+			// A session ends at its expiry.
+			brief, _ := newSessionID()
+			_, err = e.store.StartConsoleSession(ctx, approver, brief, 100*time.Millisecond)
+			require.NoError(t, err)
+			_, err = e.store.ConsoleSession(ctx, brief)
+			require.NoError(t, err)
+			time.Sleep(150 * time.Millisecond)
+			_, err = e.store.ConsoleSession(ctx, brief)
+			require.ErrorIs(t, err, errUnauthorized)
+		})
+	}
+}
+
+func TestConsoleCookieHoldsNoKey(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-nokey")
+	var cookies []string
+	for range 2 {
+		b := newConsoleBrowser(e)
+		require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
+		cookies = append(cookies, b.jar[consoleCookie].Value)
+	}
+	require.NotEqual(t, cookies[0], cookies[1], "every sign-in is a new random session")
+	keyHash := sha256.Sum256([]byte(ct.approver))
+	conn, err := pgx.Connect(context.Background(), e.dbURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	for _, v := range cookies {
+		raw, err := base64.RawURLEncoding.DecodeString(v)
+		require.NoError(t, err)
+		require.Len(t, raw, 32, "the cookie is 32 random bytes and nothing else")
+		require.NotContains(t, v, ct.approver[:12], "not even the key's prefix")
+		require.NotEqual(t, keyHash[:], raw)
+		// Storage keeps the SHA-256 of the id, never the id.
+		h := sha256.Sum256([]byte(v))
+		var n int
+		require.NoError(t, conn.QueryRow(context.Background(),
+			"select count(*) from atl.console_sessions where session_hash = $1", h[:]).Scan(&n))
+		require.Equal(t, 1, n)
+		require.NoError(t, conn.QueryRow(context.Background(),
+			"select count(*) from atl.console_sessions where position(convert_to($1, 'UTF8') in session_hash) > 0", v).Scan(&n))
+		require.Zero(t, n)
+	}
+}
+
+// TestConsoleSessionAcrossReplicas runs two services on one database with no
+// shared secret: a session started on one works on the other, and signing out
+// on either ends it on both.
+func TestConsoleSessionAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ct := newConsoleTenant(t, e, "con-replicas")
+	pool, err := connectPool(context.Background(), e.dbURL, 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	e2 := &testEnv{t: t, store: NewPGStore(pool), dbURL: e.dbURL}
+	e2.start()
+
+	one := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, one.signIn(ct.approver).Status)
+	two := newConsoleBrowser(e2)
+	two.jar = one.jar
+	saved := *one.jar[consoleCookie]
+	d := two.do("GET", "/console/approvals/"+ct.request, nil)
+	require.Equal(t, http.StatusOK, d.Status, d.Body)
+	require.Equal(t, http.StatusSeeOther, two.do("POST", "/console/logout", url.Values{"csrf": {csrfOf(t, d)}}).Status)
+	require.NotContains(t, one.jar, consoleCookie)
+	one.jar[consoleCookie] = &saved
+	require.False(t, one.signedIn())
+}
+
+// TestConsoleSessionsSQL checks the session table's isolation as the runtime role.
+func TestConsoleSessionsSQL(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "postgres")
+	ctx := context.Background()
+	a := newConsoleTenant(t, e, "con-sql-a")
+	newConsoleTenant(t, e, "con-sql-b")
+	b := newConsoleBrowser(e)
+	require.Equal(t, http.StatusSeeOther, b.signIn(a.approver).Status)
+	session := b.jar[consoleCookie].Value
+	pool, err := connectPool(ctx, e.dbURL, 5*time.Second)
+	require.NoError(t, err)
+	defer pool.Close()
+	count := func(tx pgx.Tx) (n int) {
+		require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.console_sessions").Scan(&n))
+		return n
+	}
+	asRuntime(t, pool, "con-sql-a", func(tx pgx.Tx) { require.Equal(t, 1, count(tx)) })
+	asRuntime(t, pool, "", func(tx pgx.Tx) { require.Zero(t, count(tx), "no tenant: nothing") })
+	asRuntime(t, pool, "con-sql-b", func(tx pgx.Tx) {
+		require.Zero(t, count(tx), "another tenant: nothing")
+		var ended bool
+		require.NoError(t, tx.QueryRow(ctx, "select atl.console_session_end($1)", session).Scan(&ended))
+		require.False(t, ended, "another tenant cannot end it")
+		_, err := tx.Exec(ctx, "update atl.console_sessions set expires_at = now() + interval '1 year'")
+		require.Error(t, err, "only ended_at may change")
+	})
+	asRuntime(t, pool, "", func(tx pgx.Tx) {
+		var tenant string
+		require.NoError(t, tx.QueryRow(ctx, "select tenant_id from atl.console_session_authenticate($1)", session).Scan(&tenant))
+		require.Equal(t, "con-sql-a", tenant, "the lookup needs the session id itself")
+	})
+	require.True(t, b.signedIn())
 }

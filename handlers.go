@@ -59,8 +59,8 @@ type App struct {
 	metrics    *metrics
 	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
 	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
-	// consoleSecret is ATL_CONSOLE_SECRET; empty: a random key per process.
-	consoleSecret string
+	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: consoleSessionTTL.
+	consoleTTL time.Duration
 	// consoleNotFound answers unknown /console paths with an HTML page; set by consoleRoutes.
 	consoleNotFound httprouter.Handle
 }

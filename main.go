@@ -54,7 +54,7 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
 	Webhooks         webhookConfig
-	ConsoleSecret    string // seals console sessions; empty: random per process
+	ConsoleTTL       time.Duration // how long a console session lasts
 }
 
 func configFromEnv(getenv func(string) string) (Config, error) {
@@ -138,8 +138,11 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("ATL_PPROF_ADDR must be a loopback host:port such as 127.0.0.1:6060, got %q", c.PprofAddr)
 		}
 	}
-	if c.ConsoleSecret = getenv("ATL_CONSOLE_SECRET"); c.ConsoleSecret != "" && len(c.ConsoleSecret) < 32 {
-		return c, fmt.Errorf("ATL_CONSOLE_SECRET must be at least 32 characters (for example: openssl rand -hex 32)")
+	if c.ConsoleTTL, err = envDuration(getenv, "ATL_CONSOLE_SESSION_TTL", consoleSessionTTL); err != nil {
+		return c, err
+	}
+	if c.ConsoleTTL < time.Minute || c.ConsoleTTL > 30*24*time.Hour {
+		return c, fmt.Errorf("ATL_CONSOLE_SESSION_TTL must be between 1m and 720h, got %s", c.ConsoleTTL)
 	}
 	if _, err := strconv.ParseUint(c.Port, 10, 16); err != nil {
 		return c, fmt.Errorf("PORT must be a port number, got %q", c.Port)
@@ -255,7 +258,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
 		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
-		version: version(), started: time.Now(), consoleSecret: cfg.ConsoleSecret}
+		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
 	if pg, ok := store.(*PGStore); ok {
 		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
 		defer app.waits.close()
@@ -263,9 +266,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 			hooks := startWebhookWorker(pg.pool, cfg.Webhooks, log, app.version)
 			defer hooks.stop()
 		}
-	}
-	if cfg.ConsoleSecret == "" {
-		log.Warn("ATL_CONSOLE_SECRET is not set: console sessions end when this process stops and do not carry across replicas")
 	}
 	if cfg.AdminToken == "" {
 		log.Warn("ATL_ADMIN_TOKEN is not set: tenants cannot be created over HTTP")

@@ -110,6 +110,12 @@ type Store interface {
 	PingDB(ctx context.Context) (time.Duration, error)
 	CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error)
 	Authenticate(ctx context.Context, apiKey string) (Principal, error)
+	// Console sessions: the cookie holds a random session id, storage only its
+	// SHA-256. ConsoleSession answers errUnauthorized unless the session is
+	// live and its key active; p.KeyID is the key a session is started with.
+	StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error)
+	ConsoleSession(ctx context.Context, session string) (Principal, error)
+	EndConsoleSession(ctx context.Context, p Principal, session string) error
 	IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error)
 	ListKeys(ctx context.Context, p Principal) ([]APIKey, error)
 	RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error)
@@ -338,6 +344,37 @@ func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, e
 		s.auth.put(apiKey, p, gen)
 	}
 	return p, err
+}
+
+const startConsoleSessionSQL = `select expires_at from atl.console_session_start($1::text, $2::uuid, $3::float8 * interval '1 second')`
+
+func (s *PGStore) StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error) {
+	var expires time.Time
+	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, startConsoleSessionSQL, session, p.KeyID, ttl.Seconds()).Scan(&expires)
+	})
+	return expires, err
+}
+
+const consoleSessionSQL = `select tenant_id, key_id::text, role, subject from atl.console_session_authenticate($1::text)`
+
+// ConsoleSession reads the database on every call (no cache), so an ended session is refused at once.
+func (s *PGStore) ConsoleSession(ctx context.Context, session string) (Principal, error) {
+	var p Principal
+	err := s.pool.QueryRow(ctx, consoleSessionSQL, session).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Principal{}, errUnauthorized
+	}
+	return p, err
+}
+
+const endConsoleSessionSQL = `select atl.console_session_end($1::text)`
+
+func (s *PGStore) EndConsoleSession(ctx context.Context, p Principal, session string) error {
+	return s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, endConsoleSessionSQL, session)
+		return err
+	})
 }
 
 const issueKeySQL = `select id::text, role, subject, key_prefix, created_at, api_key from atl.api_key_issue($1::text, $2::text)`

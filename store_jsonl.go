@@ -46,6 +46,9 @@ type JSONLStore struct {
 	policies map[string]map[string]jsonlPolicy // by tenant, then tool
 	idem     map[string]map[string]jsonlIdem   // by tenant, then key
 	chains   map[string]*jsonlChain            // by tenant
+
+	// Console sessions by the SHA-256 of their id, in memory only: they end with the process.
+	sessions map[[32]byte]*jsonlSession
 }
 
 type jsonlPolicy struct {
@@ -297,6 +300,60 @@ func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, 
 		return Principal{}, errUnauthorized()
 	}
 	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
+}
+
+type jsonlSession struct {
+	tenantID, keyID string
+	expires         time.Time
+	ended           bool
+}
+
+func (s *JSONLStore) StartConsoleSession(_ context.Context, p Principal, session string, ttl time.Duration) (time.Time, error) {
+	if len(session) < 43 || ttl <= 0 {
+		return time.Time{}, validation("a session id has at least 43 characters and a session a positive lifetime")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[p.KeyID]
+	if !ok || k.TenantID != p.TenantID || k.RevokedAt != nil || (k.Role != "approver" && k.Role != "admin") {
+		return time.Time{}, newError(http.StatusForbidden, codeForbidden,
+			"only an active approver or admin key of this tenant can start a console session")
+	}
+	t := now()
+	for h, ses := range s.sessions { // forget sessions that can no longer be used
+		if ses.ended || !t.Before(ses.expires) {
+			delete(s.sessions, h)
+		}
+	}
+	if s.sessions == nil {
+		s.sessions = map[[32]byte]*jsonlSession{}
+	}
+	expires := t.Add(ttl)
+	s.sessions[sha256.Sum256([]byte(session))] = &jsonlSession{tenantID: p.TenantID, keyID: p.KeyID, expires: expires}
+	return expires, nil
+}
+
+func (s *JSONLStore) ConsoleSession(_ context.Context, session string) (Principal, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ses, ok := s.sessions[sha256.Sum256([]byte(session))]
+	if !ok || ses.ended || !now().Before(ses.expires) {
+		return Principal{}, errUnauthorized
+	}
+	k, ok := s.keys[ses.keyID]
+	if !ok || k.RevokedAt != nil || (k.Role != "approver" && k.Role != "admin") {
+		return Principal{}, errUnauthorized
+	}
+	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
+}
+
+func (s *JSONLStore) EndConsoleSession(_ context.Context, p Principal, session string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ses, ok := s.sessions[sha256.Sum256([]byte(session))]; ok && ses.tenantID == p.TenantID {
+		ses.ended = true
+	}
+	return nil
 }
 
 func (s *JSONLStore) issueKeyLocked(tenant, role, subject string) (APIKey, error) {

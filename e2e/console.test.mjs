@@ -101,10 +101,15 @@ test('an approver signs in, approves a held L3 request, and the agent then runs 
   assert.ok(await phone.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling');
   await shot(phone, 'request-phone');
 
+  const before = await p.context().cookies();
   await p.getByRole('button', { name: 'Sign out' }).click();
   await p.waitForURL(/\/console\/login\?out=1$/);
   await p.goto(base + '/console');
   assert.match(p.url(), /\/console\/login$/);
+  // The session ended on the server: a copy of the old cookie is refused too.
+  await p.context().addCookies(before.filter((c) => c.name === 'atl_console'));
+  await p.goto(base + '/console');
+  assert.match(p.url(), /\/console\/login\?ended=1$/);
   noKeyInURLs(p, t.alice, t.bob);
   noKeyInURLs(phone, t.alice, t.bob);
   await p.context().close();
