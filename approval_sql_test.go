@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,15 +19,32 @@ import (
 // These tests call the SQL API as a DBA would in psql, with no Go in the way:
 // every approval rule must hold there too.
 
-// sqlAs runs one statement as the runtime role for tenant in its own
-// transaction, and commits when it succeeds.
-func sqlAs(ctx context.Context, pool *pgxpool.Pool, tenant, stmt string, args ...any) (json.RawMessage, error) {
+// sqlKeys holds the API keys sqlTenant issued, by pool, tenant and subject.
+var sqlKeys sync.Map
+
+func sqlKeyName(pool *pgxpool.Pool, tenant, subject string) string {
+	return fmt.Sprintf("%p/%s/%s", pool, tenant, subject)
+}
+
+// sqlAs runs one statement as the runtime role in its own transaction, and
+// commits when it succeeds. who is a tenant, or tenant/subject to act with
+// that subject's key (issued by sqlTenant), as a DBA sets app.key_hash.
+func sqlAs(ctx context.Context, pool *pgxpool.Pool, who, stmt string, args ...any) (json.RawMessage, error) {
+	tenant, subject, _ := strings.Cut(who, "/")
+	hash := ""
+	if subject != "" {
+		key, ok := sqlKeys.Load(sqlKeyName(pool, tenant, subject))
+		if !ok {
+			return nil, fmt.Errorf("no key for %s: call sqlTenant first", who)
+		}
+		hash = keyHash(key.(string))
+	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck
-	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, tenant); err != nil {
+	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, tenant, hash); err != nil {
 		return nil, err
 	}
 	var out json.RawMessage
@@ -42,20 +62,36 @@ func hintOf(err error) string {
 	return ""
 }
 
+// sqlTenant creates tenant (once per pool) with its admin key and keys for
+// the agent bot and the approvers alice, bob and carol, all through SQL.
+func sqlTenant(t *testing.T, pool *pgxpool.Pool, tenant string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, ok := sqlKeys.Load(sqlKeyName(pool, tenant, "admin")); ok {
+		return
+	}
+	var admin string
+	out, err := sqlAs(ctx, pool, tenant, "select to_jsonb(api_key) from atl.tenant_create($1, $1)", tenant)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(out, &admin))
+	sqlKeys.Store(sqlKeyName(pool, tenant, "admin"), admin)
+	for _, k := range [][2]string{{"bot", "agent"}, {"alice", "approver"}, {"bob", "approver"}, {"carol", "approver"}} {
+		out, err := sqlAs(ctx, pool, tenant+"/admin", "select to_jsonb(atl.api_key_issue($1, $2) ->> 'api_key')", k[1], k[0])
+		require.NoError(t, err)
+		var key string
+		require.NoError(t, json.Unmarshal(out, &key))
+		sqlKeys.Store(sqlKeyName(pool, tenant, k[0]), key)
+	}
+}
+
 // sqlGateSetup makes tenant acme with policies and returns a pending request id.
 func sqlGateSetup(t *testing.T, pool *pgxpool.Pool, level string) string {
 	t.Helper()
 	ctx := context.Background()
-	var exists bool
-	require.NoError(t, pool.QueryRow(ctx, "select exists (select 1 from atl.tenants where id = 'acme')").Scan(&exists))
-	if !exists {
-		_, err := sqlAs(ctx, pool, "acme", "select to_jsonb(id) from atl.tenant_create('acme', 'Acme')")
-		require.NoError(t, err)
-	}
-	_, err := sqlAs(ctx, pool, "acme", "select atl.policy_put('op', $1)", level)
-
+	sqlTenant(t, pool, "acme")
+	_, err := sqlAs(ctx, pool, "acme/admin", "select atl.policy_put('op', $1)", level)
 	require.NoError(t, err)
-	out, err := sqlAs(ctx, pool, "acme", "select atl.gate_execute('bot', 'op', '{\"n\": 1}')")
+	out, err := sqlAs(ctx, pool, "acme/bot", "select atl.gate_execute('bot', 'op', '{\"n\": 1}')")
 	require.NoError(t, err)
 	var res struct {
 		HTTPStatus int `json:"http_status"`
@@ -74,19 +110,19 @@ func TestApprovalRulesInSQL(t *testing.T) {
 	ctx := context.Background()
 	l4 := sqlGateSetup(t, pool, "L4")
 	decide := func(id, decision, by string) (json.RawMessage, error) {
-		return sqlAs(ctx, pool, "acme", "select atl.approval_decide($1, $2, $3)", id, decision, by)
+		return sqlAs(ctx, pool, "acme/"+by, "select atl.approval_decide($1, $2)", id, decision)
 	}
 
-	_, err := decide(l4, "APPROVE", "system:auto-approve")
-	require.Equal(t, "auto_approve_forbidden", hintOf(err), "system:auto-approve never decides L4")
-	_, err = decide(l4, "APPROVE", "system:root")
-	require.Equal(t, "forbidden", hintOf(err))
-	_, err = decide(l4, "APPROVE", "bot")
-	require.Equal(t, "self_approval", hintOf(err))
+	_, err := decide(l4, "APPROVE", "bot")
+	require.Equal(t, "forbidden", hintOf(err), "an agent key never decides")
+	_, err = decide(l4, "APPROVE", "admin")
+	require.Equal(t, "admin_l4_forbidden", hintOf(err), "admins decide L4 only where the tenant allows it")
 	_, err = decide(l4, "MAYBE", "alice")
 	require.Equal(t, "validation_failed", hintOf(err))
 	_, err = decide("00000000-0000-4000-8000-000000000000", "APPROVE", "alice")
 	require.Equal(t, "approval_not_found", hintOf(err))
+	_, err = sqlAs(ctx, pool, "acme", "select atl.approval_decide($1, 'APPROVE')", l4)
+	require.Equal(t, "unauthorized", hintOf(err), "no key acts: nobody decides")
 
 	out, err := decide(l4, "APPROVE", "alice")
 	require.NoError(t, err)
@@ -96,39 +132,40 @@ func TestApprovalRulesInSQL(t *testing.T) {
 	out, err = decide(l4, "APPROVE", "bob")
 	require.NoError(t, err)
 	require.Contains(t, string(out), `"status": "APPROVED"`)
+	require.Contains(t, string(out), `"decided_by_key_id"`)
 	_, err = decide(l4, "REJECT", "carol")
 	require.Equal(t, "approval_not_pending", hintOf(err))
 
-	// A decision inserted directly, bypassing approval_decide, meets the same trigger.
+	// The runtime role writes no approval state itself: not a decision, not a status.
 	l3 := sqlGateSetup(t, pool, "L3")
-	_, err = sqlAs(ctx, pool, "acme", `insert into atl.approval_decisions (tenant_id, approval_request_id, decision, decided_by)
-		values ('acme', $1, 'APPROVE', 'system:auto-approve') returning to_jsonb(id)`, l3)
-	require.Equal(t, "auto_approve_forbidden", hintOf(err), "not eligible: the policy did not allow it")
-	// The status cannot be moved by hand by the runtime role beyond what the rules allow.
-	_, err = sqlAs(ctx, pool, "acme", "update atl.approval_requests set required_approvals = 0 returning to_jsonb(id)")
-	require.Error(t, err)
-
-	// The runtime role holds UPDATE on the status columns for the triggers,
-	// but a direct UPDATE cannot approve, re-arm or alter a request.
-	for stmt, hint := range map[string]string{
-		"update atl.approval_requests set status = 'APPROVED', approvals = 1 where id = $1 returning to_jsonb(id)": "forbidden",
-		"update atl.approval_requests set decided_at = now() where id = $1 returning to_jsonb(id)":                 "forbidden",
-		"update atl.approval_requests set consumed_at = now() where id = $1 returning to_jsonb(id)":                "approval_consumed",
+	for _, stmt := range []string{
+		`insert into atl.approval_decisions (tenant_id, approval_request_id, decision, decided_by)
+		 values ('acme', $1, 'APPROVE', 'system:auto-approve') returning to_jsonb(id)`,
+		"update atl.approval_requests set status = 'APPROVED', approvals = 1 where id = $1 returning to_jsonb(id)",
+		"update atl.approval_requests set decided_at = now() where id = $1 returning to_jsonb(id)",
+		"update atl.approval_requests set consumed_at = now() where id = $1 returning to_jsonb(id)",
+		"delete from atl.approval_requests where id = $1 returning to_jsonb(id)",
 	} {
-		_, err = sqlAs(ctx, pool, "acme", stmt, l3)
-		require.Equal(t, hint, hintOf(err), stmt)
+		_, err = sqlAs(ctx, pool, "acme/admin", stmt, l3)
+		require.Equal(t, "42501", sqlState(err), stmt)
 	}
-	out, err = sqlAs(ctx, pool, "acme", "select atl.gate_execute('bot', 'op', '{\"n\": 1}', p_approval_request_id => $1) -> 'body' -> 'status'", l4)
+	out, err = sqlAs(ctx, pool, "acme/bot", "select atl.gate_execute('bot', 'op', '{\"n\": 1}', p_approval_request_id => $1) -> 'body' -> 'status'", l4)
 	require.NoError(t, err)
 	require.Equal(t, `"allowed"`, string(out))
-	_, err = sqlAs(ctx, pool, "acme", "update atl.approval_requests set consumed_at = null where id = $1 returning to_jsonb(id)", l4)
-	require.Equal(t, "approval_consumed", hintOf(err), "a consumed approval cannot be re-armed")
 
 	// No tenant set: the functions see nothing and write nothing.
-	_, err = sqlAs(ctx, pool, "", "select atl.approval_decide($1, 'APPROVE', 'alice')", l3)
+	_, err = sqlAs(ctx, pool, "", "select atl.approval_decide($1, 'APPROVE')", l3)
 	require.Error(t, err)
 	_, err = sqlAs(ctx, pool, "", "select atl.approval_get($1)", l3)
 	require.Equal(t, "approval_not_found", hintOf(err))
+}
+
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
 }
 
 // waitForLockWaiters polls until n backends of this database wait on a lock:
@@ -157,7 +194,8 @@ func race(t *testing.T, pool *pgxpool.Pool, id string, waiters int, holderStmt s
 	done := make(chan int, 2)
 	for i, stmt := range stmts {
 		go func() {
-			_, errs[i] = sqlAs(ctx, pool, "acme", stmt, id)
+			who, stmt, _ := strings.Cut(stmt, ": ")
+			_, errs[i] = sqlAs(ctx, pool, who, stmt, id)
 			done <- i
 		}()
 	}
@@ -189,8 +227,8 @@ func TestApprovalRaces(t *testing.T) {
 	t.Run("approve against reject", func(t *testing.T) {
 		id := sqlGateSetup(t, pool, "L3")
 		errs := race(t, pool, id, 2, "", [2]string{
-			"select atl.approval_decide($1, 'APPROVE', 'alice')",
-			"select atl.approval_decide($1, 'REJECT', 'bob')",
+			"acme/alice: select atl.approval_decide($1, 'APPROVE')",
+			"acme/bob: select atl.approval_decide($1, 'REJECT')",
 		})
 		require.True(t, (errs[0] == nil) != (errs[1] == nil), "exactly one decision lands: %v", errs)
 		status, approvals, rejects, _ := requestState(t, pool, id)
@@ -207,13 +245,13 @@ func TestApprovalRaces(t *testing.T) {
 	// lock; whichever goes first, the request ends EXPIRED without that approval.
 	t.Run("last approve against the sweep after expiry", func(t *testing.T) {
 		id := sqlGateSetup(t, pool, "L4")
-		_, err := sqlAs(context.Background(), pool, "acme", "select atl.approval_decide($1, 'APPROVE', 'alice')", id)
+		_, err := sqlAs(context.Background(), pool, "acme/alice", "select atl.approval_decide($1, 'APPROVE')", id)
 		require.NoError(t, err)
 		_, err = pool.Exec(context.Background(), "update atl.approval_requests set expires_at = clock_timestamp() where id = $1", id)
 		require.NoError(t, err)
 		errs := race(t, pool, id, 2, "", [2]string{
-			"select atl.approval_decide($1, 'APPROVE', 'bob')",
-			"select to_jsonb(atl.expire_stale_approvals()) where $1::uuid is not null",
+			"acme/bob: select atl.approval_decide($1, 'APPROVE')",
+			"acme: select to_jsonb(atl.expire_stale_approvals()) where $1::uuid is not null",
 		})
 		require.NoError(t, errs[1])
 		require.Contains(t, []string{"approval_expired", "approval_not_pending"}, hintOf(errs[0]))
@@ -226,11 +264,11 @@ func TestApprovalRaces(t *testing.T) {
 	// the lock) lands.
 	t.Run("last approve against the sweep before expiry", func(t *testing.T) {
 		id := sqlGateSetup(t, pool, "L4")
-		_, err := sqlAs(context.Background(), pool, "acme", "select atl.approval_decide($1, 'APPROVE', 'alice')", id)
+		_, err := sqlAs(context.Background(), pool, "acme/alice", "select atl.approval_decide($1, 'APPROVE')", id)
 		require.NoError(t, err)
 		errs := race(t, pool, id, 1, "", [2]string{
-			"select atl.approval_decide($1, 'APPROVE', 'bob')",
-			"select to_jsonb(atl.expire_stale_approvals()) where $1::uuid is not null",
+			"acme/bob: select atl.approval_decide($1, 'APPROVE')",
+			"acme: select to_jsonb(atl.expire_stale_approvals()) where $1::uuid is not null",
 		})
 		require.NoError(t, errs[0])
 		require.NoError(t, errs[1])
@@ -242,11 +280,10 @@ func TestApprovalRaces(t *testing.T) {
 	t.Run("sweep with no tenant covers every tenant", func(t *testing.T) {
 		ctx := context.Background()
 		sqlGateSetup(t, pool, "L3")
-		_, err := sqlAs(ctx, pool, "beta", "select to_jsonb(id) from atl.tenant_create('beta', 'Beta')")
+		sqlTenant(t, pool, "beta")
+		_, err := sqlAs(ctx, pool, "beta/admin", "select atl.policy_put('op', 'L3')")
 		require.NoError(t, err)
-		_, err = sqlAs(ctx, pool, "beta", "select atl.policy_put('op', 'L3')")
-		require.NoError(t, err)
-		_, err = sqlAs(ctx, pool, "beta", "select atl.gate_execute('bot', 'op', '{}')")
+		_, err = sqlAs(ctx, pool, "beta/bot", "select atl.gate_execute('bot', 'op', '{}')")
 		require.NoError(t, err)
 		_, err = pool.Exec(ctx, "update atl.approval_requests set expires_at = now() - interval '1 minute' where status = 'PENDING'")
 		require.NoError(t, err)
@@ -254,10 +291,13 @@ func TestApprovalRaces(t *testing.T) {
 		require.NoError(t, pool.QueryRow(ctx, "select count(distinct tenant_id) from atl.approval_requests where status = 'PENDING'").Scan(&pending))
 		require.Equal(t, 2, pending)
 
-		// As pg_cron calls it: the runtime role, no tenant set.
-		out, err := sqlAs(ctx, pool, "", "select to_jsonb(atl.expire_stale_approvals())")
+		// The runtime role with no tenant set may not sweep every tenant.
+		_, err = sqlAs(ctx, pool, "", "select to_jsonb(atl.expire_stale_approvals())")
+		require.Equal(t, "42501", sqlState(err))
+		// As pg_cron's job role or the service's sweep: the worker role, no tenant set.
+		n, err := NewPGStore(pool).ExpireAllApprovals(ctx)
 		require.NoError(t, err)
-		require.Equal(t, "2", string(out))
+		require.Equal(t, 2, n)
 		require.NoError(t, pool.QueryRow(ctx, "select count(*) from atl.approval_requests where status = 'PENDING'").Scan(&pending))
 		require.Zero(t, pending)
 	})
@@ -270,7 +310,7 @@ func TestGateInSQL(t *testing.T) {
 	ctx := context.Background()
 	id := sqlGateSetup(t, pool, "L3")
 	run := func() string {
-		out, err := sqlAs(ctx, pool, "acme", "select atl.gate_execute('bot', 'op', '{\"n\": 1}', p_approval_request_id => $1)", id)
+		out, err := sqlAs(ctx, pool, "acme/bot", "select atl.gate_execute('bot', 'op', '{\"n\": 1}', p_approval_request_id => $1)", id)
 		require.NoError(t, err)
 		var res struct {
 			HTTPStatus int `json:"http_status"`
@@ -285,7 +325,7 @@ func TestGateInSQL(t *testing.T) {
 		return res.Body.Status + " " + res.Body.Error.Code
 	}
 	require.Equal(t, "refused approval_not_approved", run())
-	_, err := sqlAs(ctx, pool, "acme", "select atl.approval_decide($1, 'APPROVE', 'alice')", id)
+	_, err := sqlAs(ctx, pool, "acme/alice", "select atl.approval_decide($1, 'APPROVE')", id)
 	require.NoError(t, err)
 	require.Equal(t, "allowed ", run())
 	require.Equal(t, "refused approval_consumed", run())

@@ -70,10 +70,11 @@ func TestAuthCacheRevocation(t *testing.T) {
 	ctx := context.Background()
 	_, admin, err := store.CreateTenant(ctx, "acme", "Acme")
 	require.NoError(t, err)
-	p := Principal{TenantID: "acme", KeyID: admin.ID, Role: "admin", Subject: "admin"}
-	k1, err := store.IssueKey(ctx, p, "agent", "bot-1", nil)
+	p, err := store.Authenticate(ctx, admin.APIKey)
 	require.NoError(t, err)
-	k2, err := store.IssueKey(ctx, p, "agent", "bot-2", nil)
+	k1, err := store.IssueKey(ctx, p, "agent", "bot-1", nil, nil)
+	require.NoError(t, err)
+	k2, err := store.IssueKey(ctx, p, "agent", "bot-2", nil, nil)
 	require.NoError(t, err)
 	for _, k := range []APIKey{k1, k2} {
 		got, err := store.Authenticate(ctx, k.APIKey)

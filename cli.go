@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
 	"os/user"
 	"runtime"
@@ -271,10 +272,14 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		if len(pos) != 0 || *role == "" || *subject == "" {
 			return nil, 0, usagef("-role and -subject are required")
 		}
-		if err := validateKeyRequest(*role, *subject); err != nil {
+		if err := validateKeyRequest(*role, *subject, nil); err != nil {
 			return nil, 0, err
 		}
-		k, err := store.IssueKey(ctx, p, *role, *subject, audit("key issue"))
+		admin, err := cliAdmin(ctx, store, *tenant)
+		if err != nil {
+			return nil, 0, err
+		}
+		k, err := store.IssueKey(ctx, admin, *role, *subject, nil, audit("key issue"))
 		return k, 0, err
 	case "key revoke":
 		if err := needTenant(); err != nil {
@@ -283,17 +288,24 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		if len(pos) != 1 || !uuidPattern.MatchString(pos[0]) {
 			return nil, 0, usagef("give the key id (a uuid)")
 		}
-		k, err := store.RevokeKey(ctx, p, pos[0], audit("key revoke"))
+		admin, err := cliAdmin(ctx, store, *tenant)
+		if err != nil {
+			return nil, 0, err
+		}
+		k, err := store.RevokeKey(ctx, admin, pos[0], audit("key revoke"))
 		return k, 0, err
 	case "expire ":
 		var a *AuditLog
 		if *tenant != "" {
 			a = audit("expire")
 		}
-		n, err := store.ExpireApprovals(ctx, p, a)
 		scope := *tenant
+		var n int
 		if scope == "" {
 			scope = "all tenants"
+			n, err = store.ExpireAllApprovals(ctx)
+		} else {
+			n, err = store.ExpireApprovals(ctx, p, a)
 		}
 		return map[string]any{"expired": n, "tenant": scope}, 0, err
 	case "verify ":
@@ -314,4 +326,24 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		return raw, status, nil
 	}
 	return nil, 0, usagef("unknown command %q", cmd+" "+sub)
+}
+
+// cliAdmin is the admin key in ATL_API_KEY: keys are issued and revoked by an
+// admin of the tenant, in the CLI as over HTTP, never by database access alone.
+func cliAdmin(ctx context.Context, store *PGStore, tenant string) (Principal, error) {
+	key := os.Getenv("ATL_API_KEY")
+	if key == "" {
+		return Principal{}, usagef("set ATL_API_KEY to an admin key of tenant %s: keys are issued and revoked by an admin", tenant)
+	}
+	p, err := store.Authenticate(ctx, key)
+	if err != nil {
+		return Principal{}, err
+	}
+	if p.TenantID != tenant {
+		return Principal{}, errMismatch()
+	}
+	if p.Role != "admin" {
+		return Principal{}, errForbidden()
+	}
+	return p, nil
 }

@@ -647,9 +647,9 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, e.store.EndConsoleSession(ctx, approver, id))
 			_, err = e.store.ConsoleSession(ctx, id)
-			require.ErrorIs(t, err, errUnauthorized)
+			require.ErrorIs(t, err, errUnauthorized())
 			_, err = e.store.ConsoleSession(ctx, "unknown")
-			require.ErrorIs(t, err, errUnauthorized)
+			require.ErrorIs(t, err, errUnauthorized())
 
 			// A session ends at its expiry.
 			brief, _ := newSessionID()
@@ -659,7 +659,7 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.NoError(t, err)
 			time.Sleep(150 * time.Millisecond)
 			_, err = e.store.ConsoleSession(ctx, brief)
-			require.ErrorIs(t, err, errUnauthorized)
+			require.ErrorIs(t, err, errUnauthorized())
 		})
 	}
 }

@@ -80,6 +80,10 @@ const (
 	codeTooManyWaits = "too_many_waits"
 	// codeInvalidEvents: some events of a batch are invalid; error.events says which and why; none was stored.
 	codeInvalidEvents = "invalid_events"
+	// codeDuplicateKey: a JSON object in the body names one key twice; ATL never guesses which one was meant.
+	codeDuplicateKey = "duplicate_key"
+	// codeAgentMismatch: an agent key acts only as its own subject or the agents listed on it.
+	codeAgentMismatch = "agent_mismatch"
 	// codeInternal: a fault of the service; details are in its log, never in the answer.
 	codeInternal = "internal_error"
 )
@@ -118,6 +122,7 @@ func errNeedsDB() *Error {
 // the stable code in HINT) to HTTP statuses.
 var sqlStatusByClass = map[string]int{
 	"AT400": http.StatusBadRequest,
+	"AT401": http.StatusUnauthorized,
 	"AT403": http.StatusForbidden,
 	"AT404": http.StatusNotFound,
 	"AT409": http.StatusConflict,

@@ -20,7 +20,7 @@ type gateTenant struct {
 
 func newGateTenant(env *testEnv, id string) gateTenant {
 	admin := env.tenant(id)
-	return gateTenant{admin: admin, agent: env.key(admin, "agent", "bot-1"),
+	return gateTenant{admin: admin, agent: env.agentKey(admin, "bot-1", "bot", "planner", "booker", "refunder", "crm", "booking-bot", "ops"),
 		alice: env.key(admin, "approver", "alice@example.com"), bob: env.key(admin, "approver", "bob@example.com")}
 }
 

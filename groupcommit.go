@@ -33,7 +33,9 @@ import (
 // groupJob is one request's writes waiting for a shared commit.
 type groupJob struct {
 	tenant string
-	rows   int
+	// keyHash names the acting key (app.key_hash) for this job's statements.
+	keyHash string
+	rows    int
 	// queue adds the job's statements to a batch; their callbacks fill the
 	// request's results. It may be called more than once.
 	queue func(b *pgx.Batch)
@@ -211,6 +213,9 @@ func (g *groupCommitter) together(ctx context.Context, batch []*groupJob) error 
 	for i, j := range batch {
 		if i == 0 || batch[i-1].tenant != j.tenant {
 			b.Queue(`select set_config('app.tenant_id', $1::text, true)`, j.tenant)
+		}
+		if i == 0 || batch[i-1].tenant != j.tenant || batch[i-1].keyHash != j.keyHash {
+			b.Queue(`select set_config('app.key_hash', $1::text, true)`, j.keyHash)
 		}
 		j.queue(b)
 	}

@@ -91,6 +91,7 @@ func (a *App) routes() http.Handler {
 	handle("POST", "/api/v1/keys", a.handle(a.authed(a.issueKey, "admin")))
 	handle("GET", "/api/v1/keys", a.handle(a.authed(a.listKeys, "admin")))
 	handle("DELETE", "/api/v1/keys/:id", a.handle(a.authed(a.revokeKey, "admin")))
+	handle("POST", "/api/v1/keys/:id/rotate", a.handle(a.authed(a.rotateKey, "admin")))
 	handle("GET", "/api/v1/audit/logs", a.handle(a.authed(a.listAudit, "agent", "approver", "admin")))
 	handle("GET", "/api/v1/audit/verify", a.handle(a.authed(a.verifyAudit, "admin")))
 	handle("GET", "/api/v1/audit/head", a.handle(a.authed(a.auditHead, "agent", "approver", "admin")))
@@ -213,18 +214,19 @@ func bearer(r *http.Request) (string, bool) {
 	return strings.TrimSpace(h[len(prefix):]), true
 }
 
-// newAudit starts the audit row of a request. Agents are recorded as agent_id;
-// user_id is X-User-ID, or the key's subject for a human's key.
+// newAudit starts the audit row of a request. Who acted comes from the key:
+// agents are recorded as agent_id, humans as user_id. X-User-ID is kept only
+// as claimed_user_id, a claim that attributes nothing.
 func newAudit(r *http.Request, p Principal, status string, httpStatus int) *AuditLog {
 	a := &AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
 		Status: status, HTTPStatus: httpStatus, started: requestStart(r)}
 	if p.Role == "agent" {
 		a.AgentID = &p.Subject
+	} else {
+		a.UserID = &p.Subject
 	}
 	if u := r.Header.Get("X-User-ID"); u != "" && len(u) <= 200 && utf8.ValidString(u) {
-		a.UserID = &u
-	} else if p.Role != "agent" {
-		a.UserID = &p.Subject
+		a.ClaimedUserID = &u
 	}
 	return a
 }
@@ -308,6 +310,9 @@ func decode(r *http.Request, v any, p *Principal) error {
 	if hasEscapedNUL(body) {
 		return newError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
 	}
+	if path, dup := duplicateKey(body); dup {
+		return newError(http.StatusBadRequest, codeDuplicateKey, "the key %s appears twice in one object; send each key once", path)
+	}
 	if p != nil {
 		var probe struct {
 			TenantID *string `json:"tenant_id"`
@@ -344,6 +349,66 @@ func hasEscapedNUL(body []byte) bool {
 			return true
 		}
 		i = k + 1
+	}
+}
+
+// duplicateKey finds an object that names one key twice, anywhere in body,
+// and returns its path. Parsers disagree on which duplicate wins (jsonb keeps
+// the last, others the first), so what an approver saw could differ from what
+// a receiver runs; ATL refuses such bodies instead of choosing.
+func duplicateKey(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	type frame struct {
+		object bool
+		keys   map[string]struct{}
+		under  string // the key (or []) this value sits under in its parent
+		last   string // the last key read in this object
+		expect bool   // an object's next string token is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false // the decoder proper reports malformed JSON
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '{' || d == '[') {
+			under := "[]"
+			if top != nil && top.object {
+				under = top.last
+			}
+			stack = append(stack, &frame{object: d == '{', keys: map[string]struct{}{}, under: under, expect: d == '{'})
+			continue
+		}
+		if k, ok := tok.(string); ok && top != nil && top.object && top.expect {
+			if _, seen := top.keys[k]; seen {
+				parts := []string{}
+				for _, f := range stack[1:] {
+					parts = append(parts, f.under)
+				}
+				return strings.Join(append(parts, k), "."), true
+			}
+			top.keys[k] = struct{}{}
+			top.last, top.expect = k, false
+			continue
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			if len(stack) == 0 {
+				return "", false
+			}
+		}
+		if len(stack) == 0 {
+			return "", false
+		}
+		// A value ended: its object's next string is a key again.
+		if p := stack[len(stack)-1]; p.object {
+			p.expect = true
+		}
 	}
 }
 
@@ -551,18 +616,39 @@ func (a *App) createTenant(w http.ResponseWriter, r *http.Request, _ httprouter.
 }
 
 type issueKeyRequest struct {
-	TenantID *string `json:"tenant_id"`
-	Role     string  `json:"role"`
-	Subject  string  `json:"subject"`
+	TenantID *string  `json:"tenant_id"`
+	Role     string   `json:"role"`
+	Subject  string   `json:"subject"`
+	Agents   []string `json:"agents"`
 }
 
-// validateKeyRequest checks a new key's role and subject.
-func validateKeyRequest(role, subject string) error {
+// maxKeyAgents bounds the agent names one agent key may act as.
+const maxKeyAgents = 20
+
+// validateKeyRequest checks a new key's role, subject and agents.
+func validateKeyRequest(role, subject string, agents []string) error {
 	if !slices.Contains([]string{"agent", "approver", "admin"}, role) {
 		return validation("role must be agent, approver or admin")
 	}
 	if !subjectPattern.MatchString(subject) {
 		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+	}
+	if agents == nil {
+		return nil
+	}
+	if role != "agent" {
+		return validation("agents may only be listed on an agent key")
+	}
+	if len(agents) == 0 || len(agents) > maxKeyAgents {
+		return validation("agents must list 1 to %d agent names", maxKeyAgents)
+	}
+	for i, a := range agents {
+		if !subjectPattern.MatchString(a) {
+			return validation("agents[%d] must be 1 to 200 characters of letters, digits and @._:+-", i)
+		}
+		if slices.Contains(agents[:i], a) {
+			return validation("agents[%d] repeats %s", i, a)
+		}
 	}
 	return nil
 }
@@ -572,11 +658,11 @@ func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
-	if err := validateKeyRequest(req.Role, req.Subject); err != nil {
+	if err := validateKeyRequest(req.Role, req.Subject, req.Agents); err != nil {
 		return err
 	}
 	audit := newAudit(r, p, "ok", http.StatusCreated)
-	k, err := a.store.IssueKey(r.Context(), p, req.Role, req.Subject, audit)
+	k, err := a.store.IssueKey(r.Context(), p, req.Role, req.Subject, req.Agents, audit)
 	if err != nil {
 		return err
 	}
@@ -607,6 +693,37 @@ func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 		return err
 	}
 	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+type rotateKeyRequest struct {
+	TenantID       *string `json:"tenant_id"`
+	OverlapSeconds int     `json:"overlap_seconds"`
+}
+
+// maxRotationOverlap is how long a rotated key may keep working beside its replacement.
+const maxRotationOverlap = 24 * time.Hour
+
+func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+	}
+	var req rotateKeyRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req, &p); err != nil {
+			return err
+		}
+	}
+	overlap := time.Duration(req.OverlapSeconds) * time.Second
+	if req.OverlapSeconds < 0 || overlap > maxRotationOverlap {
+		return validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
+	}
+	out, err := a.store.RotateKey(r.Context(), p, strings.ToLower(id), overlap, newAudit(r, p, "ok", http.StatusCreated))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, out)
 	return nil
 }
 
@@ -823,6 +940,9 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 	if in.TenantID != nil && *in.TenantID != p.TenantID {
 		return Event{}, errMismatch()
 	}
+	if in.Agent != "" && !p.MayActAs(in.Agent) {
+		return Event{}, agentMismatch(in.Agent)
+	}
 	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
 		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
 		ApprovalRequestID: in.ApprovalRequestID, SandboxID: in.SandboxID, TraceID: in.TraceID, Mode: in.Mode,
@@ -1013,6 +1133,8 @@ type tenantSettingsRequest struct {
 	TenantID          *string  `json:"tenant_id"`
 	DefaultTrustLevel string   `json:"default_trust_level"`
 	AllowedDomains    []string `json:"allowed_domains"`
+	// AdminsDecideL4 lets admin keys decide L4 requests; off unless sent true.
+	AdminsDecideL4 bool `json:"admins_decide_l4"`
 }
 
 func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
@@ -1040,7 +1162,8 @@ func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httpro
 }
 
 func (req tenantSettingsRequest) toSettings() TenantSettings {
-	return TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains}
+	return TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains,
+		AdminsDecideL4: req.AdminsDecideL4}
 }
 
 // writeRaw sends JSON that SQL already encoded.
@@ -1083,6 +1206,8 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		return validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
 	case req.Agent != "" && req.Agent != agent:
 		return validation("agent in the body differs from the agent_id in the path")
+	case !p.MayActAs(agent):
+		return agentMismatch(agent)
 	case !toolNamePattern.MatchString(req.Tool):
 		return validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
 	case len(args) > 0 && string(args) != "null" && args[0] != '{':
@@ -1122,7 +1247,8 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		}
 		_ = json.Unmarshal(res.Body, &traceOf)
 		// The dispatched event is committed before the call: a crash now leaves its trace.
-		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, args, traceOf.TraceID, a.version)
+		// What runs is what was approved: the canonical text SQL stored, never the raw body.
+		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
 		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, OutcomeInput{EventID: res.Live.EventID,
 			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
 			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, UserID: in.UserID})
@@ -1135,6 +1261,12 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	}
 	writeRaw(w, res.HTTPStatus, res.Body)
 	return nil
+}
+
+// agentMismatch refuses an agent name the key may not act as.
+func agentMismatch(agent string) *Error {
+	return newError(http.StatusForbidden, codeAgentMismatch,
+		"this key may not act as agent %s: only as its own subject or the agents listed on it", agent)
 }
 
 // ---- approvals

@@ -166,6 +166,14 @@ func (e *testEnv) key(adminKey, role, subject string) string {
 	return r.str("api_key")
 }
 
+// agentKey issues an agent key for subject that may also act as agents.
+func (e *testEnv) agentKey(adminKey, subject string, agents ...string) string {
+	e.t.Helper()
+	r := e.do("POST", "/api/v1/keys", adminKey, map[string]any{"role": "agent", "subject": subject, "agents": agents})
+	require.Equal(e.t, http.StatusCreated, r.Status, r.Raw)
+	return r.str("api_key")
+}
+
 // requireError checks an error answer's status and stable code, and that it
 // leaks no SQL or internals.
 func requireError(t testing.TB, r response, status int, code string) {

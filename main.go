@@ -23,7 +23,7 @@ import (
 	"github.com/jackc/tern/v2/migrate"
 )
 
-//go:embed sql/*.sql
+//go:embed sql/*.sql sql/func/*.sql
 var sqlFiles embed.FS
 
 // versionTable is where tern records the applied migration.

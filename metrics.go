@@ -144,8 +144,8 @@ func audited(s countingStore, audit *AuditLog, err error) {
 	}
 }
 
-func (s countingStore) IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error) {
-	k, err := s.Store.IssueKey(ctx, p, role, subject, audit)
+func (s countingStore) IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
+	k, err := s.Store.IssueKey(ctx, p, role, subject, agents, audit)
 	audited(s, audit, err)
 	return k, err
 }
@@ -154,6 +154,12 @@ func (s countingStore) RevokeKey(ctx context.Context, p Principal, id string, au
 	k, err := s.Store.RevokeKey(ctx, p, id, audit)
 	audited(s, audit, err)
 	return k, err
+}
+
+func (s countingStore) RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
+	r, err := s.Store.RotateKey(ctx, p, id, overlap, audit)
+	audited(s, audit, err)
+	return r, err
 }
 
 func (s countingStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,7 +30,7 @@ type gateAnswer struct {
 	Replayed bool `json:"replayed"`
 }
 
-// raceHeld runs every statement as tenant acme while lockStmt's lock is held,
+// raceHeld runs every statement (as tenant acme, or as "tenant/subject: stmt") while lockStmt's lock is held,
 // releases it once all of them wait on it, and returns their answers.
 func raceHeld(t *testing.T, pool *pgxpool.Pool, lockStmt string, lockArg any, stmts []string, args ...any) ([]json.RawMessage, []error) {
 	t.Helper()
@@ -43,7 +44,11 @@ func raceHeld(t *testing.T, pool *pgxpool.Pool, lockStmt string, lockArg any, st
 	done := make(chan struct{}, len(stmts))
 	for i, stmt := range stmts {
 		go func() {
-			outs[i], errs[i] = sqlAs(ctx, pool, "acme", stmt, args...)
+			who := "acme"
+			if w, rest, ok := strings.Cut(stmt, ": "); ok && !strings.Contains(w, " ") {
+				who, stmt = w, rest
+			}
+			outs[i], errs[i] = sqlAs(ctx, pool, who, stmt, args...)
 			done <- struct{}{}
 		}()
 	}
@@ -69,7 +74,7 @@ func TestRaceTwoApprovers(t *testing.T) {
 	t.Parallel()
 	pool, _ := newPool(t)
 	decide := func(decision, who string) string {
-		return fmt.Sprintf("select atl.approval_decide($1, '%s', '%s')", decision, who)
+		return fmt.Sprintf("acme/%s: select atl.approval_decide($1, '%s')", who, decision)
 	}
 
 	t.Run("both approve an L3 request needing one", func(t *testing.T) {
@@ -117,10 +122,10 @@ func TestRaceExecutionsConsumeOneApproval(t *testing.T) {
 	t.Parallel()
 	pool, _ := newPool(t)
 	id := sqlGateSetup(t, pool, "L3")
-	_, err := sqlAs(context.Background(), pool, "acme", "select atl.approval_decide($1, 'APPROVE', 'alice')", id)
+	_, err := sqlAs(context.Background(), pool, "acme/alice", "select atl.approval_decide($1, 'APPROVE')", id)
 	require.NoError(t, err)
 
-	const run = `select atl.gate_execute(p_agent_id => 'bot', p_tool => 'op', p_args => '{"n": 1}', p_approval_request_id => $1::uuid)`
+	const run = `acme/bot: select atl.gate_execute(p_agent_id => 'bot', p_tool => 'op', p_args => '{"n": 1}', p_approval_request_id => $1::uuid)`
 	outs, errs := raceHeld(t, pool, lockRequest, id, []string{run, run, run, run}, id)
 	require.Equal(t, []error{nil, nil, nil, nil}, errs, "refusals are answers, not errors")
 	var ran []string
@@ -154,7 +159,7 @@ func TestRaceIdempotentHeldCall(t *testing.T) {
 	sqlGateSetup(t, pool, "L3")
 	before := count(t, pool, "select count(*) from atl.approval_requests")
 
-	const call = `select atl.gate_execute(p_agent_id => 'bot', p_tool => 'op', p_args => '{"n": 2}', p_idempotency_key => 'retry-me')`
+	const call = `acme/bot: select atl.gate_execute(p_agent_id => 'bot', p_tool => 'op', p_args => '{"n": 2}', p_idempotency_key => 'retry-me')`
 	// Every call writes to the chain, so holding the tenant's chain head makes them all wait.
 	outs, errs := raceHeld(t, pool, "select 1 from atl.audit_chain_heads where tenant_id = $1 for update", "acme",
 		[]string{call, call, call, call, call})
@@ -187,8 +192,7 @@ func TestRaceChainManyTenants(t *testing.T) {
 	pool, _ := newPool(t)
 	ctx := context.Background()
 	for _, tenant := range []string{"acme", "beta"} {
-		_, err := sqlAs(ctx, pool, tenant, "select to_jsonb(id) from atl.tenant_create($1, $1)", tenant)
-		require.NoError(t, err)
+		sqlTenant(t, pool, tenant)
 	}
 	const perWriter, writers = 10, 8
 	errs := make(chan error, writers)
@@ -202,7 +206,7 @@ func TestRaceChainManyTenants(t *testing.T) {
 						array['L0'], array['execute'], array['t'], array['{}'::jsonb], array[null::jsonb], array['ok'],
 						array[null::uuid], array[null], array['t'], array['dry_run'], array[null::integer], array[null])`
 				}
-				if _, err := sqlAs(ctx, pool, tenant, stmt); err != nil {
+				if _, err := sqlAs(ctx, pool, tenant+"/bot", stmt); err != nil {
 					errs <- err
 					return
 				}
@@ -224,7 +228,9 @@ func TestRaceChainManyTenants(t *testing.T) {
 		require.NoError(t, json.Unmarshal(out, &v))
 		rows := count(t, pool, `select (select count(*) from atl.audit_logs where tenant_id = $1)
 			+ (select count(*) from atl.agent_action_events where tenant_id = $1)`, tenant)
-		require.Equal(t, [3]any{true, int64(rows), int64(rows)}, [3]any{v.OK, v.Checked, v.Head}, "tenant %s", tenant)
+		changes := count(t, pool, "select count(*) from atl.change_log where tenant_id = $1", tenant)
+		require.Equal(t, [3]any{true, int64(rows + changes), int64(rows + changes)}, [3]any{v.OK, v.Checked, v.Head}, "tenant %s", tenant)
 		require.Equal(t, writers/2*perWriter, rows, "tenant %s has exactly the rows written", tenant)
+		require.Equal(t, 5, changes, "the chain also holds the tenant's five key issues")
 	}
 }

@@ -123,9 +123,8 @@ func TestAppendOnlyEvenForOwner(t *testing.T) {
 		select set_config('app.tenant_id', 'acme', false);
 		select atl.tenant_create('acme', 'Acme');
 		select atl.audit_log_insert('t', 'bot', 'POST /x', 'dry_run', 'ok', 201, 1, null, null);
-		select atl.event_insert(array[null], array[null], array['bot'], array[null], array[null], array['tool'],
-		  array[null::jsonb], array[null::jsonb], array['ok'], array[null::uuid], array[null], array['t'], array[null],
-		  array[null::int], array[null]);
+		insert into atl.agent_action_events (tenant_id, agent, trust_level, stage, tool_name, status, trace_id)
+		  values ('acme', 'bot', 'L0', 'execute', 'tool', 'ok', 't');
 		insert into atl.approval_requests (tenant_id, agent_id, tool_name, action_type, action_payload, trust_level,
 		  requested_by, trace_id, expires_at, required_approvals)
 		  values ('acme', 'bot', 'pay', 'COMMIT_PAY', '{}', 'L3', 'bot', 't', now() + interval '1 hour', 1);
@@ -178,10 +177,14 @@ func seedTwoTenants(t *testing.T, pool *pgxpool.Pool) (betaKeyID, betaAuditID, b
 		require.NoError(t, err)
 		_, err = tx.Exec(ctx, "set local role "+runtimeRole)
 		require.NoError(t, err)
-		_, err = tx.Exec(ctx, "select atl.tenant_create($1, $1)", tenant)
+		var admin, keyID, agentKey, auditID, eventID string
+		require.NoError(t, tx.QueryRow(ctx, "select api_key from atl.tenant_create($1, $1)", tenant).Scan(&admin))
+		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", keyHash(admin))
 		require.NoError(t, err)
-		var keyID, auditID, eventID string
-		require.NoError(t, tx.QueryRow(ctx, "select id::text from atl.api_key_issue('agent', 'bot')").Scan(&keyID))
+		require.NoError(t, tx.QueryRow(ctx, "select k ->> 'id', k ->> 'api_key' from atl.api_key_issue('agent', 'bot') k").
+			Scan(&keyID, &agentKey))
+		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", keyHash(agentKey))
+		require.NoError(t, err)
 		require.NoError(t, tx.QueryRow(ctx,
 			"select id::text from atl.audit_log_insert('t', 'bot', 'POST /x', 'dry_run', 'ok', 201, 1, null, null)").Scan(&auditID))
 		require.NoError(t, tx.QueryRow(ctx, `select id::text from atl.event_insert(array[null], array[null], array['bot'],

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +25,22 @@ type Principal struct {
 	KeyID    string
 	Role     string
 	Subject  string
+	// Agents are the names besides Subject an agent key may act as.
+	Agents []string
+	// KeyHash is the hex SHA-256 of the key; SQL finds the acting key by it (app.key_hash).
+	KeyHash string
+}
+
+// MayActAs reports whether the key may act as the named agent: its own
+// subject, or one of the agents listed on it when it was issued.
+func (p Principal) MayActAs(agent string) bool {
+	return agent == p.Subject || slices.Contains(p.Agents, agent)
+}
+
+// keyHash is the hex SHA-256 of an API key, as SQL's app.key_hash expects it.
+func keyHash(apiKey string) string {
+	h := sha256.Sum256([]byte(apiKey))
+	return hex.EncodeToString(h[:])
 }
 
 type Tenant struct {
@@ -29,6 +48,7 @@ type Tenant struct {
 	Name              string    `json:"name"`
 	DefaultTrustLevel string    `json:"default_trust_level"`
 	AllowedDomains    []string  `json:"allowed_domains,omitempty"`
+	AdminsDecideL4    bool      `json:"admins_decide_l4,omitempty"`
 	CreatedAt         time.Time `json:"created_at"`
 }
 
@@ -37,9 +57,16 @@ type APIKey struct {
 	TenantID  string     `json:"tenant_id"`
 	Role      string     `json:"role"`
 	Subject   string     `json:"subject"`
+	Agents    []string   `json:"agents"`
 	KeyPrefix string     `json:"key_prefix"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at"`
+	// Who issued and revoked the key: the acting admin key's subject and id.
+	IssuedBy        *string `json:"issued_by"`
+	IssuedByKeyID   *string `json:"issued_by_key_id"`
+	RevokedBy       *string `json:"revoked_by"`
+	RevokedByKeyID  *string `json:"revoked_by_key_id"`
+	ReplacedByKeyID *string `json:"replaced_by_key_id"`
 	// APIKey is the secret, present only in the answer that issues it.
 	APIKey string `json:"api_key,omitempty"`
 }
@@ -57,6 +84,12 @@ type AuditLog struct {
 	UserID     *string   `json:"user_id"`
 	Error      *string   `json:"error"`
 	CreatedAt  time.Time `json:"created_at"`
+	// ActorKeyID and ActorSubject name the authenticated key; ClaimedUserID is
+	// X-User-ID as sent, an untrusted claim that attributes nothing. Omitted
+	// when empty, so JSONL lines written before them hash as they did.
+	ActorKeyID    *string `json:"actor_key_id,omitempty"`
+	ActorSubject  *string `json:"actor_subject,omitempty"`
+	ClaimedUserID *string `json:"claimed_user_id,omitempty"`
 
 	// started is when the request arrived; latency is measured up to the write.
 	started time.Time
@@ -81,7 +114,14 @@ type Event struct {
 	LatencyMS         *int            `json:"latency_ms"`
 	Error             *string         `json:"error"`
 	CreatedAt         time.Time       `json:"created_at"`
+	// Source is gate (written by the gate) or agent (reported by an agent);
+	// ActorKeyID the key that wrote it. Omitted when empty, as for AuditLog.
+	Source     *string `json:"source,omitempty"`
+	ActorKeyID *string `json:"actor_key_id,omitempty"`
 }
+
+// Event sources; pointers because Event.Source is optional on older rows.
+var sourceGate, sourceAgent = "gate", "agent"
 
 // Cursor is a keyset position: rows strictly older than (CreatedAt, ID).
 type Cursor struct {
@@ -116,9 +156,11 @@ type Store interface {
 	StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error)
 	ConsoleSession(ctx context.Context, session string) (Principal, error)
 	EndConsoleSession(ctx context.Context, p Principal, session string) error
-	IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error)
+	IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error)
 	ListKeys(ctx context.Context, p Principal) ([]APIKey, error)
 	RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error)
+	// RotateKey issues a key's replacement and revokes it after overlap.
+	RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error)
 	InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error
 	QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error)
 	InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error)
@@ -137,6 +179,7 @@ type Store interface {
 
 	ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error)
 	GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error)
+	// DecideApproval records a decision by the principal's key.
 	DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error)
 	ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error)
 
@@ -174,6 +217,13 @@ type PolicyInput struct {
 type TenantSettings struct {
 	DefaultTrustLevel string
 	AllowedDomains    []string
+	AdminsDecideL4    bool
+}
+
+// KeyRotation is a rotated key's replacement (with its secret) and the old key.
+type KeyRotation struct {
+	Key      APIKey `json:"key"`
+	Replaced APIKey `json:"replaced"`
 }
 
 // ExecuteInput is one call to the gate, already validated.
@@ -194,6 +244,8 @@ type GateResult struct {
 	Live *struct {
 		EndpointURL string `json:"endpoint_url"`
 		EventID     string `json:"event_id"`
+		// Args is the canonical jsonb text of the args, the only form forwarded.
+		Args json.RawMessage `json:"args"`
 	} `json:"live"`
 }
 
@@ -278,27 +330,31 @@ func (s *PGStore) PingDB(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), err
 }
 
-const setTenantSQL = `select set_config('role', $1::text, true), set_config('app.tenant_id', $2::text, true)`
+// setTenantSQL starts every tenant transaction: the runtime role, the tenant,
+// and the acting key's hash, from which SQL takes who acts.
+const setTenantSQL = `select set_config('role', $1::text, true), set_config('app.tenant_id', $2::text, true),
+  set_config('app.key_hash', $3::text, true)`
 
-// inTenant runs fn in one transaction as the runtime role with app.tenant_id set,
-// appends the audit row (when given) in the same transaction, and commits.
-func (s *PGStore) inTenant(ctx context.Context, tenant string, audit *AuditLog, fn func(tx pgx.Tx) error) error {
-	release, err := s.slots.acquire(ctx, tenant)
+// inTenant runs fn in one transaction as the runtime role with app.tenant_id
+// and app.key_hash set, appends the audit row (when given) in the same
+// transaction, and commits.
+func (s *PGStore) inTenant(ctx context.Context, p Principal, audit *AuditLog, fn func(tx pgx.Tx) error) error {
+	release, err := s.slots.acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
 	defer release()
-	return s.tx(ctx, tenant, audit, fn)
+	return s.tx(ctx, p, audit, fn)
 }
 
 // tx is inTenant without the tenant's slot: the caller holds it.
-func (s *PGStore) tx(ctx context.Context, tenant string, audit *AuditLog, fn func(tx pgx.Tx) error) error {
+func (s *PGStore) tx(ctx context.Context, p Principal, audit *AuditLog, fn func(tx pgx.Tx) error) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, tenant); err != nil {
+	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, p.TenantID, p.KeyHash); err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {
@@ -318,7 +374,7 @@ from atl.tenant_create($1::text, $2::text)`
 func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error) {
 	var t Tenant
 	var k APIKey
-	err := s.inTenant(ctx, id, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, Principal{TenantID: id}, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, createTenantSQL, id, name).
 			Scan(&t.ID, &t.Name, &t.DefaultTrustLevel, &t.CreatedAt, &k.ID, &k.APIKey)
 	})
@@ -329,14 +385,15 @@ func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (Tenant, AP
 	return t, k, nil
 }
 
-const authenticateSQL = `select tenant_id, key_id::text, role, subject from atl.api_key_authenticate($1::text)`
+const authenticateSQL = `select tenant_id, key_id::text, role, subject, agents from atl.api_key_authenticate($1::text)`
 
 func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, error) {
 	p, gen, ok := s.auth.get(apiKey)
 	if ok {
 		return p, nil
 	}
-	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
+	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject, &p.Agents)
+	p.KeyHash = keyHash(apiKey)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Principal{}, errUnauthorized()
 	}
@@ -346,24 +403,24 @@ func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, e
 	return p, err
 }
 
-const startConsoleSessionSQL = `select expires_at from atl.console_session_start($1::text, $2::uuid, $3::float8 * interval '1 second')`
+const startConsoleSessionSQL = `select expires_at from atl.console_session_start($1::text, $2::float8 * interval '1 second')`
 
 func (s *PGStore) StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error) {
 	var expires time.Time
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, startConsoleSessionSQL, session, p.KeyID, ttl.Seconds()).Scan(&expires)
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, startConsoleSessionSQL, session, ttl.Seconds()).Scan(&expires)
 	})
 	return expires, err
 }
 
-const consoleSessionSQL = `select tenant_id, key_id::text, role, subject from atl.console_session_authenticate($1::text)`
+const consoleSessionSQL = `select tenant_id, key_id::text, role, subject, key_hash from atl.console_session_authenticate($1::text)`
 
 // ConsoleSession reads the database on every call (no cache), so an ended session is refused at once.
 func (s *PGStore) ConsoleSession(ctx context.Context, session string) (Principal, error) {
 	var p Principal
-	err := s.pool.QueryRow(ctx, consoleSessionSQL, session).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject)
+	err := s.pool.QueryRow(ctx, consoleSessionSQL, session).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject, &p.KeyHash)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Principal{}, errUnauthorized
+		return Principal{}, errUnauthorized()
 	}
 	return p, err
 }
@@ -371,54 +428,61 @@ func (s *PGStore) ConsoleSession(ctx context.Context, session string) (Principal
 const endConsoleSessionSQL = `select atl.console_session_end($1::text)`
 
 func (s *PGStore) EndConsoleSession(ctx context.Context, p Principal, session string) error {
-	return s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	return s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, endConsoleSessionSQL, session)
 		return err
 	})
 }
 
-const issueKeySQL = `select id::text, role, subject, key_prefix, created_at, api_key from atl.api_key_issue($1::text, $2::text)`
+const issueKeySQL = `select atl.api_key_issue($1::text, $2::text, $3::text[])`
 
-func (s *PGStore) IssueKey(ctx context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error) {
-	k := APIKey{TenantID: p.TenantID}
-	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, issueKeySQL, role, subject).
-			Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.APIKey)
+func (s *PGStore) IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
+	var k APIKey
+	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, issueKeySQL, role, subject, agents).Scan(&k)
 	})
 	return k, err
 }
 
-const listKeysSQL = `select id::text, role, subject, key_prefix, created_at, revoked_at from atl.api_key_list()`
+const listKeysSQL = `select atl.api_key_list()`
 
 func (s *PGStore) ListKeys(ctx context.Context, p Principal) ([]APIKey, error) {
 	var keys []APIKey
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, listKeysSQL)
 		if err != nil {
 			return err
 		}
-		keys, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (APIKey, error) {
-			k := APIKey{TenantID: p.TenantID}
-			err := row.Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.RevokedAt)
-			return k, err
-		})
+		keys, err = pgx.CollectRows(rows, pgx.RowTo[APIKey])
 		return err
 	})
 	return keys, err
 }
 
-const revokeKeySQL = `select id::text, role, subject, key_prefix, created_at, revoked_at from atl.api_key_revoke($1::uuid)`
+const revokeKeySQL = `select atl.api_key_revoke($1::uuid)`
 
 func (s *PGStore) RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
-	k := APIKey{TenantID: p.TenantID}
-	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, revokeKeySQL, id).
-			Scan(&k.ID, &k.Role, &k.Subject, &k.KeyPrefix, &k.CreatedAt, &k.RevokedAt)
+	var k APIKey
+	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, revokeKeySQL, id).Scan(&k)
 	})
 	if err == nil {
 		s.auth.forget(p.TenantID, k.ID)
 	}
 	return k, err
+}
+
+const rotateKeySQL = `select atl.api_key_rotate($1::uuid, $2::integer)`
+
+func (s *PGStore) RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
+	var r KeyRotation
+	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, rotateKeySQL, id, int(overlap/time.Second)).Scan(&r)
+	})
+	if err == nil && overlap == 0 {
+		s.auth.forget(p.TenantID, id)
+	}
+	return r, err
 }
 
 const insertAuditSQL = `select id::text, created_at from atl.audit_log_insert(
@@ -473,8 +537,8 @@ func auditStmt(a *AuditLog) stmt {
 // group commit when it is on, else in a transaction of their own. build is
 // called for every attempt, so its answers start afresh. The tenant's slot is
 // held until the write is answered, grouped or not.
-func (s *PGStore) write(ctx context.Context, tenant string, rows int, audit *AuditLog, build func() []stmt) error {
-	release, err := s.slots.acquire(ctx, tenant)
+func (s *PGStore) write(ctx context.Context, p Principal, rows int, audit *AuditLog, build func() []stmt) error {
+	release, err := s.slots.acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
@@ -487,7 +551,7 @@ func (s *PGStore) write(ctx context.Context, tenant string, rows int, audit *Aud
 		return st
 	}
 	alone := func(ctx context.Context) error {
-		return s.tx(ctx, tenant, nil, func(tx pgx.Tx) error {
+		return s.tx(ctx, p, nil, func(tx pgx.Tx) error {
 			for _, st := range all() {
 				if err := st.run(ctx, tx); err != nil {
 					return err
@@ -502,7 +566,7 @@ func (s *PGStore) write(ctx context.Context, tenant string, rows int, audit *Aud
 	if audit != nil {
 		rows++
 	}
-	return s.group.submit(ctx, &groupJob{tenant: tenant, rows: rows, alone: alone, queue: func(b *pgx.Batch) {
+	return s.group.submit(ctx, &groupJob{tenant: p.TenantID, keyHash: p.KeyHash, rows: rows, alone: alone, queue: func(b *pgx.Batch) {
 		for _, st := range all() {
 			st.queue(b)
 		}
@@ -510,18 +574,18 @@ func (s *PGStore) write(ctx context.Context, tenant string, rows int, audit *Aud
 }
 
 func (s *PGStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {
-	return s.inTenant(ctx, p.TenantID, audit, func(pgx.Tx) error { return nil })
+	return s.inTenant(ctx, p, audit, func(pgx.Tx) error { return nil })
 }
 
 const queryAuditSQL = `select tenant_id, id::text, trace_id, agent_id, route, mode, status, http_status,
-  latency_ms, user_id, error, created_at
+  latency_ms, user_id, error, created_at, actor_key_id::text, actor_subject, claimed_user_id
 from atl.audit_log_query($1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz,
   $7::timestamptz, $8::uuid, $9::integer)`
 
 func (s *PGStore) QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error) {
 	var out []AuditLog
 	bTime, bID := cursorArgs(f.Before)
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, queryAuditSQL, nullable(f.AgentID), nullable(f.TraceID), nullable(f.Status),
 			nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
@@ -530,7 +594,7 @@ func (s *PGStore) QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (AuditLog, error) {
 			var a AuditLog
 			err := row.Scan(&a.TenantID, &a.ID, &a.TraceID, &a.AgentID, &a.Route, &a.Mode, &a.Status,
-				&a.HTTPStatus, &a.LatencyMS, &a.UserID, &a.Error, &a.CreatedAt)
+				&a.HTTPStatus, &a.LatencyMS, &a.UserID, &a.Error, &a.CreatedAt, &a.ActorKeyID, &a.ActorSubject, &a.ClaimedUserID)
 			return a, err
 		})
 		return err
@@ -543,13 +607,14 @@ const insertEventsSQL = `select ` + eventColumns + ` from atl.event_insert(
   $10::uuid[], $11::text[], $12::text[], $13::text[], $14::integer[], $15::text[])`
 
 const eventColumns = `tenant_id, id::text, domain, workflow_name, agent, trust_level, stage, tool_name,
-  tool_args, tool_result, status, approval_request_id::text, sandbox_id, trace_id, mode, latency_ms, error, created_at`
+  tool_args, tool_result, status, approval_request_id::text, sandbox_id, trace_id, mode, latency_ms, error, created_at,
+  source, actor_key_id::text`
 
 func scanEvent(row pgx.CollectableRow) (Event, error) {
 	var e Event
 	err := row.Scan(&e.TenantID, &e.ID, &e.Domain, &e.WorkflowName, &e.Agent, &e.TrustLevel, &e.Stage, &e.ToolName,
 		&e.ToolArgs, &e.ToolResult, &e.Status, &e.ApprovalRequestID, &e.SandboxID, &e.TraceID, &e.Mode,
-		&e.LatencyMS, &e.Error, &e.CreatedAt)
+		&e.LatencyMS, &e.Error, &e.CreatedAt, &e.Source, &e.ActorKeyID)
 	return e, err
 }
 
@@ -566,7 +631,7 @@ func (s *PGStore) InsertEvents(ctx context.Context, p Principal, events []Event,
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
 	var out []Event
-	err := s.write(ctx, p.TenantID, n, audit, func() []stmt {
+	err := s.write(ctx, p, n, audit, func() []stmt {
 		out = nil
 		return []stmt{{sql: insertEventsSQL, args: []any{domain, workflow, agent, level, stage, tool, args, result,
 			status, request, sandbox, trace, mode, latency, errText}, rows: func(rows pgx.Rows) error {
@@ -584,7 +649,7 @@ const queryEventsSQL = `select ` + eventColumns + ` from atl.event_query($1::tex
 func (s *PGStore) QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error) {
 	var out []Event
 	bTime, bID := cursorArgs(f.Before)
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, queryEventsSQL, nullable(f.Agent), nullable(f.TraceID), nullable(f.Status),
 			nullable(f.ToolName), nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
@@ -652,7 +717,7 @@ func connectPool(ctx context.Context, url string, statementTimeout time.Duration
 // jsonCall runs one SQL function returning jsonb in a tenant transaction.
 func (s *PGStore) jsonCall(ctx context.Context, p Principal, audit *AuditLog, sql string, args ...any) (json.RawMessage, error) {
 	var out json.RawMessage
-	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, sql, args...).Scan(&out)
 	})
 	return out, err
@@ -687,26 +752,25 @@ func (s *PGStore) DeletePolicy(ctx context.Context, p Principal, tool string, au
 	return s.jsonCall(ctx, p, audit, deletePolicySQL, tool)
 }
 
-const putTenantSettingsSQL = `select atl.tenant_settings_put($1::text, $2::text[])`
+const putTenantSettingsSQL = `select atl.tenant_settings_put($1::text, $2::text[], $3::boolean)`
 
 func (s *PGStore) PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, putTenantSettingsSQL, in.DefaultTrustLevel, in.AllowedDomains)
+	return s.jsonCall(ctx, p, audit, putTenantSettingsSQL, in.DefaultTrustLevel, in.AllowedDomains, in.AdminsDecideL4)
 }
 
 const gateExecuteSQL = `select atl.gate_execute(p_agent_id => $1::text, p_tool => $2::text, p_args => $3::jsonb,
   p_workflow => $4::text, p_stage => $5::text, p_trace_id => $6::text, p_mode => $7::text,
   p_idempotency_key => $8::text, p_approval_request_id => $9::uuid, p_trust_level => $10::text,
-  p_domain => $11::text, p_requested_by => $12::text, p_user_id => $13::text, p_live_enabled => $14::boolean,
-  p_route => $15::text, p_latency_ms => $16::integer)`
+  p_domain => $11::text, p_user_id => $12::text, p_live_enabled => $13::boolean,
+  p_route => $14::text, p_latency_ms => $15::integer)`
 
 func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error) {
 	var res GateResult
-	err := s.write(ctx, p.TenantID, 2, nil, func() []stmt {
+	err := s.write(ctx, p, 2, nil, func() []stmt {
 		res = GateResult{}
 		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
 			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
-			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), p.Subject,
-			nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
+			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
 			row: func(r pgx.Row) error { return r.Scan(&res) }}}
 	})
 	return res, err
@@ -717,7 +781,7 @@ const recordOutcomeSQL = `select atl.gate_record_outcome($1::uuid, $2::boolean, 
 
 func (s *PGStore) RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error) {
 	var res GateResult
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, recordOutcomeSQL, in.EventID, in.Succeeded, in.UpstreamStatus, rawText(in.Result),
 			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.UserID)).Scan(&res)
 	})
@@ -729,7 +793,7 @@ const listApprovalsSQL = `select atl.approval_list($1::text, $2::timestamptz, $3
 func (s *PGStore) ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, listApprovalsSQL, nullable(status), bTime, bID, limit)
 		if err != nil {
 			return err
@@ -746,17 +810,38 @@ func (s *PGStore) GetApproval(ctx context.Context, p Principal, id string) (json
 	return s.jsonCall(ctx, p, nil, getApprovalSQL, id)
 }
 
-const decideApprovalSQL = `select atl.approval_decide($1::uuid, $2::text, $3::text, $4::text)`
+const decideApprovalSQL = `select atl.approval_decide($1::uuid, $2::text, $3::text)`
 
 func (s *PGStore) DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, decideApprovalSQL, id, decision, p.Subject, reason)
+	return s.jsonCall(ctx, p, audit, decideApprovalSQL, id, decision, reason)
 }
 
 const expireApprovalsSQL = `select atl.expire_stale_approvals()`
 
+// workerRole runs what spans tenants (the webhook worker, the expiry sweep of
+// every tenant); the runtime role cannot become it.
+const workerRole = "atl_worker"
+
+// ExpireAllApprovals runs the expiry sweep of every tenant as the worker role.
+func (s *PGStore) ExpireAllApprovals(ctx context.Context) (int, error) {
+	var n int
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, setTenantSQL, workerRole, "", ""); err != nil {
+		return 0, err
+	}
+	if err := tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n); err != nil {
+		return 0, err
+	}
+	return n, tx.Commit(ctx)
+}
+
 func (s *PGStore) ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error) {
 	var n int
-	err := s.inTenant(ctx, p.TenantID, audit, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n)
 	})
 	return n, err
@@ -785,7 +870,7 @@ const listEvalRunsSQL = `select atl.eval_run_list($1::text, $2::text, $3::text, 
 func (s *PGStore) ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(f.Before)
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, listEvalRunsSQL, nullable(f.SuiteName), nullable(f.ModelID), nullable(f.Provider),
 			nullable(f.Status), bTime, bID, f.Limit)
 		if err != nil {
@@ -813,7 +898,7 @@ const verifyTimeoutSQL = `select set_config('statement_timeout', $1::text, true)
 
 func (s *PGStore) VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error) {
 	var out json.RawMessage
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, verifyTimeoutSQL, fmt.Sprint(verifyTimeout.Milliseconds())); err != nil {
 			return err
 		}

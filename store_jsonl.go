@@ -91,16 +91,22 @@ type jsonlKey struct {
 	Hash []byte `json:"key_hash"`
 }
 
+// jsonlRevoke stops a key at RevokedAt (later than the line while a rotation's overlap lasts).
+type jsonlRevoke struct {
+	TenantID        string    `json:"tenant_id"`
+	ID              string    `json:"id"`
+	RevokedAt       time.Time `json:"revoked_at"`
+	RevokedBy       *string   `json:"revoked_by,omitempty"`
+	RevokedByKeyID  *string   `json:"revoked_by_key_id,omitempty"`
+	ReplacedByKeyID *string   `json:"replaced_by_key_id,omitempty"`
+}
+
 // jsonlRecord is one line of any file; Type says which field is set.
 type jsonlRecord struct {
 	Type   string    `json:"type"`
 	Tenant *Tenant   `json:"tenant,omitempty"`
 	Key    *jsonlKey `json:"key,omitempty"`
-	Revoke *struct {
-		TenantID  string    `json:"tenant_id"`
-		ID        string    `json:"id"`
-		RevokedAt time.Time `json:"revoked_at"`
-	} `json:"revoke,omitempty"`
+	Revoke   *jsonlRevoke `json:"revoke,omitempty"`
 	Audit    *AuditLog    `json:"audit,omitempty"`
 	Event    *Event       `json:"event,omitempty"`
 	Policy   *jsonlPolicy `json:"policy,omitempty"`
@@ -205,8 +211,7 @@ func (s *JSONLStore) apply(rec jsonlRecord) {
 		s.byHash[[32]byte(k.Hash)] = &k
 	case rec.Type == "revoke" && rec.Revoke != nil:
 		if k, ok := s.keys[rec.Revoke.ID]; ok && k.TenantID == rec.Revoke.TenantID {
-			at := rec.Revoke.RevokedAt
-			k.RevokedAt = &at
+			k.applyRevoke(*rec.Revoke)
 		}
 	case rec.Type == "audit" && rec.Audit != nil:
 		s.audit[rec.Audit.TenantID] = append(s.audit[rec.Audit.TenantID], *rec.Audit)
@@ -287,7 +292,7 @@ func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (Tenant, A
 		return Tenant{}, APIKey{}, err
 	}
 	s.tenants[id] = t
-	k, err := s.issueKeyLocked(id, "admin", "admin")
+	k, err := s.issueKeyLocked(id, "admin", "admin", nil, Principal{Subject: "system:operator"})
 	return t, k, err
 }
 
@@ -296,10 +301,11 @@ func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.byHash[h]
-	if !ok || k.RevokedAt != nil {
+	if !ok || !k.active(now()) {
 		return Principal{}, errUnauthorized()
 	}
-	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
+	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, Agents: k.Agents,
+		KeyHash: hex.EncodeToString(h[:])}, nil
 }
 
 type jsonlSession struct {
@@ -315,7 +321,7 @@ func (s *JSONLStore) StartConsoleSession(_ context.Context, p Principal, session
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.keys[p.KeyID]
-	if !ok || k.TenantID != p.TenantID || k.RevokedAt != nil || (k.Role != "approver" && k.Role != "admin") {
+	if !ok || k.TenantID != p.TenantID || !k.active(now()) || (k.Role != "approver" && k.Role != "admin") {
 		return time.Time{}, newError(http.StatusForbidden, codeForbidden,
 			"only an active approver or admin key of this tenant can start a console session")
 	}
@@ -338,13 +344,13 @@ func (s *JSONLStore) ConsoleSession(_ context.Context, session string) (Principa
 	defer s.mu.Unlock()
 	ses, ok := s.sessions[sha256.Sum256([]byte(session))]
 	if !ok || ses.ended || !now().Before(ses.expires) {
-		return Principal{}, errUnauthorized
+		return Principal{}, errUnauthorized()
 	}
 	k, ok := s.keys[ses.keyID]
-	if !ok || k.RevokedAt != nil || (k.Role != "approver" && k.Role != "admin") {
-		return Principal{}, errUnauthorized
+	if !ok || !k.active(now()) || (k.Role != "approver" && k.Role != "admin") {
+		return Principal{}, errUnauthorized()
 	}
-	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject}, nil
+	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, KeyHash: hex.EncodeToString(k.Hash)}, nil
 }
 
 func (s *JSONLStore) EndConsoleSession(_ context.Context, p Principal, session string) error {
@@ -356,14 +362,34 @@ func (s *JSONLStore) EndConsoleSession(_ context.Context, p Principal, session s
 	return nil
 }
 
-func (s *JSONLStore) issueKeyLocked(tenant, role, subject string) (APIKey, error) {
+// active: not revoked, or revoked only from a moment still ahead (a rotation's overlap).
+func (k *jsonlKey) active(at time.Time) bool {
+	return k.RevokedAt == nil || k.RevokedAt.After(at)
+}
+
+func (k *jsonlKey) applyRevoke(r jsonlRevoke) {
+	at := r.RevokedAt
+	k.RevokedAt, k.RevokedBy, k.RevokedByKeyID = &at, r.RevokedBy, r.RevokedByKeyID
+	if r.ReplacedByKeyID != nil {
+		k.ReplacedByKeyID = r.ReplacedByKeyID
+	}
+}
+
+// issueKeyLocked issues a key for a subject that has no active key; by is the acting admin.
+func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []string, by Principal) (APIKey, error) {
+	for _, o := range s.keys {
+		if o.TenantID == tenant && o.Subject == subject && o.RevokedAt == nil {
+			return APIKey{}, newError(http.StatusConflict, "subject_in_use",
+				"subject %s already has an active key; rotate or revoke it first", subject)
+		}
+	}
 	secret, err := newAPIKey()
 	if err != nil {
 		return APIKey{}, err
 	}
 	h := sha256.Sum256([]byte(secret))
-	k := &jsonlKey{APIKey: APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject,
-		KeyPrefix: keyPrefix(secret), CreatedAt: now()}, Hash: h[:]}
+	k := &jsonlKey{APIKey: APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
+		KeyPrefix: keyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: nullable(by.KeyID)}, Hash: h[:]}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), jsonlRecord{Type: "key", Key: k}); err != nil {
 		return APIKey{}, err
 	}
@@ -374,10 +400,10 @@ func (s *JSONLStore) issueKeyLocked(tenant, role, subject string) (APIKey, error
 	return out, nil
 }
 
-func (s *JSONLStore) IssueKey(_ context.Context, p Principal, role, subject string, audit *AuditLog) (APIKey, error) {
+func (s *JSONLStore) IssueKey(_ context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, err := s.issueKeyLocked(p.TenantID, role, subject)
+	k, err := s.issueKeyLocked(p.TenantID, role, subject, agents, p)
 	if err != nil {
 		return APIKey{}, err
 	}
@@ -397,17 +423,16 @@ func (s *JSONLStore) ListKeys(_ context.Context, p Principal) ([]APIKey, error) 
 	return out, nil
 }
 
-func (s *JSONLStore) RevokeKey(_ context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// revokeLocked stops a key at at, as atl._key_revoke does.
+func (s *JSONLStore) revokeLocked(p Principal, id string, at time.Time, replacedBy *string) (APIKey, error) {
 	k, ok := s.keys[id]
 	if !ok || k.TenantID != p.TenantID {
 		return APIKey{}, newError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
-	if k.RevokedAt != nil {
+	if k.RevokedAt != nil && !k.RevokedAt.After(at) {
 		return k.APIKey, nil
 	}
-	if k.Role == "admin" {
+	if k.Role == "admin" && replacedBy == nil {
 		others := 0
 		for _, o := range s.keys {
 			if o.TenantID == p.TenantID && o.Role == "admin" && o.RevokedAt == nil && o.ID != id {
@@ -419,21 +444,53 @@ func (s *JSONLStore) RevokeKey(_ context.Context, p Principal, id string, audit 
 				"the last active admin key cannot be revoked; issue another admin key first")
 		}
 	}
-	rec := jsonlRecord{Type: "revoke", Revoke: &struct {
-		TenantID  string    `json:"tenant_id"`
-		ID        string    `json:"id"`
-		RevokedAt time.Time `json:"revoked_at"`
-	}{p.TenantID, id, now()}}
+	rec := jsonlRecord{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
+		RevokedBy: &p.Subject, RevokedByKeyID: nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), rec); err != nil {
 		return APIKey{}, err
 	}
-	at := rec.Revoke.RevokedAt
-	k.RevokedAt = &at
-	return k.APIKey, s.appendAuditLocked(p, audit)
+	k.applyRevoke(*rec.Revoke)
+	return k.APIKey, nil
+}
+
+func (s *JSONLStore) RevokeKey(_ context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, err := s.revokeLocked(p, id, now(), nil)
+	if err != nil {
+		return APIKey{}, err
+	}
+	return k, s.appendAuditLocked(p, audit)
+}
+
+func (s *JSONLStore) RotateKey(_ context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.keys[id]
+	if !ok || old.TenantID != p.TenantID {
+		return KeyRotation{}, newError(http.StatusNotFound, "key_not_found", "api key not found")
+	}
+	if old.RevokedAt != nil {
+		return KeyRotation{}, newError(http.StatusConflict, "key_revoked", "this key is revoked or already rotated")
+	}
+	// The old key leaves the one-active-key-per-subject slot before the new one takes it.
+	at := now().Add(overlap)
+	old.RevokedAt = &at
+	k, err := s.issueKeyLocked(p.TenantID, old.Role, old.Subject, old.Agents, p)
+	if err != nil {
+		old.RevokedAt = nil
+		return KeyRotation{}, err
+	}
+	replaced, err := s.revokeLocked(p, id, at, &k.ID)
+	if err != nil {
+		return KeyRotation{}, err
+	}
+	return KeyRotation{Key: k, Replaced: replaced}, s.appendAuditLocked(p, audit)
 }
 
 func (s *JSONLStore) fillAudit(p Principal, a *AuditLog) {
 	a.ID, a.TenantID, a.CreatedAt = newUUID(), p.TenantID, now()
+	a.ActorKeyID, a.ActorSubject = nullable(p.KeyID), nullable(p.Subject)
 	a.LatencyMS = int(time.Since(a.started).Milliseconds())
 	if a.Mode == "" {
 		a.Mode = "dry_run"
@@ -483,6 +540,7 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 	at := now()
 	for i, e := range events {
 		e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, at
+		e.Source, e.ActorKeyID = &sourceAgent, nullable(p.KeyID)
 		if e.Domain == "" {
 			e.Domain = "default"
 		}
@@ -656,12 +714,13 @@ func (s *JSONLStore) PutTenantSettings(_ context.Context, p Principal, in Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.tenants[p.TenantID]
-	t.DefaultTrustLevel, t.AllowedDomains = in.DefaultTrustLevel, in.AllowedDomains
+	t.DefaultTrustLevel, t.AllowedDomains, t.AdminsDecideL4 = in.DefaultTrustLevel, in.AllowedDomains, in.AdminsDecideL4
 	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "settings", Settings: &t}); err != nil {
 		return nil, err
 	}
 	s.tenants[t.ID] = t
-	out, _ := json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains})
+	out, _ := json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains,
+		"admins_decide_l4": t.AdminsDecideL4})
 	return out, s.appendAuditLocked(p, audit)
 }
 
@@ -674,7 +733,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 	if len(args) == 0 || string(args) == "null" {
 		args = json.RawMessage(`{}`)
 	}
-	e := Event{Domain: or(in.Domain, "default"), Agent: in.AgentID, Stage: or(in.Stage, "execute"), ToolName: in.Tool,
+	e := Event{Source: &sourceGate, ActorKeyID: nullable(p.KeyID), Domain: or(in.Domain, "default"), Agent: in.AgentID, Stage: or(in.Stage, "execute"), ToolName: in.Tool,
 		ToolArgs: args, TraceID: in.TraceID, Mode: or(in.Mode, "dry_run")}
 	if in.Workflow != "" {
 		e.WorkflowName = &in.Workflow

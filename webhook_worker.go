@@ -214,14 +214,15 @@ func (w *webhookWorker) untilNextDue(ctx context.Context) time.Duration {
 	return min(max(*next, webhookMinWait), webhookIdleWait)
 }
 
-// workerTx runs fn as the runtime role with no tenant set, as the worker's functions require.
+// workerTx runs fn as the worker role with no tenant set, as the worker's functions require;
+// the runtime role cannot run them.
 func (w *webhookWorker) workerTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, ""); err != nil {
+	if _, err := tx.Exec(ctx, setTenantSQL, workerRole, "", ""); err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {

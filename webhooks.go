@@ -157,7 +157,7 @@ const listWebhookDeliveriesSQL = `select atl.webhook_delivery_list($1::uuid, $2:
 func (s *PGStore) ListWebhookDeliveries(ctx context.Context, p Principal, webhookID string, before *Cursor, limit int) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
-	err := s.inTenant(ctx, p.TenantID, nil, func(tx pgx.Tx) error {
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, listWebhookDeliveriesSQL, webhookID, bTime, bID, limit)
 		if err != nil {
 			return err

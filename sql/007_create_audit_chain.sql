@@ -29,16 +29,7 @@ create unique index agent_action_events_tenant_seq_idx on atl.agent_action_event
 -- The canonical encoding of a chained row: its JSON without the chain's own
 -- hashes, the table name, and created_at as epoch microseconds (jsonb's text
 -- form of a timestamptz depends on the session's TimeZone).
-create function atl._chain_row_hash(p_table text, p_row jsonb, p_prev bytea) returns bytea
-language sql immutable parallel safe
-as $$
-  select sha256(p_prev || convert_to(
-    ((p_row - 'row_hash' - 'prev_hash' - 'created_at')
-      || jsonb_build_object('table', p_table,
-           'created_at_us', (extract(epoch from (p_row ->> 'created_at')::timestamptz) * 1000000)::bigint))::text,
-    'UTF8'))
-$$;
-comment on function atl._chain_row_hash(text, jsonb, bytea) is 'Private: SHA-256 of the previous hash and a chained row''s canonical encoding.';
+{{ template "func/_chain_row_hash_007.sql" . }}
 
 create function atl._chain_append() returns trigger
 language plpgsql
@@ -67,49 +58,7 @@ create trigger _200_chain before insert on atl.agent_action_events
 -- Recomputes the current tenant's chain: the first seq whose row is missing,
 -- altered, inserted out of chain or not linked to its predecessor; NULL when
 -- the chain is intact up to the head.
-create function atl.audit_verify()
-returns table (ok boolean, checked bigint, head_seq bigint, first_broken_seq bigint, reason text)
-language plpgsql stable
-as $$
-declare
-  v_tenant text := atl._require_tenant();
-  v_prev bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
-  v_expect bigint := 1;
-  v_head atl.audit_chain_heads;
-  r record;
-begin
-  select * into v_head from atl.audit_chain_heads h where h.tenant_id = v_tenant;
-  for r in
-    select 'audit_logs' as tbl, a.seq, a.prev_hash, a.row_hash, to_jsonb(a) as j from atl.audit_logs a where a.tenant_id = v_tenant
-    union all
-    select 'agent_action_events', e.seq, e.prev_hash, e.row_hash, to_jsonb(e) from atl.agent_action_events e where e.tenant_id = v_tenant
-    order by 2 nulls first
-  loop
-    if r.seq is null or r.seq > v_expect then
-      return query select false, v_expect - 1, coalesce(v_head.seq, 0), v_expect,
-        case when r.seq is null then 'a row outside the chain' else 'a row is missing' end;
-      return;
-    elsif r.seq < v_expect then
-      return query select false, v_expect - 1, coalesce(v_head.seq, 0), r.seq, 'a seq appears twice';
-      return;
-    elsif r.prev_hash is distinct from v_prev then
-      return query select false, v_expect - 1, coalesce(v_head.seq, 0), r.seq, 'not linked to the previous row';
-      return;
-    elsif r.row_hash is distinct from atl._chain_row_hash(r.tbl, r.j, v_prev) then
-      return query select false, v_expect - 1, coalesce(v_head.seq, 0), r.seq, 'the row was altered';
-      return;
-    end if;
-    v_prev := r.row_hash;
-    v_expect := v_expect + 1;
-  end loop;
-  if coalesce(v_head.seq, 0) <> v_expect - 1 or coalesce(v_head.hash, v_prev) <> v_prev then
-    return query select false, v_expect - 1, coalesce(v_head.seq, 0), v_expect, 'rows after the last one are missing';
-    return;
-  end if;
-  return query select true, v_expect - 1, coalesce(v_head.seq, 0), null::bigint, null::text;
-end $$;
-comment on function atl.audit_verify() is
-  'Recomputes the current tenant''s hash chain over audit_logs and agent_action_events; returns ok, rows checked, the head seq, and the first broken seq with why.';
+{{ template "func/audit_verify_007.sql" . }}
 
 create function atl.audit_head() returns table (seq bigint, hash text, updated_at timestamptz)
 language sql stable

@@ -37,9 +37,10 @@ create policy tenant_isolation on atl.console_sessions
 create policy session_authentication on atl.console_sessions for select to atl_keyauth using (true);
 
 revoke all on atl.console_sessions from public;
-grant select, insert, delete on atl.console_sessions to {{ .app_role }};
+grant select on atl.console_sessions to {{ .app_role }};
 grant update (ended_at) on atl.console_sessions to {{ .app_role }};
 grant select on atl.console_sessions to atl_keyauth;
+grant select, insert, delete on atl.console_sessions to atl_gate;
 
 -- SHA-256 of a session id; the only form in which one is stored.
 create function atl._console_session_hash(p_session text) returns bytea
@@ -48,14 +49,18 @@ as $$ select pg_catalog.sha256(pg_catalog.convert_to(p_session, 'UTF8')) $$;
 comment on function atl._console_session_hash(text) is
   'Private: SHA-256 of a console session id, as stored in atl.console_sessions.session_hash.';
 
--- Starts a session for an active approver or admin key of the current tenant;
--- also forgets the tenant's sessions that ended more than 30 days ago.
-create function atl.console_session_start(p_session text, p_key_id uuid, p_ttl interval)
+-- Starts a session for the acting key (app.key_hash), which must be an
+-- active approver or admin key of the current tenant: a session is never
+-- started for a key whose secret the caller does not hold. Also forgets the
+-- tenant's sessions that ended more than 30 days ago.
+create function atl.console_session_start(p_session text, p_ttl interval)
 returns table (id uuid, expires_at timestamptz)
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_tenant text := atl._require_tenant();
+  v_actor atl.api_keys := atl._require_actor(array['approver', 'admin']);
 begin
   if p_session is null or char_length(p_session) < 43 then
     raise exception 'a session id has at least 43 characters (32 random bytes)'
@@ -64,21 +69,15 @@ begin
   if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '30 days' then
     raise exception 'a session lasts more than 0 and at most 30 days' using errcode = 'AT400', hint = 'validation_failed';
   end if;
-  if not exists (select 1 from atl.api_keys k
-                 where k.tenant_id = v_tenant and k.id = p_key_id and k.revoked_at is null
-                   and k.role in ('approver', 'admin')) then
-    raise exception 'only an active approver or admin key of this tenant can start a console session'
-      using errcode = 'AT403', hint = 'forbidden';
-  end if;
   delete from atl.console_sessions s
   where s.tenant_id = v_tenant and coalesce(s.ended_at, s.expires_at) < now() - interval '30 days';
   return query
   insert into atl.console_sessions as s (tenant_id, session_hash, key_id, expires_at)
-  values (v_tenant, atl._console_session_hash(p_session), p_key_id, now() + p_ttl)
+  values (v_tenant, atl._console_session_hash(p_session), v_actor.id, now() + p_ttl)
   returning s.id, s.expires_at;
 end $$;
-comment on function atl.console_session_start(text, uuid, interval) is
-  'Starts a console session (id: at least 43 random characters, only its SHA-256 is kept) for an active approver or admin key of the current tenant, lasting p_ttl.';
+comment on function atl.console_session_start(text, interval) is
+  'Starts a console session (id: at least 43 random characters, only its SHA-256 is kept) for the acting approver or admin key (app.key_hash) of the current tenant, lasting p_ttl.';
 
 -- Ends a session of the current tenant (sign-out); false when it was not live.
 create function atl.console_session_end(p_session text) returns boolean
@@ -98,33 +97,34 @@ comment on function atl.console_session_end(text) is
 -- Finds a live session's tenant and key. It runs before any tenant is known,
 -- so, like atl.api_key_authenticate, it reads across tenants (owned by atl_keyauth).
 create function atl.console_session_authenticate(p_session text)
-returns table (tenant_id text, key_id uuid, role text, subject text, expires_at timestamptz)
+returns table (tenant_id text, key_id uuid, role text, subject text, expires_at timestamptz, key_hash text)
 language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select s.tenant_id, k.id, k.role, k.subject, s.expires_at
+  select s.tenant_id, k.id, k.role, k.subject, s.expires_at, encode(k.key_hash, 'hex')
   from atl.console_sessions s
   join atl.api_keys k on k.tenant_id = s.tenant_id and k.id = s.key_id
   where s.session_hash = atl._console_session_hash(p_session)
     and s.ended_at is null and s.expires_at > now()
-    and k.revoked_at is null and k.role in ('approver', 'admin')
+    and (k.revoked_at is null or k.revoked_at > clock_timestamp()) and k.role in ('approver', 'admin')
 $$;
-grant create on schema atl to atl_keyauth;
+grant create on schema atl to atl_keyauth, atl_gate;
 alter function atl.console_session_authenticate(text) owner to atl_keyauth;
-revoke create on schema atl from atl_keyauth;
+alter function atl.console_session_start(text, interval) owner to atl_gate;
+revoke create on schema atl from atl_keyauth, atl_gate;
 comment on function atl.console_session_authenticate(text) is
-  'SECURITY DEFINER (atl_keyauth): the tenant, key id, role, subject and expiry of a live console session; no row when it is unknown, ended, expired or its key revoked.';
+  'SECURITY DEFINER (atl_keyauth): the tenant, key id, role, subject, expiry and key hash (for app.key_hash) of a live console session; no row when it is unknown, ended, expired or its key revoked. The session id is as strong a credential as the key.';
 
-revoke all on function atl._console_session_hash(text), atl.console_session_start(text, uuid, interval),
+revoke all on function atl._console_session_hash(text), atl.console_session_start(text, interval),
   atl.console_session_end(text), atl.console_session_authenticate(text) from public;
-grant execute on function atl._console_session_hash(text), atl.console_session_start(text, uuid, interval),
+grant execute on function atl._console_session_hash(text), atl.console_session_start(text, interval),
   atl.console_session_end(text), atl.console_session_authenticate(text) to {{ .app_role }};
-grant execute on function atl._console_session_hash(text) to atl_keyauth;
+grant execute on function atl._console_session_hash(text) to atl_keyauth, atl_gate;
 
 ---- create above / drop below ----
 
 drop function atl.console_session_authenticate(text);
 drop function atl.console_session_end(text);
-drop function atl.console_session_start(text, uuid, interval);
+drop function atl.console_session_start(text, interval);
 drop function atl._console_session_hash(text);
 drop table atl.console_sessions;
