@@ -325,7 +325,9 @@ func TestAuditLogs(t *testing.T) {
 
 			r := env.do("GET", "/api/v1/audit/logs?agent_id=bot-1", admin, nil)
 			require.EqualValues(t, 3, r.Body["count"], r.Raw)
-			require.Equal(t, "user-42", r.items()[0]["user_id"])
+			require.Equal(t, "user-42", r.items()[0]["claimed_user_id"], "X-User-ID is kept as a claim")
+			require.Nil(t, r.items()[0]["user_id"], "and attributes nothing: an agent key has no user")
+			require.Equal(t, "bot-1", r.items()[0]["actor_subject"])
 			require.Equal(t, "trace-1", r.items()[0]["trace_id"])
 			require.Nil(t, r.Body["next_cursor"])
 

@@ -87,7 +87,8 @@ func TestAuthCacheRevocation(t *testing.T) {
 	_, err = store.Authenticate(ctx, k1.APIKey)
 	require.ErrorIs(t, err, errUnauthorized(), "revoked through the service: refused at once")
 
-	_, err = sqlAs(ctx, pool, "acme", "select to_jsonb(k) from atl.api_key_revoke($1::uuid) k", k2.ID)
+	sqlKeys.Store(sqlKeyName(pool, "acme", "admin"), admin.APIKey)
+	_, err = sqlAs(ctx, pool, "acme/admin", "select to_jsonb(k) from atl.api_key_revoke($1::uuid) k", k2.ID)
 	require.NoError(t, err)
 	_, err = store.Authenticate(ctx, k2.APIKey)
 	require.NoError(t, err, "revoked in SQL: still cached here")

@@ -50,23 +50,36 @@ func TestAuditChainIntact(t *testing.T) {
 			require.Equal(t, http.StatusOK, r.Status, r.Raw)
 			require.Equal(t, true, r.Body["ok"])
 			require.Nil(t, r.Body["first_broken_seq"])
-			// one audit row for the key issue, then an event and an audit row per POST
-			require.EqualValues(t, 9, r.Body["checked"])
+			// one audit row for the key issue, then an event and an audit row per
+			// POST; in PostgreSQL the chain also holds both keys' issues (change_log)
+			want := 9 + keyChanges(kind, 2)
+			require.EqualValues(t, want, r.Body["checked"])
 			head := env.do("GET", "/api/v1/audit/head", admin, nil)
-			require.EqualValues(t, 9, head.Body["seq"])
+			require.EqualValues(t, want, head.Body["seq"])
 			require.Len(t, head.str("hash"), 64)
 			require.NotEmpty(t, head.str("updated_at"))
 			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
 
-			// Another tenant's chain is its own, and starts empty.
+			// Another tenant's chain is its own, and starts empty (but for its first key).
 			other := env.tenant("beta")
 			head = env.do("GET", "/api/v1/audit/head", other, nil)
-			require.EqualValues(t, 0, head.Body["seq"])
-			require.Equal(t, strings.Repeat("0", 64), head.str("hash"))
+			require.EqualValues(t, keyChanges(kind, 1), head.Body["seq"])
+			if kind == "jsonl" {
+				require.Equal(t, strings.Repeat("0", 64), head.str("hash"))
+			}
 			r = env.do("GET", "/api/v1/audit/verify", other, nil)
-			require.Equal(t, [2]any{true, float64(0)}, [2]any{r.Body["ok"], r.Body["checked"]}, r.Raw)
+			require.Equal(t, [2]any{true, float64(keyChanges(kind, 1))}, [2]any{r.Body["ok"], r.Body["checked"]}, r.Raw)
 		})
 	}
+}
+
+// keyChanges is how many chained change records n key issues add: in
+// PostgreSQL each is in atl.change_log; JSONL keeps keys outside its chain.
+func keyChanges(kind string, n int) int {
+	if kind == "postgres" {
+		return n
+	}
+	return 0
 }
 
 // TestAuditChainConcurrent: concurrent writers queue on the chain head, so
@@ -90,7 +103,7 @@ func TestAuditChainConcurrent(t *testing.T) {
 			wg.Wait()
 			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 			require.Equal(t, true, r.Body["ok"], r.Raw)
-			require.EqualValues(t, 9+1+16*3, r.Body["checked"])
+			require.EqualValues(t, 9+1+16*3+keyChanges(kind, 3), r.Body["checked"])
 			require.EqualValues(t, r.Body["checked"], r.Body["head_seq"])
 		})
 	}
@@ -164,7 +177,7 @@ func TestAuditChainRepeatableRead(t *testing.T) {
 	begin := func() pgx.Tx {
 		tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 		require.NoError(t, err)
-		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme")
+		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme", "")
 		require.NoError(t, err)
 		return tx
 	}
@@ -186,7 +199,7 @@ func TestAuditChainRepeatableRead(t *testing.T) {
 
 	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 	require.Equal(t, true, r.Body["ok"], r.Raw)
-	require.EqualValues(t, 10, r.Body["checked"])
+	require.EqualValues(t, 10+keyChanges("postgres", 2), r.Body["checked"])
 }
 
 // trailLines reads a JSONL tenant trail as raw lines and, for each, its seq (0 when none).
@@ -348,7 +361,7 @@ func TestAuditChainForgedHeadSetting(t *testing.T) {
 
 	for name, forged := range map[string]string{
 		"seq ahead":    `'7:' || encode(sha256('x'), 'hex')`,
-		"hash altered": `'1:' || encode(sha256('x'), 'hex')`,
+		"hash altered": `'2:' || encode(sha256('x'), 'hex')`, // head: the admin key's issue, then the audit row
 	} {
 		_, err := sqlAs(ctx, pool, "acme", `select to_jsonb(a.id)
 			from (select set_config('atl.chain_' || md5('acme'), `+forged+`, true) as c) s,
@@ -358,5 +371,5 @@ func TestAuditChainForgedHeadSetting(t *testing.T) {
 	}
 	out, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
 	require.NoError(t, err)
-	require.JSONEq(t, `{"ok": true, "checked": 1, "head_seq": 1, "first_broken_seq": null, "reason": null}`, string(out))
+	require.JSONEq(t, `{"ok": true, "checked": 2, "head_seq": 2, "first_broken_seq": null, "reason": null}`, string(out))
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/signal"
 	"os/user"
 	"runtime"
@@ -42,6 +41,7 @@ Usage:
   atl help | --help                    print this
 
 Every subcommand but serve, healthcheck, version and help needs DATABASE_URL.
+key issue and key revoke act as the admin key in ATL_API_KEY.
 `
 
 // buildInfo describes the binary: version, VCS revision and time, Go version.
@@ -249,7 +249,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 			who = "cli:" + u.Username
 		}
 		return &AuditLog{TraceID: newTraceID(), Route: "CLI atl " + route, Mode: "dry_run", Status: "ok",
-			HTTPStatus: 200, UserID: &who, started: time.Now()}
+			HTTPStatus: 200, ClaimedUserID: &who, started: time.Now()}
 	}
 	needTenant := func() error {
 		if *tenant == "" {
@@ -275,7 +275,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		if err := validateKeyRequest(*role, *subject, nil); err != nil {
 			return nil, 0, err
 		}
-		admin, err := cliAdmin(ctx, store, *tenant)
+		admin, err := cliAdmin(ctx, store, *tenant, getenv("ATL_API_KEY"))
 		if err != nil {
 			return nil, 0, err
 		}
@@ -288,7 +288,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		if len(pos) != 1 || !uuidPattern.MatchString(pos[0]) {
 			return nil, 0, usagef("give the key id (a uuid)")
 		}
-		admin, err := cliAdmin(ctx, store, *tenant)
+		admin, err := cliAdmin(ctx, store, *tenant, getenv("ATL_API_KEY"))
 		if err != nil {
 			return nil, 0, err
 		}
@@ -330,8 +330,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 
 // cliAdmin is the admin key in ATL_API_KEY: keys are issued and revoked by an
 // admin of the tenant, in the CLI as over HTTP, never by database access alone.
-func cliAdmin(ctx context.Context, store *PGStore, tenant string) (Principal, error) {
-	key := os.Getenv("ATL_API_KEY")
+func cliAdmin(ctx context.Context, store *PGStore, tenant, key string) (Principal, error) {
 	if key == "" {
 		return Principal{}, usagef("set ATL_API_KEY to an admin key of tenant %s: keys are issued and revoked by an admin", tenant)
 	}

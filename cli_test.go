@@ -19,8 +19,14 @@ import (
 // runCLI runs the command line in process with DATABASE_URL set to url.
 func runCLI(t *testing.T, url string, args ...string) (int, string, string) {
 	t.Helper()
+	return runCLIAs(t, url, "", args...)
+}
+
+// runCLIAs runs the CLI with ATL_API_KEY set to apiKey.
+func runCLIAs(t *testing.T, url, apiKey string, args ...string) (int, string, string) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	env := map[string]string{"DATABASE_URL": url}
+	env := map[string]string{"DATABASE_URL": url, "ATL_API_KEY": apiKey}
 	code := cli(args, func(k string) string { return env[k] }, &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
@@ -82,31 +88,35 @@ func TestCLI(t *testing.T) {
 	require.Equal(t, 1, code, "a second acme is a conflict")
 	require.Contains(t, errOut, "(already_exists)")
 
-	code, out, errOut = runCLI(t, url, "key", "issue", "-tenant", "acme", "-role", "agent", "-subject", "bot")
+	code, _, errOut = runCLI(t, url, "key", "issue", "-tenant", "acme", "-role", "agent", "-subject", "bot")
+	require.Equal(t, 2, code, "keys are issued by an admin key: %s", errOut)
+	require.Contains(t, errOut, "ATL_API_KEY")
+	adminKey := created["api_key"].(string)
+	code, out, errOut = runCLIAs(t, url, adminKey, "key", "issue", "-tenant", "acme", "-role", "agent", "-subject", "bot")
 	require.Equal(t, 0, code, errOut)
 	key := decode(out)
 	require.Equal(t, "agent", key["role"])
 	require.NotEmpty(t, key["api_key"])
-	code, _, _ = runCLI(t, url, "key", "issue", "-tenant", "acme", "-role", "root", "-subject", "bot")
+	code, _, _ = runCLIAs(t, url, adminKey, "key", "issue", "-tenant", "acme", "-role", "root", "-subject", "bot")
 	require.Equal(t, 1, code, "validated as the API validates")
 	code, _, _ = runCLI(t, url, "key", "issue", "-role", "agent", "-subject", "bot")
 	require.Equal(t, 2, code, "-tenant is required")
 
-	code, out, errOut = runCLI(t, url, "key", "revoke", key["id"].(string), "-tenant", "acme")
+	code, out, errOut = runCLIAs(t, url, adminKey, "key", "revoke", key["id"].(string), "-tenant", "acme")
 	require.Equal(t, 0, code, errOut)
 	require.NotNil(t, decode(out)["revoked_at"])
-	code, _, _ = runCLI(t, url, "key", "revoke", "-tenant", "beta", key["id"].(string))
-	require.Equal(t, 1, code, "another tenant's key is not found")
+	code, _, _ = runCLIAs(t, url, adminKey, "key", "revoke", "-tenant", "beta", key["id"].(string))
+	require.Equal(t, 1, code, "acme's admin key acts for acme only")
 
 	conn, err := pgx.Connect(t.Context(), url)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
 	var routes []string
-	require.NoError(t, conn.QueryRow(t.Context(), `select coalesce(array_agg(route || ' ' || user_id order by seq), '{}')
-		from atl.audit_logs where tenant_id = 'acme'`).Scan(&routes))
+	require.NoError(t, conn.QueryRow(t.Context(), `select coalesce(array_agg(route || ' ' || actor_subject || ' ' || claimed_user_id
+		order by seq), '{}') from atl.audit_logs where tenant_id = 'acme'`).Scan(&routes))
 	require.Len(t, routes, 2)
-	require.True(t, strings.HasPrefix(routes[0], "CLI atl key issue cli"), routes[0])
-	require.True(t, strings.HasPrefix(routes[1], "CLI atl key revoke cli"), routes[1])
+	require.True(t, strings.HasPrefix(routes[0], "CLI atl key issue admin cli"), routes[0])
+	require.True(t, strings.HasPrefix(routes[1], "CLI atl key revoke admin cli"), routes[1])
 
 	// expire across tenants, then one tenant.
 	code, out, errOut = runCLI(t, url, "expire")

@@ -271,8 +271,9 @@ func TestApprovalLifeL4(t *testing.T) {
 		return env.do("POST", "/api/v1/approvals/"+id+"/decisions", key, map[string]any{"decision": decision})
 	}
 
-	// The requester may not decide, even holding an approver key in its own name.
-	selfKey := env.key(g.admin, "approver", "bot-1")
+	// The agent a request is for may not decide it, even through an approver
+	// key in its name (the requesting key's own subject has one key only).
+	selfKey := env.key(g.admin, "approver", "refunder")
 	requireError(t, decide(selfKey, "APPROVE"), http.StatusForbidden, "self_approval")
 
 	r := decide(g.alice, "APPROVE")
@@ -530,7 +531,7 @@ func TestExecuteLive(t *testing.T) {
 	again := env.execute(g.agent, "bot", map[string]any{"tool": "tool.ok", "mode": "live", "args": map[string]any{"n": 1}, "idempotency_key": "live-1"})
 	require.Equal(t, r.Body, again.Body, "a retried live call is not made twice")
 	mu.Lock()
-	require.Equal(t, []string{`/ok {"n":1}`}, received)
+	require.Equal(t, []string{`/ok {"n": 1}`}, received, "the canonical jsonb text is what is forwarded")
 	mu.Unlock()
 
 	for path, want := range map[string]string{"fail": "endpoint answered 500", "away": "redirect to another host", "slow": "timed out"} {

@@ -56,9 +56,26 @@ func chainOK(t *testing.T, pool *pgxpool.Pool, tenant string) int {
 	require.NoError(t, json.Unmarshal(out, &v))
 	rows := count(t, pool, `select (select count(*) from atl.audit_logs where tenant_id = $1)
 		+ (select count(*) from atl.agent_action_events where tenant_id = $1)`, tenant)
+	changes := count(t, pool, "select count(*) from atl.change_log where tenant_id = $1", tenant)
 	require.True(t, v.OK, "tenant %s chain verifies", tenant)
-	require.EqualValues(t, rows, v.Checked, "tenant %s: every row is in the chain", tenant)
+	require.EqualValues(t, rows+changes, v.Checked, "tenant %s: every row is in the chain", tenant)
 	return rows
+}
+
+// groupTenant creates a tenant and returns its admin and an agent "bot", as
+// the keys authenticate (SQL takes the actor from the key).
+func groupTenant(t *testing.T, store *PGStore, id string) (admin, agent Principal) {
+	t.Helper()
+	ctx := context.Background()
+	_, k, err := store.CreateTenant(ctx, id, id)
+	require.NoError(t, err)
+	admin, err = store.Authenticate(ctx, k.APIKey)
+	require.NoError(t, err)
+	a, err := store.IssueKey(ctx, admin, "agent", "bot", nil, nil)
+	require.NoError(t, err)
+	agent, err = store.Authenticate(ctx, a.APIKey)
+	require.NoError(t, err)
+	return admin, agent
 }
 
 func oneEvent(tool string) []Event {
@@ -74,9 +91,9 @@ func TestGroupCommitBatches(t *testing.T) {
 	store, pool, log := groupStore(t, 2*perTenant*2) // each request: one event + its audit row
 	ctx := context.Background()
 	tenants := []string{"acme", "beta"}
+	agents := map[string]Principal{}
 	for _, id := range tenants {
-		_, _, err := store.CreateTenant(ctx, id, id)
-		require.NoError(t, err)
+		_, agents[id] = groupTenant(t, store, id)
 	}
 
 	type answer struct {
@@ -91,7 +108,7 @@ func TestGroupCommitBatches(t *testing.T) {
 		go func() {
 			audit := &AuditLog{TraceID: "t", Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok",
 				HTTPStatus: 201, started: time.Now()}
-			events, err := store.InsertEvents(ctx, Principal{TenantID: tenant}, oneEvent(fmt.Sprintf("tool_%d", i)), audit)
+			events, err := store.InsertEvents(ctx, agents[tenant], oneEvent(fmt.Sprintf("tool_%d", i)), audit)
 			answers <- answer{tenant, events, audit, err}
 		}()
 	}
@@ -124,11 +141,11 @@ func TestGroupCommitBadRowFailsAlone(t *testing.T) {
 	const requests = 8
 	store, pool, log := groupStore(t, requests*2)
 	ctx := context.Background()
+	admins, agents := map[string]Principal{}, map[string]Principal{}
 	for _, id := range []string{"acme", "beta"} {
-		_, _, err := store.CreateTenant(ctx, id, id)
-		require.NoError(t, err)
+		admins[id], agents[id] = groupTenant(t, store, id)
 	}
-	_, err := store.PutTenantSettings(ctx, Principal{TenantID: "acme", Subject: "admin"},
+	_, err := store.PutTenantSettings(ctx, admins["acme"],
 		TenantSettings{DefaultTrustLevel: "L0", AllowedDomains: []string{"travel"}}, nil)
 	require.NoError(t, err)
 
@@ -147,7 +164,7 @@ func TestGroupCommitBadRowFailsAlone(t *testing.T) {
 			}
 			ev := oneEvent("t")
 			ev[0].Domain = domain
-			_, errs[i] = store.InsertEvents(ctx, Principal{TenantID: tenant}, ev, &AuditLog{TraceID: "t",
+			_, errs[i] = store.InsertEvents(ctx, agents[tenant], ev, &AuditLog{TraceID: "t",
 				Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok", HTTPStatus: 201, started: time.Now()})
 		}()
 	}
@@ -173,10 +190,8 @@ func TestGroupCommitExecute(t *testing.T) {
 	const calls = 5 // four distinct keys and one retry
 	store, pool, log := groupStore(t, calls*2)
 	ctx := context.Background()
-	_, _, err := store.CreateTenant(ctx, "acme", "acme")
-	require.NoError(t, err)
-	p := Principal{TenantID: "acme", Subject: "bot", Role: "agent"}
-	_, err = store.PutPolicy(ctx, p, PolicyInput{ToolName: "search", TrustLevel: "L0"}, nil)
+	admin, p := groupTenant(t, store, "acme")
+	_, err := store.PutPolicy(ctx, admin, PolicyInput{ToolName: "search", TrustLevel: "L0"}, nil)
 	require.NoError(t, err)
 
 	results := make([]GateResult, calls)

@@ -1234,8 +1234,8 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		TraceID: traceID(r, req.TraceID), Mode: req.Mode, IdempotencyKey: req.IdempotencyKey,
 		ApprovalRequestID: strings.ToLower(req.ApprovalRequestID), TrustLevel: req.TrustLevel, Domain: req.Domain,
 		Route: audit.Route, LiveEnabled: a.live, Started: requestStart(r)}
-	if audit.UserID != nil {
-		in.UserID = *audit.UserID
+	if audit.ClaimedUserID != nil {
+		in.ClaimedUserID = *audit.ClaimedUserID
 	}
 	res, err := a.store.Execute(r.Context(), p, in)
 	if err != nil {
@@ -1251,7 +1251,7 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
 		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, OutcomeInput{EventID: res.Live.EventID,
 			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
-			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, UserID: in.UserID})
+			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
 		if err != nil {
 			return err
 		}

@@ -491,7 +491,7 @@ func TestOpenAPICheckerCatchesDrift(t *testing.T) {
 		t.Fatalf("api/openapi.json: %v", err)
 	}
 	health := `{"status":"ok","storage":"postgres","version":"v","live_enabled":false,"build":{"version":"v","go":"go1"}}`
-	key := `{"id":"%s","tenant_id":"acme","role":"agent","subject":"bot","key_prefix":"atl_abc","created_at":"2026-01-02T15:04:05Z","revoked_at":null}`
+	key := `{"id":"%s","tenant_id":"acme","role":"agent","subject":"bot","key_prefix":"atl_abc","created_at":"2026-01-02T15:04:05Z","revoked_at":null,"agents":null,"issued_by":"admin","issued_by_key_id":null,"revoked_by":null,"revoked_by_key_id":null,"replaced_by_key_id":null}`
 	keys := func(id string) string { return `{"items":[` + fmt.Sprintf(key, id) + `],"count":1}` }
 	const goodID = "5f0c6a8e-2b7d-4c1e-9a3f-0d4b8e6c2a1f"
 	cases := []struct {
@@ -551,8 +551,8 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 	}
 	enum := doc.Components.Schemas.ErrorCode.Enum
 	patterns := map[string]*regexp.Regexp{
-		".go":  regexp.MustCompile(`(?:code[A-Z]\w* += |Code: +|newError\(http\.Status\w+, |v_refusal|code := )"([a-z_]+)"`),
-		".sql": regexp.MustCompile(`(?:hint = |v_refusal := )'([a-z_]+)'`),
+		".go":  regexp.MustCompile(`(?:code[A-Z]\w* += |Code: +|newError\(http\.Status\w+, |v_refusal|code := )"([a-z0-9_]+)"`),
+		".sql": regexp.MustCompile(`(?:hint = |v_refusal := )'([a-z0-9_]+)'`),
 	}
 	found := map[string]bool{}
 	for _, glob := range []string{"*.go", "sql/*.sql"} {

@@ -145,7 +145,7 @@ func TestListPlans(t *testing.T) {
 					tx, err := pool.Begin(ctx)
 					require.NoError(t, err)
 					defer tx.Rollback(ctx) //nolint:errcheck
-					_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "t7")
+					_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "t7", "")
 					require.NoError(t, err)
 
 					// The statement exactly as the list function builds it.

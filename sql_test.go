@@ -262,7 +262,7 @@ func TestIsolationSQL(t *testing.T) {
 			require.Zero(t, n)
 			require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.event_query() where id = $1", betaEvent).Scan(&n))
 			require.Zero(t, n)
-			require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.api_key_list() where id = $1", betaKey).Scan(&n))
+			require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.api_key_list() k where k ->> 'id' = $1", betaKey).Scan(&n))
 			require.Zero(t, n)
 			require.NoError(t, tx.QueryRow(ctx, "select count(*) from atl.tenant_get()").Scan(&n))
 			require.Equal(t, 1, n)

@@ -230,7 +230,7 @@ type KeyRotation struct {
 type ExecuteInput struct {
 	AgentID, Tool, Workflow, Stage, TraceID, Mode, IdempotencyKey string
 	Args                                                          json.RawMessage
-	ApprovalRequestID, TrustLevel, Domain, UserID, Route          string
+	ApprovalRequestID, TrustLevel, Domain, ClaimedUserID, Route   string
 	LiveEnabled                                                   bool
 	Started                                                       time.Time
 }
@@ -250,14 +250,14 @@ type GateResult struct {
 }
 
 type OutcomeInput struct {
-	EventID        string
-	Succeeded      bool
-	UpstreamStatus int
-	Result         json.RawMessage
-	Error          string
-	LatencyMS      int
-	IdempotencyKey string
-	Route, UserID  string
+	EventID              string
+	Succeeded            bool
+	UpstreamStatus       int
+	Result               json.RawMessage
+	Error                string
+	LatencyMS            int
+	IdempotencyKey       string
+	Route, ClaimedUserID string
 }
 
 // querier is satisfied by a pool, a connection and a transaction.
@@ -491,7 +491,7 @@ const insertAuditSQL = `select id::text, created_at from atl.audit_log_insert(
 func insertAudit(ctx context.Context, q querier, a *AuditLog) error {
 	a.LatencyMS = int(time.Since(a.started).Milliseconds())
 	return q.QueryRow(ctx, insertAuditSQL, a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
-		a.HTTPStatus, a.LatencyMS, a.UserID, a.Error).Scan(&a.ID, &a.CreatedAt)
+		a.HTTPStatus, a.LatencyMS, a.ClaimedUserID, a.Error).Scan(&a.ID, &a.CreatedAt)
 }
 
 // stmt is one statement of a write and what to do with its answer: run alone
@@ -530,7 +530,7 @@ func (st stmt) queue(b *pgx.Batch) {
 func auditStmt(a *AuditLog) stmt {
 	a.LatencyMS = int(time.Since(a.started).Milliseconds())
 	return stmt{sql: insertAuditSQL, args: []any{a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
-		a.HTTPStatus, a.LatencyMS, a.UserID, a.Error}, row: func(r pgx.Row) error { return r.Scan(&a.ID, &a.CreatedAt) }}
+		a.HTTPStatus, a.LatencyMS, a.ClaimedUserID, a.Error}, row: func(r pgx.Row) error { return r.Scan(&a.ID, &a.CreatedAt) }}
 }
 
 // write runs a tenant's statements (and its audit row, when given) through
@@ -770,7 +770,7 @@ func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (Ga
 		res = GateResult{}
 		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
 			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
-			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), nullable(in.UserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
+			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
 			row: func(r pgx.Row) error { return r.Scan(&res) }}}
 	})
 	return res, err
@@ -783,7 +783,7 @@ func (s *PGStore) RecordOutcome(ctx context.Context, p Principal, in OutcomeInpu
 	var res GateResult
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, recordOutcomeSQL, in.EventID, in.Succeeded, in.UpstreamStatus, rawText(in.Result),
-			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.UserID)).Scan(&res)
+			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.ClaimedUserID)).Scan(&res)
 	})
 	return res, err
 }

@@ -103,9 +103,9 @@ type jsonlRevoke struct {
 
 // jsonlRecord is one line of any file; Type says which field is set.
 type jsonlRecord struct {
-	Type   string    `json:"type"`
-	Tenant *Tenant   `json:"tenant,omitempty"`
-	Key    *jsonlKey `json:"key,omitempty"`
+	Type     string       `json:"type"`
+	Tenant   *Tenant      `json:"tenant,omitempty"`
+	Key      *jsonlKey    `json:"key,omitempty"`
 	Revoke   *jsonlRevoke `json:"revoke,omitempty"`
 	Audit    *AuditLog    `json:"audit,omitempty"`
 	Event    *Event       `json:"event,omitempty"`
@@ -765,8 +765,8 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 	}
 	e.TrustLevel = level
 	audit := &AuditLog{TraceID: e.TraceID, AgentID: &e.Agent, Route: in.Route, Mode: e.Mode, started: in.Started}
-	if in.UserID != "" {
-		audit.UserID = &in.UserID
+	if in.ClaimedUserID != "" {
+		audit.ClaimedUserID = &in.ClaimedUserID
 	}
 	answer := map[string]any{"trust_level": level, "mode": e.Mode, "trace_id": e.TraceID}
 	status := http.StatusOK

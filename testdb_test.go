@@ -101,6 +101,11 @@ func newDatabase(t testing.TB) string {
 	defer conn.Close(ctx)
 	_, err = conn.Exec(ctx, fmt.Sprintf("create database %s template %s", name, testDB.template))
 	require.NoError(t, err)
+	// A clone does not inherit the template's database privileges (migration
+	// 013 takes TEMPORARY from PUBLIC); copy them so the clone is as migrated.
+	_, err = conn.Exec(ctx, "update pg_database set datacl = (select datacl from pg_database where datname = $1) where datname = $2",
+		testDB.template, name)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		c, err := pgx.Connect(ctx, testDB.admin)
 		if err == nil {

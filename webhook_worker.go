@@ -369,8 +369,20 @@ func slackMessage(payload json.RawMessage) []byte {
 			Required    int    `json:"required_approvals"`
 			Approvals   int    `json:"approvals"`
 		} `json:"approval"`
+		Key *struct {
+			ID        string  `json:"id"`
+			Role      string  `json:"role"`
+			Subject   string  `json:"subject"`
+			RevokedAt *string `json:"revoked_at"`
+		} `json:"key"`
+		Actor struct {
+			Subject string `json:"subject"`
+		} `json:"actor"`
 	}
 	_ = json.Unmarshal(payload, &ev)
+	if ev.Key != nil {
+		return slackKeyMessage(ev.TenantID, ev.Event, ev.Key.Role, ev.Key.Subject, ev.Key.ID, ev.Actor.Subject, ev.Key.RevokedAt)
+	}
 	a := ev.Approval
 	verb := map[string]string{"approval.created": "needs approval", "approval.approved": "was approved",
 		"approval.rejected": "was rejected", "approval.expired": "expired"}[ev.Event]
@@ -393,6 +405,22 @@ func slackMessage(payload json.RawMessage) []byte {
 		},
 	}
 	b, _ := json.Marshal(msg)
+	return b
+}
+
+// slackKeyMessage tells a channel that a key was issued or revoked, and by
+// whom, so a second person sees every change of who may decide.
+func slackKeyMessage(tenant, event, role, subject, id, actor string, revokedAt *string) []byte {
+	verb := map[string]string{"key.issued": "issued", "key.revoked": "revoked"}[event]
+	text := fmt.Sprintf("[%s] %s key for %s %s by %s", tenant, role, subject, verb, actor)
+	if revokedAt != nil {
+		text += " (stops at " + *revokedAt + ")"
+	}
+	b, _ := json.Marshal(map[string]any{"text": text, "blocks": []any{
+		map[string]any{"type": "section", "text": map[string]any{"type": "mrkdwn", "text": slackEscape(text)}},
+		map[string]any{"type": "context", "elements": []any{
+			map[string]any{"type": "mrkdwn", "text": slackEscape("key " + id)}}},
+	}})
 	return b
 }
 

@@ -504,7 +504,7 @@ func TestWebhookIsolation(t *testing.T) {
 func TestWebhookOutboxTransaction(t *testing.T) {
 	t.Parallel()
 	e := setup(t, "postgres")
-	admin, _, _ := webhookTenant(e, "acme")
+	admin, agent, _ := webhookTenant(e, "acme")
 	addWebhook(e, admin, "https://acme.example/hook", "json")
 	pool := e.store.(*PGStore).pool
 	ctx := context.Background()
@@ -517,7 +517,7 @@ func TestWebhookOutboxTransaction(t *testing.T) {
 		tx, err := pool.Begin(ctx)
 		require.NoError(t, err)
 		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme")
+		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme", keyHash(agent))
 		require.NoError(t, err)
 		_, err = tx.Exec(ctx, "select atl.gate_execute(p_agent_id => 'bot', p_tool => 'deploy')")
 		require.NoError(t, err)

@@ -536,8 +536,11 @@ comment on function atl.api_key_issue(text, text, text[]) is
   'Issues an API key (role agent|approver|admin, subject, agents it may also act as) for the current tenant as the acting admin key; one active key per subject (AT409 subject_in_use); returns the key once.';
 
 drop function atl.api_key_list();
+-- SECURITY DEFINER because a key's JSON is built from its row, whose hash the
+-- runtime role may not read; it still shows the current tenant's keys only.
 create function atl.api_key_list() returns setof jsonb
-language sql stable
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
 as $$
   select atl._key_json(k) from atl.api_keys k
   where k.tenant_id = atl.current_tenant()
@@ -558,7 +561,7 @@ begin
   if not found then
     raise exception 'api key not found' using errcode = 'AT404', hint = 'key_not_found';
   end if;
-  if v_key.revoked_at is not null and v_key.revoked_at <= p_at then
+  if v_key.revoked_at is not null and v_key.revoked_at <= clock_timestamp() then
     return atl._key_json(v_key);
   end if;
   if v_key.role = 'admin' and p_replaced_by is null and not exists (
@@ -567,7 +570,8 @@ begin
     raise exception 'the last active admin key cannot be revoked; issue another admin key first'
       using errcode = 'AT409', hint = 'last_admin_key';
   end if;
-  update atl.api_keys k set revoked_at = p_at, revoked_by_key_id = p_actor.id, revoked_by = p_actor.subject,
+  update atl.api_keys k set revoked_at = least(coalesce(k.revoked_at, p_at), p_at),
+    revoked_by_key_id = p_actor.id, revoked_by = p_actor.subject,
     replaced_by_key_id = coalesce(p_replaced_by, k.replaced_by_key_id)
   where k.tenant_id = v_tenant and k.id = p_id
   returning * into v_key;
@@ -630,7 +634,7 @@ returns table (tenant_id text, key_id uuid, role text, subject text, agents text
 language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select k.tenant_id, k.id, k.role, k.subject, coalesce(k.agents, '{}')
+  select k.tenant_id, k.id, k.role, k.subject, k.agents
   from atl.api_keys k
   where k.key_hash = atl._api_key_hash(p_api_key) and (k.revoked_at is null or k.revoked_at > clock_timestamp())
 $$;
@@ -1280,6 +1284,12 @@ alter table atl.change_log force row level security;
 
 revoke all on all functions in schema atl from public;
 
+-- The worker's functions were the runtime role's; now only atl_worker's.
+revoke execute on function atl._webhook_worker_only(), atl.webhook_delivery_claim(integer, interval, integer),
+  atl.webhook_delivery_record(text, uuid, integer, integer, text, integer, integer, interval, interval),
+  atl.webhook_delivery_next_due(), atl._approval_decision_check(), atl._approval_decision_apply()
+  from {{ .app_role }};
+
 -- Functions atl_gate runs inside its own functions.
 grant execute on function atl._actor(), atl._require_actor(text[]), atl._change_append(text, text, text, jsonb, uuid, text),
   atl._approval_state(atl.approval_requests), atl._approval_terms(atl.approval_requests), atl._key_state(atl.api_keys),
@@ -1342,6 +1352,7 @@ alter function atl.event_insert(text[], text[], text[], text[], text[], text[], 
 alter function atl.api_key_issue(text, text, text[]) owner to atl_gate;
 alter function atl.api_key_revoke(uuid) owner to atl_gate;
 alter function atl.api_key_rotate(uuid, integer) owner to atl_gate;
+alter function atl.api_key_list() owner to atl_gate;
 alter function atl.tenant_create(text, text, text) owner to atl_gate;
 alter function atl.policy_put(text, text, boolean, integer, integer, text) owner to atl_gate;
 alter function atl.policy_delete(text) owner to atl_gate;

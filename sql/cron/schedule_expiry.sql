@@ -7,9 +7,10 @@
 --   psql -d postgres -v atl_db=atl -f sql/cron/schedule_expiry.sql
 --
 -- Optional: -v atl_user=<role> runs the job as that role instead of the one
--- running this script. It must be able to log in to atl_db and to execute
--- atl.expire_stale_approvals() (the migrations grant EXECUTE to atl_app; the
--- function is SECURITY DEFINER, owned by atl_sweeper).
+-- running this script. It must be able to log in to atl_db and be a member of
+-- atl_worker (grant atl_worker to <role>): with no tenant set,
+-- atl.expire_stale_approvals() sweeps every tenant, which only atl_worker may
+-- do; the runtime role atl_app may not.
 --
 -- Needs pg_cron 1.4 or later (cron.schedule_in_database), loaded with
 -- shared_preload_libraries = 'pg_cron' and created with
