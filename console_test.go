@@ -104,7 +104,7 @@ type consoleTenant struct {
 func newConsoleTenant(t *testing.T, e *testEnv, id string) consoleTenant {
 	t.Helper()
 	ct := consoleTenant{admin: e.tenant(id)}
-	ct.agent = e.key(ct.admin, "agent", "bot")
+	ct.agent = e.agentKey(ct.admin, "bot-key", "bot")
 	r := e.do("POST", "/api/v1/keys", ct.admin, map[string]any{"role": "approver", "subject": "alice@example.com"})
 	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
 	ct.approver, ct.approverID = r.str("api_key"), r.str("id")
@@ -182,7 +182,7 @@ func TestConsoleDecideUsesTheSQLRules(t *testing.T) {
 	t.Parallel()
 	e := setup(t, "postgres")
 	ct := newConsoleTenant(t, e, "con-decide")
-	// An approver whose subject is the requesting agent's: SQL refuses self-approval.
+	// An approver whose subject is the agent the request is for: SQL refuses self-approval.
 	self := e.key(ct.admin, "approver", "bot")
 	b := newConsoleBrowser(e)
 	require.Equal(t, http.StatusSeeOther, b.signIn(self).Status)

@@ -536,6 +536,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/keys/{id}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a key
+         * @description Roles: admin. Issues the key's replacement (same role, subject and agents; its secret is in this answer only) and revokes the old key now or after overlap_seconds (at most 24 h). The replacement decides only approval requests created after it.
+         */
+        post: operations["rotateKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -579,6 +599,12 @@ export interface components {
             /** Format: date-time */
             consumed_at: string | null;
             decisions: components["schemas"]["Decision"][];
+            mode: components["schemas"]["Mode"];
+            /**
+             * Format: uuid
+             * @description The agent key that asked.
+             */
+            requested_by_key_id: string | null;
         };
         AuditLog: {
             /** Format: uuid */
@@ -593,10 +619,20 @@ export interface components {
             status: "ok" | "pending_approval" | "denied" | "error";
             http_status: number;
             latency_ms: number;
+            /** @description Subject of the acting human key (from the key, never from a header). */
             user_id: string | null;
             error: string | null;
             /** Format: date-time */
             created_at: string;
+            /**
+             * Format: uuid
+             * @description The authenticated key that made the request.
+             */
+            actor_key_id?: string | null;
+            /** @description That key's subject. */
+            actor_subject?: string | null;
+            /** @description X-User-ID as sent: an untrusted claim that attributes nothing. */
+            claimed_user_id?: string | null;
         };
         /** @description Audit rows, newest first. */
         AuditLogPage: {
@@ -653,6 +689,11 @@ export interface components {
             reason: string | null;
             /** Format: date-time */
             created_at: string;
+            /**
+             * Format: uuid
+             * @description The key that decided (null for system:auto-approve).
+             */
+            decided_by_key_id: string | null;
         };
         DecisionInput: {
             /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
@@ -674,7 +715,7 @@ export interface components {
          * @description Stable snake_case code; clients switch on it. Never renamed.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "too_many_webhooks" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error";
+        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "too_many_webhooks" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error" | "duplicate_key" | "agent_mismatch" | "subject_in_use" | "approval_stale" | "approval_agent_mismatch" | "decider_key_too_new" | "admin_l4_forbidden" | "key_revoked";
         EvalRun: {
             /** Format: uuid */
             id: string;
@@ -756,6 +797,16 @@ export interface components {
             error: string | null;
             /** Format: date-time */
             created_at: string;
+            /**
+             * @description gate: written by the gate; agent: reported through POST /api/v1/events. Absent on rows older than sources.
+             * @enum {string|null}
+             */
+            source?: "gate" | "agent" | "mcp" | null;
+            /**
+             * Format: uuid
+             * @description The key that wrote the event.
+             */
+            actor_key_id?: string | null;
         };
         /** @description Up to 1000 events, stored all or none. */
         EventBatch: {
@@ -919,17 +970,37 @@ export interface components {
             key_prefix: string;
             /** Format: date-time */
             created_at: string;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When the key stops working; in the future while a rotation's overlap lasts.
+             */
             revoked_at: string | null;
             /** @description The secret, only in the answer that issues the key. */
             api_key?: string;
+            /** @description Agent keys only: the agent names besides the subject that the key may act as. */
+            agents: string[] | null;
+            /** @description Subject of the admin key that issued this key (system:operator for a tenant's first key). */
+            issued_by: string | null;
+            /** Format: uuid */
+            issued_by_key_id: string | null;
+            /** @description Subject of the admin key that revoked or rotated it. */
+            revoked_by: string | null;
+            /** Format: uuid */
+            revoked_by_key_id: string | null;
+            /**
+             * Format: uuid
+             * @description The key that replaced it in a rotation.
+             */
+            replaced_by_key_id: string | null;
         };
         KeyCreate: {
             /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
             tenant_id?: string;
             role: components["schemas"]["Role"];
-            /** @description An email or an agent name; becomes requested_by / decided_by. */
+            /** @description An email or an agent name; becomes requested_by / decided_by. One active key per subject (409 subject_in_use). */
             subject: string;
+            /** @description Agent keys only: further agent names the key may act as (execute and report events under). Any other agent_id answers 403 agent_mismatch. */
+            agents?: string[] | null;
         };
         KeyList: {
             items: components["schemas"]["Key"][];
@@ -949,6 +1020,8 @@ export interface components {
             endpoint_url: string | null;
             /** Format: date-time */
             updated_at: string;
+            /** @description Subject of the admin key that last changed it. */
+            updated_by?: string | null;
         };
         PolicyInput: {
             /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
@@ -970,6 +1043,8 @@ export interface components {
             default_trust_level: components["schemas"]["TrustLevel"];
             allowed_domains: string[] | null;
             items: components["schemas"]["Policy"][];
+            /** @description Whether admin keys may decide L4 requests (default false: two approvers). */
+            admins_decide_l4?: boolean;
         };
         /** @enum {string} */
         Role: "agent" | "approver" | "admin";
@@ -1021,6 +1096,8 @@ export interface components {
         TenantSettings: {
             default_trust_level: components["schemas"]["TrustLevel"];
             allowed_domains: string[] | null;
+            /** @description Whether admin keys may decide L4 requests (default false: two approvers). */
+            admins_decide_l4?: boolean;
         };
         TenantSettingsInput: {
             /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
@@ -1028,6 +1105,8 @@ export interface components {
             default_trust_level: components["schemas"]["TrustLevel"];
             /** @description null accepts any valid domain. */
             allowed_domains?: string[] | null;
+            /** @description Let admin keys decide L4 requests; false unless sent true. */
+            admins_decide_l4?: boolean;
         };
         /**
          * @description L0 Full Auto, L1 Propose, L2 Sandboxed, L3 Commit (human review), L4 Critical (two humans by default).
@@ -1117,7 +1196,7 @@ export interface components {
             /** @description Pass as `cursor` to read the next page; null on the last page. */
             next_cursor: string | null;
         };
-        /** @description The body of a json delivery, as it was when the event happened. */
+        /** @description The body of a json delivery, as it was when the event happened: approval.* events carry approval, key.* events carry key and actor. */
         WebhookEvent: {
             event: components["schemas"]["WebhookEventName"];
             /** Format: date-time */
@@ -1127,10 +1206,16 @@ export interface components {
             webhook_id: string;
             /** Format: uuid */
             delivery_id: string;
-            approval: components["schemas"]["ApprovalRequest"];
+            approval?: components["schemas"]["ApprovalRequest"];
+            key?: components["schemas"]["Key"];
+            actor?: {
+                /** Format: uuid */
+                key_id: string | null;
+                subject: string;
+            };
         };
         /** @enum {string} */
-        WebhookEventName: "approval.created" | "approval.approved" | "approval.rejected" | "approval.expired";
+        WebhookEventName: "approval.created" | "approval.approved" | "approval.rejected" | "approval.expired" | "key.issued" | "key.revoked";
         /**
          * @description json: the event as ATL builds it (WebhookEvent); slack: a Slack incoming-webhook message.
          * @enum {string}
@@ -1139,6 +1224,16 @@ export interface components {
         WebhookList: {
             items: components["schemas"]["Webhook"][];
             count: number;
+        };
+        KeyRotate: {
+            /** @description Optional; must equal the key's tenant, else 403 tenant_mismatch. */
+            tenant_id?: string;
+            /** @description How long the old key keeps working beside its replacement (default 0: stops at once). */
+            overlap_seconds?: number;
+        };
+        KeyRotation: {
+            key: components["schemas"]["IssuedKey"];
+            replaced: components["schemas"]["Key"];
         };
     };
     responses: {
@@ -1463,6 +1558,15 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            /** @description The subject already has an active key (subject_in_use): rotate or revoke it first. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];
@@ -2449,6 +2553,56 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             /** @description No such webhook in this tenant, or an id that is not a uuid (webhook_not_found). */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    rotateKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (uuid). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["KeyRotate"];
+            };
+        };
+        responses: {
+            /** @description The replacement and the old key. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyRotation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description No such key in this tenant (key_not_found). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The key is revoked or already rotated (key_revoked). */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

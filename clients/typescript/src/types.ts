@@ -42,6 +42,12 @@ export type EventsCreated = S["EventList"];
 export type EventError = S["EventError"];
 
 /** A webhook target (POST/GET /api/v1/webhooks); `secret` only in the answer that creates it. */
+/** An API key as listed (no secret), with who issued, revoked or replaced it. */
+export type Key = S["Key"];
+/** A rotation's answer: the replacement (with its secret, once) and the old key. */
+export type KeyRotation = S["KeyRotation"];
+/** A json webhook delivery's body: approval.* events carry approval, key.* events key and actor. */
+export type WebhookEvent = S["WebhookEvent"];
 export type Webhook = S["Webhook"];
 export type WebhookCreated = S["WebhookCreated"];
 /** One event for one webhook, with its attempts (GET /api/v1/webhooks/{id}/deliveries). */
