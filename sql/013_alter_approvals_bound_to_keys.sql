@@ -1232,6 +1232,7 @@ begin
     from atl.approval_requests q
     left join lateral (select c.seq, c.detail from atl.change_log c
                        where c.tenant_id = v_tenant and c.entity = 'approval' and c.entity_id = q.id::text
+                         and c.detail ? 'status'
                        order by c.seq desc limit 1) l on true
     left join lateral (select c.seq, c.detail - 'request_id' as detail from atl.change_log c
                        where c.tenant_id = v_tenant and c.entity = 'approval' and c.entity_id = q.id::text
@@ -1475,6 +1476,7 @@ grant execute on function atl._chain_row_hash(text, jsonb, bytea), atl._approval
   atl.webhook_delivery_record(text, uuid, integer, integer, text, integer, integer, interval, interval),
   atl.webhook_delivery_next_due()
   to {{ .app_role }};
+grant execute on function atl._approval_json(atl.approval_requests) to atl_webhooks;
 revoke execute on function atl.current_tenant(), atl._require_tenant() from atl_gate, atl_worker;
 
 revoke select on atl.api_keys from {{ .app_role }};
