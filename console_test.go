@@ -182,18 +182,15 @@ func TestConsoleDecideUsesTheSQLRules(t *testing.T) {
 	t.Parallel()
 	e := setup(t, "postgres")
 	ct := newConsoleTenant(t, e, "con-decide")
-	// An approver whose subject is the agent the request is for: SQL refuses self-approval.
-	self := e.key(ct.admin, "approver", "bot")
-	b := newConsoleBrowser(e)
-	require.Equal(t, http.StatusSeeOther, b.signIn(self).Status)
-	d := b.do("GET", "/console/approvals/"+ct.request, nil)
-	r := b.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
-	require.Equal(t, http.StatusForbidden, r.Status, r.Body)
-	require.Contains(t, r.Body, "<code>self_approval</code>")
+	// A person's key may not carry the name of an agent: self-approval by name cannot be set up.
+	r := e.do("POST", "/api/v1/keys", ct.admin, map[string]any{"role": "approver", "subject": "bot"})
+	requireError(t, r, http.StatusBadRequest, codeValidation)
+	// An agent key cannot sign in to the console at all.
+	require.NotEqual(t, http.StatusSeeOther, newConsoleBrowser(e).signIn(ct.agent).Status)
 
 	a := newConsoleBrowser(e)
 	require.Equal(t, http.StatusSeeOther, a.signIn(ct.approver).Status)
-	d = a.do("GET", "/console/approvals/"+ct.request, nil)
+	d := a.do("GET", "/console/approvals/"+ct.request, nil)
 	ok := a.do("POST", "/console/approvals/"+ct.request+"/decide",
 		url.Values{"csrf": {csrfOf(t, d)}, "decision": {"REJECT"}, "reason": {"wrong amount"}})
 	require.Equal(t, http.StatusSeeOther, ok.Status, ok.Body)
@@ -208,9 +205,10 @@ func TestConsoleDecideUsesTheSQLRules(t *testing.T) {
 	require.Len(t, decisions, 1)
 	require.Equal(t, "wrong amount", decisions[0].(map[string]any)["reason"])
 
-	// The refusals are in the audit trail, as the API's are.
+	// The refusal is in the audit trail, as the API's are.
 	logs := e.do("GET", "/api/v1/audit/logs?status=denied", ct.admin, nil)
-	require.Equal(t, 2, int(logs.Body["count"].(float64)), logs.Raw)
+	require.Equal(t, 1, int(logs.Body["count"].(float64)), logs.Raw)
+	require.Equal(t, "approval_not_pending", logs.items()[0]["error"])
 }
 
 func TestConsoleCSRF(t *testing.T) {

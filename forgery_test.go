@@ -116,7 +116,65 @@ func TestForgeryAdminAloneCannotSatisfyDualControl(t *testing.T) {
 	var inChain int
 	env.queryOne(&inChain, "select count(*) from atl.change_log where entity = 'key' and actor_key_id = $1", adminID)
 	require.GreaterOrEqual(t, inChain, 6, "every key the admin issued, revoked or rotated is in the chain")
-	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"])
+	v := env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, true, v.Body["ok"], v.Raw)
+}
+
+// TestForgeryRotationAndSettings: an admin who rotates the approvers' keys
+// before a request, or loosens the policy, still cannot approve L4 alone.
+func TestForgeryRotationAndSettings(t *testing.T) {
+	t.Parallel()
+	env := setup(t, "postgres")
+	admin := env.tenant("acme")
+	alice, bob := env.key(admin, "approver", "alice"), env.key(admin, "approver", "bob")
+	agent := env.key(admin, "agent", "bot")
+	env.policy(admin, "pay", map[string]any{"trust_level": "L4"})
+	fake := map[string]string{}
+	for subject := range map[string]bool{"alice": true, "bob": true} {
+		r := env.do("POST", "/api/v1/keys/"+keyIDOf(t, env, admin, subject)+"/rotate", admin, map[string]any{"overlap_seconds": 86400})
+		require.Equal(t, http.StatusCreated, r.Status, r.Raw)
+		fake[subject] = r.Body["key"].(map[string]any)["api_key"].(string)
+	}
+	held := env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": 1}})
+	id := held.str("approval_request_id")
+	for _, k := range fake {
+		requireError(t, env.do("POST", "/api/v1/approvals/"+id+"/decisions", k, map[string]any{"decision": "APPROVE"}),
+			http.StatusForbidden, "rotation_overlap")
+	}
+	// While the overlap lasts, the people whose keys were rotated still decide, and notice.
+	require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/approvals/"+id+"/decisions", alice, map[string]any{"decision": "APPROVE"}).Status)
+
+	// An L4 tool never needs fewer than two approvals, whatever a policy or the tenant says.
+	requireError(t, env.do("PUT", "/api/v1/policies/pay", admin, map[string]any{"trust_level": "L4", "required_approvals": 1}),
+		http.StatusBadRequest, codeValidation)
+	require.Equal(t, http.StatusOK, env.do("PUT", "/api/v1/policies", admin, map[string]any{"default_trust_level": "L3", "admins_decide_l4": true}).Status)
+	held = env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": 2}})
+	id2 := held.str("approval_request_id")
+	require.EqualValues(t, 2, held.Body["required_approvals"])
+	require.Equal(t, "PENDING", env.do("POST", "/api/v1/approvals/"+id2+"/decisions", admin, map[string]any{"decision": "APPROVE"}).str("status"))
+	require.Equal(t, "APPROVED", env.do("POST", "/api/v1/approvals/"+id2+"/decisions", bob, map[string]any{"decision": "APPROVE"}).str("status"),
+		"with admins_decide_l4 an admin is one of the two, never both")
+
+	// Rewriting the policy or the settings behind the API is named by verify.
+	v := env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, true, v.Body["ok"], v.Raw)
+	env.sql(`update atl.tool_policies set trust_level = 'L0' where tool_name = 'pay'`)
+	v = env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, false, v.Body["ok"], v.Raw)
+	require.Contains(t, v.Body["reason"], "tool policy")
+	env.sql(`update atl.tool_policies set trust_level = 'L4' where tool_name = 'pay'`)
+	env.sql(`update atl.tenants set admins_decide_l4 = false where id = 'acme'`)
+	v = env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Contains(t, v.Body["reason"], "settings", v.Raw)
+	env.sql(`update atl.tenants set admins_decide_l4 = true where id = 'acme'`)
+	// A status moved with a forged change record, but no decisions to show for it.
+	id3 := env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": 3}}).str("approval_request_id")
+	env.sql(`update atl.approval_requests set status = 'APPROVED', approvals = 2, decided_at = now() where id = $1`, id3)
+	env.sql(`insert into atl.change_log (tenant_id, entity, entity_id, action, actor_subject, detail)
+		select tenant_id, 'approval', id::text, 'approved', 'bob', atl._approval_state(r) from atl.approval_requests r where id = $1`, id3)
+	v = env.do("GET", "/api/v1/audit/verify", admin, nil)
+	require.Equal(t, false, v.Body["ok"], v.Raw)
+	require.Contains(t, v.Body["reason"], "not what its decisions allow")
 }
 
 // TestForgeryDuplicateKeys: a body that names a key twice is refused, and a
@@ -145,8 +203,15 @@ func TestForgeryDuplicateKeys(t *testing.T) {
 		`{"tool": "pay", "args": {"x": {"to": 1, "to": 2}}}`,
 		`{"tool": "pay", "args": {"list": [{"a": 1}, {"b": 1, "b": 2}]}}`,
 		`{"tool": "pay", "tool": "read"}`,
+		`{"tool": "pay", "TOOL": "send"}`,
+		`{"tool": "pay", "args": {"a\u0062": 1, "ab": 2}}`,
 	} {
 		requireError(t, env.do("POST", "/api/v1/agents/bot/execute", agent, body), http.StatusBadRequest, codeDuplicateKey)
+	}
+	// Numbers a database would expand a thousandfold are refused.
+	for _, n := range []string{"1e131071", "1E+65", strings.Repeat("9", 65)} {
+		requireError(t, env.do("POST", "/api/v1/agents/bot/execute", agent, `{"tool": "pay", "args": {"n": `+n+`}}`),
+			http.StatusBadRequest, codeValidation)
 	}
 	// The same key in sibling objects is no duplicate.
 	env.policy(admin, "read", map[string]any{"trust_level": "L0"})
@@ -159,6 +224,10 @@ func TestForgeryDuplicateKeys(t *testing.T) {
 	id := held.str("approval_request_id")
 	require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/approvals/"+id+"/decisions", alice,
 		map[string]any{"decision": "APPROVE"}).Status)
+	// Equal as numbers is not the same text: 100.0 would be forwarded as 100.0, so it is another call.
+	other := env.do("POST", "/api/v1/agents/bot/execute", agent,
+		`{"tool": "pay", "mode": "live", "approval_request_id": "`+id+`", "args": {"note":"café","amount":100.0,"to":"acct-1"}}`)
+	require.Equal(t, "approval_payload_mismatch", other.Body["error"].(map[string]any)["code"], other.Raw)
 	// The run sends the same args in another order and spacing: they are the same call.
 	run := env.do("POST", "/api/v1/agents/bot/execute", agent,
 		`{"tool": "pay", "mode": "live", "approval_request_id": "`+id+`", "args": {"note":"café","amount":100,"to":"acct-1"}}`)
@@ -169,6 +238,7 @@ func TestForgeryDuplicateKeys(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, []string{canonical}, received, "what runs is byte for byte the canonical text that was approved")
+
 	shown := env.do("GET", "/api/v1/approvals/"+id, alice, nil)
 	require.Equal(t, map[string]any{"to": "acct-1", "amount": float64(100), "note": "café"},
 		shown.Body["action_payload"].(map[string]any)["args"])
@@ -297,6 +367,9 @@ func TestForgeryRuntimeRole(t *testing.T) {
 		{"", "select * from atl.webhook_delivery_claim(10, '1 minute', 5) where $1::uuid is not null", "42501"},
 		{"", "select atl.expire_stale_approvals() where $1::uuid is not null", "42501"},
 		{"", "select atl._approval_expire_all() where $1::uuid is not null", "42501"},
+		{asAcme, "update atl.console_sessions set ended_at = null where $1::uuid is not null", "42501"},
+		{asAcme, "select secret from atl.webhooks where $1::uuid is not null", "42501"},
+		{asAcme, "update atl.webhooks set deleted_at = now() where $1::uuid is not null", "42501"},
 	} {
 		require.Equal(t, c.state, sqlState(attack(c.setup, c.stmt)), c.stmt)
 	}

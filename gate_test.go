@@ -271,10 +271,10 @@ func TestApprovalLifeL4(t *testing.T) {
 		return env.do("POST", "/api/v1/approvals/"+id+"/decisions", key, map[string]any{"decision": decision})
 	}
 
-	// The agent a request is for may not decide it, even through an approver
-	// key in its name (the requesting key's own subject has one key only).
-	selfKey := env.key(g.admin, "approver", "refunder")
-	requireError(t, decide(selfKey, "APPROVE"), http.StatusForbidden, "self_approval")
+	// The agent a request is for never gets a person's key: self-approval by
+	// name cannot be set up (the requesting key's own subject has one key only).
+	requireError(t, env.do("POST", "/api/v1/keys", g.admin, map[string]any{"role": "approver", "subject": "refunder"}),
+		http.StatusBadRequest, codeValidation)
 
 	r := decide(g.alice, "APPROVE")
 	require.Equal(t, http.StatusCreated, r.Status, r.Raw)

@@ -310,8 +310,8 @@ func decode(r *http.Request, v any, p *Principal) error {
 	if hasEscapedNUL(body) {
 		return newError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
 	}
-	if path, dup := duplicateKey(body); dup {
-		return newError(http.StatusBadRequest, codeDuplicateKey, "the key %s appears twice in one object; send each key once", path)
+	if e := checkJSON(body); e != nil {
+		return e
 	}
 	if p != nil {
 		var probe struct {
@@ -352,25 +352,40 @@ func hasEscapedNUL(body []byte) bool {
 	}
 }
 
-// duplicateKey finds an object that names one key twice, anywhere in body,
-// and returns its path. Parsers disagree on which duplicate wins (jsonb keeps
-// the last, others the first), so what an approver saw could differ from what
-// a receiver runs; ATL refuses such bodies instead of choosing.
-func duplicateKey(body []byte) (string, bool) {
+// maxNumberText bounds a JSON number's text: jsonb expands an exponent into
+// digits (1e131071 becomes 131,072 characters), so a small body could grow a
+// stored payload, its webhooks and every page that shows it a thousandfold.
+const maxNumberText = 64
+
+// checkJSON refuses what would make the text an approver sees differ from
+// what runs: an object that names a key twice, or twice but for letter case
+// (case-insensitive parsers, Go's among them, merge those), anywhere in body;
+// and numbers whose text is over maxNumberText characters or whose exponent
+// is over 64. It returns nil for malformed JSON, which the decoder reports.
+func checkJSON(body []byte) *Error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	type frame struct {
 		object bool
-		keys   map[string]struct{}
-		under  string // the key (or []) this value sits under in its parent
-		last   string // the last key read in this object
-		expect bool   // an object's next string token is a key
+		keys   map[string]struct{} // lower case
+		under  string              // the key (or []) this value sits under in its parent
+		last   string              // the last key read in this object
+		expect bool                // an object's next string token is a key
 	}
 	var stack []*frame
+	path := func(key string) string {
+		parts := []string{}
+		for i, f := range stack {
+			if i > 0 {
+				parts = append(parts, f.under)
+			}
+		}
+		return strings.Join(append(parts, key), ".")
+	}
 	for {
 		tok, err := dec.Token()
 		if err != nil {
-			return "", false // the decoder proper reports malformed JSON
+			return nil
 		}
 		var top *frame
 		if len(stack) > 0 {
@@ -385,31 +400,47 @@ func duplicateKey(body []byte) (string, bool) {
 			continue
 		}
 		if k, ok := tok.(string); ok && top != nil && top.object && top.expect {
-			if _, seen := top.keys[k]; seen {
-				parts := []string{}
-				for _, f := range stack[1:] {
-					parts = append(parts, f.under)
-				}
-				return strings.Join(append(parts, k), "."), true
+			folded := strings.ToLower(k)
+			if _, seen := top.keys[folded]; seen {
+				return newError(http.StatusBadRequest, codeDuplicateKey,
+					"the key %s appears twice in one object (letter case aside); send each key once", path(k))
 			}
-			top.keys[k] = struct{}{}
+			top.keys[folded] = struct{}{}
 			top.last, top.expect = k, false
 			continue
 		}
+		if n, ok := tok.(json.Number); ok && !smallNumber(string(n)) {
+			where := "[]"
+			if top != nil && top.object {
+				where = top.last
+			}
+			return validation("%s: a number of at most %d characters and an exponent of at most 64", path(where), maxNumberText)
+		}
 		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
 			stack = stack[:len(stack)-1]
-			if len(stack) == 0 {
-				return "", false
-			}
 		}
 		if len(stack) == 0 {
-			return "", false
+			return nil
 		}
 		// A value ended: its object's next string is a key again.
 		if p := stack[len(stack)-1]; p.object {
 			p.expect = true
 		}
 	}
+}
+
+// smallNumber reports whether a JSON number's text stays small once a
+// database expands it.
+func smallNumber(n string) bool {
+	if len(n) > maxNumberText {
+		return false
+	}
+	i := strings.IndexAny(n, "eE")
+	if i < 0 {
+		return true
+	}
+	exp, err := strconv.Atoi(strings.TrimPrefix(n[i+1:], "+"))
+	return err == nil && exp >= -64 && exp <= 64
 }
 
 func jsonError(err error) *Error {

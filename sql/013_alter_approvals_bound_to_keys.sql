@@ -52,6 +52,8 @@ alter table atl.api_keys no force row level security;
 alter table atl.approval_requests no force row level security;
 alter table atl.approval_decisions no force row level security;
 alter table atl.audit_chain_heads no force row level security;
+alter table atl.tool_policies no force row level security;
+alter table atl.webhooks no force row level security;
 
 -- ---------------------------------------------------------------- columns
 
@@ -89,8 +91,10 @@ alter table atl.tool_policies add column updated_by_key_id uuid, add column upda
 alter table atl.approval_requests
   add column mode text not null default 'dry_run',
   add column requested_by_key_id uuid,
+  add column endpoint_url text,
   add constraint approval_requests_mode check (mode in ('dry_run', 'live'));
 comment on column atl.approval_requests.mode is 'The mode the call was requested in; the approval runs only in it.';
+comment on column atl.approval_requests.endpoint_url is 'For a live call: the endpoint the approvers saw; the approval runs only while the policy still names it.';
 
 alter table atl.approval_decisions add column decided_by_key_id uuid, add column decided_by_role text;
 
@@ -126,7 +130,7 @@ create table atl.change_log (
   row_hash      bytea,
   constraint change_log_pkey primary key (tenant_id, id),
   constraint change_log_tenant_fkey foreign key (tenant_id) references atl.tenants (id),
-  constraint change_log_entity check (entity in ('approval', 'key', 'policy', 'settings')),
+  constraint change_log_entity check (entity in ('approval', 'key', 'policy', 'settings', 'webhook')),
   constraint change_log_action_format check (action ~ '^[a-z_]+$' and char_length(action) <= 32),
   constraint change_log_detail_object check (jsonb_typeof(detail) = 'object')
 );
@@ -238,6 +242,7 @@ as $$
     'trust_level', r.trust_level, 'required_approvals', r.required_approvals, 'requested_by', r.requested_by,
     'requested_by_key_id', r.requested_by_key_id, 'expires_at', r.expires_at,
     'auto_approve_eligible', r.auto_approve_eligible, 'action_type', r.action_type, 'trace_id', r.trace_id,
+    'endpoint_url', r.endpoint_url,
     'payload_sha256', encode(sha256(convert_to(r.action_payload::text, 'UTF8')), 'hex'), 'created_at', r.created_at)
 $$;
 comment on function atl._approval_terms(atl.approval_requests) is
@@ -248,10 +253,40 @@ language sql immutable
 as $$
   select jsonb_build_object('key_id', k.id, 'role', k.role, 'subject', k.subject, 'agents', to_jsonb(k.agents),
     'key_prefix', k.key_prefix, 'created_at', k.created_at, 'revoked_at', k.revoked_at,
-    'replaced_by_key_id', k.replaced_by_key_id)
+    'replaced_by_key_id', k.replaced_by_key_id, 'key_hash_sha256', encode(sha256(k.key_hash), 'hex'))
 $$;
 comment on function atl._key_state(atl.api_keys) is
-  'Private: a key''s role, subject, agents, prefix, creation and revocation as the chain records them (never its hash).';
+  'Private: a key''s role, subject, agents, prefix, creation, revocation and the SHA-256 of its hash as the chain records them (never the hash itself).';
+
+-- What the chain keeps of a policy, the tenant's settings and a webhook:
+-- the fields that decide, no timestamps (their text depends on TimeZone).
+create function atl._policy_state(p atl.tool_policies) returns jsonb
+language sql immutable
+as $$
+  select jsonb_build_object('tool_name', p.tool_name, 'trust_level', p.trust_level,
+    'auto_approve_eligible', p.auto_approve_eligible, 'approval_ttl_seconds', p.approval_ttl_seconds,
+    'required_approvals', p.required_approvals, 'endpoint_url', p.endpoint_url)
+$$;
+comment on function atl._policy_state(atl.tool_policies) is
+  'Private: a tool policy''s deciding fields (level, auto-approval, TTL, required approvals, endpoint) as the chain records them.';
+
+create function atl._settings_state(t atl.tenants) returns jsonb
+language sql immutable
+as $$
+  select jsonb_build_object('default_trust_level', t.default_trust_level, 'allowed_domains', to_jsonb(t.allowed_domains),
+    'admins_decide_l4', t.admins_decide_l4)
+$$;
+comment on function atl._settings_state(atl.tenants) is
+  'Private: a tenant''s default level, accepted domains and admins_decide_l4 as the chain records them.';
+
+create function atl._webhook_state(w atl.webhooks) returns jsonb
+language sql immutable
+as $$
+  select jsonb_build_object('webhook_id', w.id, 'url', w.url, 'format', w.format, 'deleted', w.deleted_at is not null,
+    'secret_sha256', encode(sha256(convert_to(w.secret, 'UTF8')), 'hex'))
+$$;
+comment on function atl._webhook_state(atl.webhooks) is
+  'Private: a webhook''s url, format, whether it is deleted, and the SHA-256 of its secret, as the chain records them.';
 
 -- ---------------------------------------------------------------- backfill
 
@@ -266,12 +301,22 @@ from (
   union all
   select d.tenant_id, 'approval', d.approval_request_id::text, 'decided',
          jsonb_build_object('request_id', d.approval_request_id, 'decision_id', d.id, 'decision', d.decision,
-           'decided_by', d.decided_by, 'decided_by_key_id', d.decided_by_key_id, 'reason', d.reason),
+           'decided_by', d.decided_by, 'decided_by_key_id', d.decided_by_key_id, 'reason', d.reason,
+           'decided_by_role', d.decided_by_role, 'created_at', d.created_at),
          d.created_at, 1, d.id::text
   from atl.approval_decisions d
   union all
   select k.tenant_id, 'key', k.id::text, 'snapshot', atl._key_state(k), k.created_at, 0, k.id::text
   from atl.api_keys k
+  union all
+  select p.tenant_id, 'policy', p.tool_name, 'snapshot', atl._policy_state(p), p.updated_at, 2, p.tool_name
+  from atl.tool_policies p
+  union all
+  select t.id, 'settings', t.id, 'snapshot', atl._settings_state(t), t.created_at, 2, t.id
+  from atl.tenants t
+  union all
+  select w.tenant_id, 'webhook', w.id::text, 'snapshot', atl._webhook_state(w), w.created_at, 2, w.id::text
+  from atl.webhooks w
 ) x
 order by x.tenant_id, x.at, x.ord, x.tie;
 
@@ -297,7 +342,12 @@ grant select, insert on atl.api_keys to atl_gate;
 grant update (revoked_at, revoked_by_key_id, revoked_by, replaced_by_key_id) on atl.api_keys to atl_gate;
 grant select, insert, delete on atl.idempotency_keys to atl_gate;
 grant update (http_status, response) on atl.idempotency_keys to atl_gate;
-grant select on atl.webhooks to atl_gate;
+grant select, insert on atl.webhooks to atl_gate;
+grant select on atl.webhook_deliveries, atl.eval_runs to atl_gate;
+grant update (deleted_at) on atl.webhooks to atl_gate;
+-- Webhooks change only through their functions, and the runtime role never reads a secret.
+revoke insert, update, select on atl.webhooks from {{ .app_role }};
+grant select (tenant_id, id, url, format, created_by, created_at, deleted_at) on atl.webhooks to {{ .app_role }};
 
 -- ---------------------------------------------------------------- guard
 
@@ -327,11 +377,11 @@ begin
   end if;
   if (new.tenant_id, new.id, new.domain, new.agent_id, new.tool_name, new.action_type, new.action_payload,
       new.trust_level, new.requested_by, new.trace_id, new.expires_at, new.auto_approve_eligible,
-      new.required_approvals, new.created_at, new.mode, new.requested_by_key_id)
+      new.required_approvals, new.created_at, new.mode, new.requested_by_key_id, new.endpoint_url)
      is distinct from
      (old.tenant_id, old.id, old.domain, old.agent_id, old.tool_name, old.action_type, old.action_payload,
       old.trust_level, old.requested_by, old.trace_id, old.expires_at, old.auto_approve_eligible,
-      old.required_approvals, old.created_at, old.mode, old.requested_by_key_id) then
+      old.required_approvals, old.created_at, old.mode, old.requested_by_key_id, old.endpoint_url) then
     raise exception 'what was requested cannot be changed' using errcode = 'AT403', hint = 'forbidden';
   end if;
   return new;
@@ -360,7 +410,7 @@ language sql stable
 as $$
   select jsonb_build_object('id', r.id, 'status', r.status, 'trust_level', r.trust_level,
     'required_approvals', r.required_approvals, 'approvals', r.approvals, 'expires_at', r.expires_at,
-    'domain', r.domain, 'mode', r.mode, 'agent_id', r.agent_id, 'tool_name', r.tool_name, 'action_type', r.action_type,
+    'domain', r.domain, 'mode', r.mode, 'endpoint_url', r.endpoint_url, 'agent_id', r.agent_id, 'tool_name', r.tool_name, 'action_type', r.action_type,
     'action_payload', r.action_payload, 'requested_by', r.requested_by, 'requested_by_key_id', r.requested_by_key_id,
     'trace_id', r.trace_id, 'auto_approve_eligible', r.auto_approve_eligible, 'created_at', r.created_at,
     'decided_at', r.decided_at, 'consumed_at', r.consumed_at,
@@ -500,6 +550,13 @@ declare
 begin
   if p_agents is not null and p_role <> 'agent' then
     raise exception 'agents may only be listed on an agent key' using errcode = 'AT400', hint = 'validation_failed';
+  end if;
+  -- An agent name is never a person's: self-approval is refused by name.
+  if exists (select 1 from atl.api_keys k where k.tenant_id = p_tenant and k.role <> 'agent'
+             and k.subject = any (coalesce(p_agents, '{}')))
+     or (p_role <> 'agent' and exists (select 1 from atl.api_keys k where k.tenant_id = p_tenant
+             and k.role = 'agent' and p_subject = any (coalesce(k.agents, '{}')))) then
+    raise exception 'an agent name and a person''s subject must differ' using errcode = 'AT400', hint = 'validation_failed';
   end if;
   begin
     insert into atl.api_keys (tenant_id, role, subject, key_hash, key_prefix, agents, issued_by_key_id, issued_by)
@@ -660,6 +717,7 @@ begin
   end if;
   perform set_config('app.tenant_id', p_id, true);
   insert into atl.tenants as t (id, name) values (p_id, p_name) returning * into v_tenant;
+  perform atl._change_append('settings', p_id, 'created', atl._settings_state(v_tenant), null, 'system:operator');
   v_key := atl._key_insert(p_id, 'admin', p_admin_subject, null, null, 'system:operator');
   return query select v_tenant.id, v_tenant.name, v_tenant.default_trust_level, v_tenant.created_at,
                       (v_key ->> 'id')::uuid, v_key ->> 'api_key';
@@ -683,6 +741,10 @@ begin
   if p_trust_level = 'L4' and p_auto_approve_eligible then
     raise exception 'an L4 tool can never be auto-approved' using errcode = 'AT400', hint = 'validation_failed';
   end if;
+  -- Dual control: an L4 call always needs two distinct people.
+  if p_trust_level = 'L4' and p_required_approvals < 2 then
+    raise exception 'an L4 tool needs at least two approvals' using errcode = 'AT400', hint = 'validation_failed';
+  end if;
   insert into atl.tool_policies as t (tenant_id, tool_name, trust_level, auto_approve_eligible,
     approval_ttl_seconds, required_approvals, endpoint_url, updated_by_key_id, updated_by)
   values (v_tenant, p_tool_name, p_trust_level, coalesce(p_auto_approve_eligible, false),
@@ -693,7 +755,7 @@ begin
     endpoint_url = excluded.endpoint_url, updated_at = now(),
     updated_by_key_id = excluded.updated_by_key_id, updated_by = excluded.updated_by
   returning * into v_row;
-  perform atl._change_append('policy', p_tool_name, 'put', atl._policy_json(v_row), v_actor.id, v_actor.subject);
+  perform atl._change_append('policy', p_tool_name, 'put', atl._policy_state(v_row), v_actor.id, v_actor.subject);
   return atl._policy_json(v_row);
 end $$;
 
@@ -710,7 +772,7 @@ begin
   if not found then
     raise exception 'no policy for this tool' using errcode = 'AT404', hint = 'policy_not_found';
   end if;
-  perform atl._change_append('policy', p_tool_name, 'deleted', atl._policy_json(v_row), v_actor.id, v_actor.subject);
+  perform atl._change_append('policy', p_tool_name, 'deleted', atl._policy_state(v_row), v_actor.id, v_actor.subject);
   return atl._policy_json(v_row);
 end $$;
 
@@ -730,9 +792,7 @@ begin
     admins_decide_l4 = coalesce(p_admins_decide_l4, false)
   where t.id = atl._require_tenant()
   returning * into v_tenant;
-  v_out := jsonb_build_object('default_trust_level', v_tenant.default_trust_level,
-                              'allowed_domains', to_jsonb(v_tenant.allowed_domains),
-                              'admins_decide_l4', v_tenant.admins_decide_l4);
+  v_out := atl._settings_state(v_tenant);
   perform atl._change_append('settings', v_tenant.id, 'put', v_out, v_actor.id, v_actor.subject);
   return v_out;
 end $$;
@@ -750,6 +810,72 @@ as $$
                        from atl.tool_policies p where p.tenant_id = atl.current_tenant()), '[]'::jsonb))
 $$;
 
+-- ---------------------------------------------------------------- webhooks
+
+-- Webhooks change only as the acting admin key, in the chain: a webhook is
+-- how a second person hears of key changes, so removing one must show too.
+create or replace function atl.webhook_create(p_url text, p_format text, p_created_by text) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_actor atl.api_keys := atl._require_actor(array['admin']);
+  v_tenant text := atl._require_tenant();
+  v_row atl.webhooks;
+begin
+  if p_format is null or p_format not in ('json', 'slack') then
+    raise exception 'format must be json or slack' using errcode = 'AT400', hint = 'validation_failed';
+  end if;
+  if p_url is null or p_url !~ '^https?://[^\s]+$' or char_length(p_url) > 2048 then
+    raise exception 'url must be an http or https URL of at most 2048 characters'
+      using errcode = 'AT400', hint = 'validation_failed';
+  end if;
+  -- A bound per tenant, so one tenant's fan-out cannot crowd the shared delivery worker.
+  perform pg_advisory_xact_lock(hashtextextended('atl.webhooks:' || v_tenant, 0));
+  if (select count(*) from atl.webhooks w where w.tenant_id = v_tenant and w.deleted_at is null) >= 10 then
+    raise exception 'a tenant may have at most 10 webhooks; delete one first'
+      using errcode = 'AT409', hint = 'too_many_webhooks';
+  end if;
+  insert into atl.webhooks (tenant_id, url, format, secret, created_by)
+  values (v_tenant, p_url, p_format, atl._webhook_secret_new(), v_actor.subject)
+  returning * into v_row;
+  perform atl._change_append('webhook', v_row.id::text, 'created', atl._webhook_state(v_row), v_actor.id, v_actor.subject);
+  return atl._webhook_json(v_row) || jsonb_build_object('secret', v_row.secret);
+end $$;
+comment on function atl.webhook_create(text, text, text) is
+  'Adds a webhook (url, format json|slack) to the current tenant as the acting admin key (p_created_by is ignored: the key''s subject is recorded), at most 10 live ones (AT409 too_many_webhooks), in the chain; returns it with its signing secret, shown this once.';
+
+create or replace function atl.webhook_list() returns jsonb
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(jsonb_agg(atl._webhook_json(w) order by w.created_at desc, w.id desc), '[]'::jsonb)
+  from atl.webhooks w
+  where w.tenant_id = atl.current_tenant() and w.deleted_at is null
+$$;
+
+create or replace function atl.webhook_delete(p_id uuid) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_actor atl.api_keys := atl._require_actor(array['admin']);
+  v_row atl.webhooks;
+  v_was timestamptz;
+begin
+  select w.deleted_at into v_was from atl.webhooks w where w.tenant_id = atl._require_tenant() and w.id = p_id for update;
+  update atl.webhooks w set deleted_at = coalesce(w.deleted_at, now())
+  where w.tenant_id = atl._require_tenant() and w.id = p_id
+  returning * into v_row;
+  if not found then
+    raise exception 'webhook not found' using errcode = 'AT404', hint = 'webhook_not_found';
+  end if;
+  if v_was is null then
+    perform atl._change_append('webhook', v_row.id::text, 'deleted', atl._webhook_state(v_row), v_actor.id, v_actor.subject);
+  end if;
+  return atl._webhook_json(v_row);
+end $$;
+
 -- ---------------------------------------------------------------- approvals
 
 -- Records one decision by the acting key and returns the request as it now
@@ -765,7 +891,7 @@ declare
   v_actor atl.api_keys := atl._require_actor(array['approver', 'admin']);
   v_req atl.approval_requests;
   v_decision_id uuid;
-  v_status text;
+  v_decided_at timestamptz;
 begin
   if p_decision is null or p_decision not in ('APPROVE', 'REJECT') then
     raise exception 'decision must be APPROVE or REJECT' using errcode = 'AT400', hint = 'validation_failed';
@@ -789,6 +915,13 @@ begin
     raise exception 'this key was issued after the request was created; only keys that existed before it decide'
       using errcode = 'AT403', hint = 'decider_key_too_new';
   end if;
+  -- A rotation's replacement decides only once the key it replaces has
+  -- stopped, so the person whose key was rotated notices before it counts.
+  if exists (select 1 from atl.api_keys o where o.tenant_id = v_tenant and o.replaced_by_key_id = v_actor.id
+             and o.revoked_at > clock_timestamp()) then
+    raise exception 'this key replaced one that still works (a rotation''s overlap); it decides once the old key has stopped'
+      using errcode = 'AT403', hint = 'rotation_overlap';
+  end if;
   if v_actor.role = 'admin' and v_req.trust_level = 'L4'
      and not (select t.admins_decide_l4 from atl.tenants t where t.id = v_tenant) then
     raise exception 'admin keys do not decide L4 requests in this tenant (admins_decide_l4 is off)'
@@ -797,11 +930,12 @@ begin
   insert into atl.approval_decisions (tenant_id, approval_request_id, decision, decided_by, reason,
     decided_by_key_id, decided_by_role)
   values (v_tenant, p_request_id, p_decision, v_actor.subject, p_reason, v_actor.id, v_actor.role)
-  returning id into v_decision_id;
+  returning id, created_at into v_decision_id, v_decided_at;
   select * into v_req from atl.approval_requests r where r.tenant_id = v_tenant and r.id = p_request_id;
   perform atl._change_append('approval', p_request_id::text, 'decided', atl._approval_state(v_req)
     || jsonb_build_object('decision_id', v_decision_id, 'decision', p_decision, 'decided_by', v_actor.subject,
-                          'decided_by_key_id', v_actor.id, 'reason', p_reason), v_actor.id, v_actor.subject);
+                          'decided_by_key_id', v_actor.id, 'reason', p_reason, 'decided_by_role', v_actor.role,
+                          'created_at', v_decided_at), v_actor.id, v_actor.subject);
   if v_req.status <> 'PENDING' then
     perform atl._change_append('approval', p_request_id::text, lower(v_req.status), atl._approval_state(v_req),
       v_actor.id, v_actor.subject);
@@ -944,6 +1078,8 @@ declare
   v_refusal text;
   v_message text;
   v_ok text := case v_mode when 'live' then 'dispatched' else 'allowed' end;
+  v_auto_id uuid;
+  v_auto_at timestamptz;
 begin
   if v_mode not in ('dry_run', 'live') then
     raise exception 'mode must be dry_run or live' using errcode = 'AT400', hint = 'validation_failed';
@@ -988,7 +1124,9 @@ begin
   select * into v_policy from atl.tool_policies p where p.tenant_id = v_tenant and p.tool_name = p_tool;
   -- 'L0' < 'L1' < ... < 'L4' as text.
   v_level := greatest(coalesce(v_policy.trust_level, v_tenant_row.default_trust_level, 'L3'), coalesce(p_trust_level, 'L0'));
-  v_required := coalesce(v_policy.required_approvals, case v_level when 'L4' then 2 else 1 end);
+  -- An L4 call always needs two distinct people, whatever a policy says.
+  v_required := case v_level when 'L4' then greatest(coalesce(v_policy.required_approvals, 2), 2)
+                else coalesce(v_policy.required_approvals, 1) end;
 
   if v_mode = 'live' and not coalesce(p_live_enabled, false) then
     v_refusal := 'live_disabled';
@@ -1013,25 +1151,27 @@ begin
     -- Hold the exact call for humans.
     insert into atl.approval_requests (tenant_id, domain, agent_id, tool_name, action_type, action_payload,
       trust_level, requested_by, requested_by_key_id, trace_id, expires_at, auto_approve_eligible,
-      required_approvals, mode)
+      required_approvals, mode, endpoint_url)
     values (v_tenant, v_domain, p_agent_id, p_tool,
       'COMMIT_' || upper(regexp_replace(p_tool, '[^A-Za-z0-9]+', '_', 'g')),
       jsonb_build_object('tool', p_tool, 'args', v_args), v_level, v_actor.subject, v_actor.id, v_trace,
       now() + make_interval(secs => coalesce(v_policy.approval_ttl_seconds, 3600)),
-      v_level = 'L3' and coalesce(v_policy.auto_approve_eligible, false), v_required, v_mode)
+      v_level = 'L3' and coalesce(v_policy.auto_approve_eligible, false), v_required, v_mode,
+      case v_mode when 'live' then v_policy.endpoint_url end)
     returning * into v_req;
     perform atl._change_append('approval', v_req.id::text, 'created',
       atl._approval_state(v_req) || atl._approval_terms(v_req), v_actor.id, v_actor.subject);
     if v_req.auto_approve_eligible then
       insert into atl.approval_decisions (tenant_id, approval_request_id, decision, decided_by, reason, decided_by_role)
       values (v_tenant, v_req.id, 'APPROVE', 'system:auto-approve', 'policy marks this L3 tool auto-approve eligible', 'system')
-      returning id into v_idem.key;
+      returning id, created_at into v_auto_id, v_auto_at;
       update atl.approval_requests r set consumed_at = clock_timestamp()
       where r.tenant_id = v_tenant and r.id = v_req.id
       returning * into v_req;
       perform atl._change_append('approval', v_req.id::text, 'decided', atl._approval_state(v_req)
-        || jsonb_build_object('decision_id', v_idem.key, 'decision', 'APPROVE', 'decided_by', 'system:auto-approve',
-                              'decided_by_key_id', null, 'reason', 'policy marks this L3 tool auto-approve eligible'),
+        || jsonb_build_object('decision_id', v_auto_id, 'decision', 'APPROVE', 'decided_by', 'system:auto-approve',
+                              'decided_by_key_id', null, 'reason', 'policy marks this L3 tool auto-approve eligible',
+                              'decided_by_role', 'system', 'created_at', v_auto_at),
         null, 'system:auto-approve');
       perform atl._change_append('approval', v_req.id::text, 'consumed', atl._approval_state(v_req), v_actor.id, v_actor.subject);
       v_result := atl._gate_record(v_tenant, v_actor.id, 200, jsonb_build_object('status', v_ok, 'auto_approved', true),
@@ -1066,12 +1206,16 @@ begin
     elsif v_req.agent_id <> p_agent_id then
       v_refusal := 'approval_agent_mismatch';
       v_message := 'the approval was given to another agent';
-    elsif v_req.action_payload <> jsonb_build_object('tool', p_tool, 'args', v_args) then
+    -- The same text, not just equal jsonb (100 and 100.0 are equal but forward differently).
+    elsif v_req.action_payload::text <> jsonb_build_object('tool', p_tool, 'args', v_args)::text then
       v_refusal := 'approval_payload_mismatch';
       v_message := 'the approval was given for a different tool or args';
     elsif v_req.domain <> v_domain or v_req.mode <> v_mode then
       v_refusal := 'approval_payload_mismatch';
       v_message := format('the approval was given for domain %s in mode %s', v_req.domain, v_req.mode);
+    elsif v_req.mode = 'live' and v_req.endpoint_url is distinct from v_policy.endpoint_url then
+      v_refusal := 'approval_stale';
+      v_message := 'the tool''s endpoint changed since the approval; ask again';
     elsif v_level > v_req.trust_level or v_required > v_req.approvals then
       v_refusal := 'approval_stale';
       v_message := format('the policy now asks for %s with %s approvals; this approval gave %s with %s; ask again',
@@ -1158,9 +1302,13 @@ end $$;
 -- then compares the live approval requests, decisions and keys with what the
 -- chain recorded of them: a row rewritten with triggers off is named by the
 -- seq of the chained record it no longer matches.
+-- SECURITY DEFINER (atl_gate) because it compares what the runtime role may
+-- not read (key hashes, webhook secrets) with their chained digests; it reads
+-- the current tenant only.
 create or replace function atl.audit_verify()
 returns table (ok boolean, checked bigint, head_seq bigint, first_broken_seq bigint, reason text)
-language plpgsql stable
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_tenant text := atl._require_tenant();
@@ -1200,7 +1348,7 @@ begin
     return;
   end if;
 
-  -- The chain is intact; now the approval and key rows must match it.
+  -- The chain is intact; now the live rows must match what it recorded.
   select x.seq, x.why into r from (
     -- each decision as its chained record says
     select c.seq, 'an approval decision differs from the chain (decision ' || d.id || ')' as why
@@ -1212,8 +1360,10 @@ begin
       order by c.seq limit 1) c on true
     where d.tenant_id = v_tenant
       and (c.seq is null
-           or (c.detail ->> 'decision', c.detail ->> 'decided_by', c.detail ->> 'decided_by_key_id', c.detail ->> 'reason')
-              is distinct from (d.decision, d.decided_by, d.decided_by_key_id::text, d.reason))
+           or (c.detail ->> 'decision', c.detail ->> 'decided_by', c.detail ->> 'decided_by_key_id', c.detail ->> 'reason',
+               c.detail ->> 'decided_by_role')
+              is distinct from (d.decision, d.decided_by, d.decided_by_key_id::text, d.reason, d.decided_by_role)
+           or (c.detail ? 'created_at' and (c.detail ->> 'created_at')::timestamptz is distinct from d.created_at))
     union all
     -- each chained decision still present
     select c.seq, 'a chained approval decision is missing (decision ' || (c.detail ->> 'decision_id') || ')'
@@ -1222,13 +1372,27 @@ begin
       and not exists (select 1 from atl.approval_decisions d
                       where d.tenant_id = v_tenant and d.id::text = c.detail ->> 'decision_id')
     union all
-    -- each request's state as its latest record, its terms as its first
+    -- each chained request still present
+    select min(c.seq), 'a chained approval request is missing (request ' || c.entity_id || ')'
+    from atl.change_log c
+    where c.tenant_id = v_tenant and c.entity = 'approval'
+      and not exists (select 1 from atl.approval_requests q where q.tenant_id = v_tenant and q.id::text = c.entity_id)
+    group by c.entity_id
+    union all
+    -- each request's state as its latest record, its terms as its first, its
+    -- status and count as its decisions allow
     select coalesce(l.seq, f.seq), case
-             when l.seq is null then 'an approval request outside the chain (request ' || q.id || ')'
-             when f.detail - array['status', 'approvals', 'decided_at', 'consumed_at', 'decision_id', 'decision',
-                                   'decided_by', 'decided_by_key_id', 'reason']
-                  <> atl._approval_terms(q) - array[]::text[] then 'an approval request''s terms differ from the chain (request ' || q.id || ')'
-             else 'an approval request''s status differs from the chain (request ' || q.id || ')' end
+             when l.seq is null or f.seq is null then 'an approval request outside the chain (request ' || q.id || ')'
+             when f.detail - array['status', 'approvals', 'decided_at', 'consumed_at', 'expires_at', 'created_at']
+                  is distinct from atl._approval_terms(q) - array['request_id', 'expires_at', 'created_at']
+                  or (f.detail ->> 'expires_at')::timestamptz is distinct from q.expires_at
+                  or (f.detail ->> 'created_at')::timestamptz is distinct from q.created_at
+               then 'an approval request''s terms differ from the chain (request ' || q.id || ')'
+             when (l.detail ->> 'status', (l.detail ->> 'approvals')::int, (l.detail ->> 'decided_at')::timestamptz,
+                   (l.detail ->> 'consumed_at')::timestamptz)
+                  is distinct from (q.status, q.approvals, q.decided_at, q.consumed_at)
+               then 'an approval request''s status differs from the chain (request ' || q.id || ')'
+             else 'an approval request''s status is not what its decisions allow (request ' || q.id || ')' end
     from atl.approval_requests q
     left join lateral (select c.seq, c.detail from atl.change_log c
                        where c.tenant_id = v_tenant and c.entity = 'approval' and c.entity_id = q.id::text
@@ -1238,18 +1402,26 @@ begin
                        where c.tenant_id = v_tenant and c.entity = 'approval' and c.entity_id = q.id::text
                          and c.action in ('created', 'snapshot')
                        order by c.seq limit 1) f on true
+    cross join lateral (select count(*) filter (where d.decision = 'APPROVE') as approves,
+                               count(*) filter (where d.decision = 'REJECT') as rejects,
+                               count(*) filter (where d.decided_by = 'system:auto-approve') as autos
+                        from atl.approval_decisions d
+                        where d.tenant_id = v_tenant and d.approval_request_id = q.id) n
     where q.tenant_id = v_tenant
       and (l.seq is null or f.seq is null
            or (l.detail ->> 'status', (l.detail ->> 'approvals')::int, (l.detail ->> 'decided_at')::timestamptz,
                (l.detail ->> 'consumed_at')::timestamptz)
               is distinct from (q.status, q.approvals, q.decided_at, q.consumed_at)
-           or f.detail - array['status', 'approvals', 'decided_at', 'consumed_at']
-              is distinct from atl._approval_terms(q) - array['expires_at', 'created_at']
-                   || jsonb_build_object('expires_at', f.detail -> 'expires_at', 'created_at', f.detail -> 'created_at')
+           or f.detail - array['status', 'approvals', 'decided_at', 'consumed_at', 'expires_at', 'created_at']
+              is distinct from atl._approval_terms(q) - array['request_id', 'expires_at', 'created_at']
            or (f.detail ->> 'expires_at')::timestamptz is distinct from q.expires_at
-           or (f.detail ->> 'created_at')::timestamptz is distinct from q.created_at)
+           or (f.detail ->> 'created_at')::timestamptz is distinct from q.created_at
+           or q.approvals <> n.approves
+           or (q.status = 'APPROVED' and n.approves < q.required_approvals and n.autos = 0)
+           or (q.status = 'REJECTED') <> (n.rejects > 0)
+           or (q.status = 'PENDING' and n.approves >= q.required_approvals))
     union all
-    -- each key as its latest record
+    -- each key as its latest record, and each chained key still present
     select l.seq, case when l.seq is null then 'an API key outside the chain (key ' || k.id || ')'
                        else 'an API key differs from the chain (key ' || k.id || ')' end
     from atl.api_keys k
@@ -1259,9 +1431,49 @@ begin
     where k.tenant_id = v_tenant
       and (l.seq is null
            or (l.detail ->> 'role', l.detail ->> 'subject', l.detail -> 'agents', (l.detail ->> 'revoked_at')::timestamptz,
-               l.detail ->> 'replaced_by_key_id')
+               l.detail ->> 'replaced_by_key_id', (l.detail ->> 'created_at')::timestamptz, l.detail ->> 'key_prefix')
               is distinct from (k.role, k.subject, coalesce(to_jsonb(k.agents), 'null'::jsonb), k.revoked_at,
-                                k.replaced_by_key_id::text))
+                                k.replaced_by_key_id::text, k.created_at, k.key_prefix)
+           or l.detail ->> 'key_hash_sha256' is distinct from encode(sha256(k.key_hash), 'hex'))
+    union all
+    select min(c.seq), 'a chained API key is missing (key ' || c.entity_id || ')'
+    from atl.change_log c
+    where c.tenant_id = v_tenant and c.entity = 'key'
+      and not exists (select 1 from atl.api_keys k where k.tenant_id = v_tenant and k.id::text = c.entity_id)
+    group by c.entity_id
+    union all
+    -- each policy as its latest record; a deleted one is gone
+    select l.seq, case when l.seq is null then 'a tool policy outside the chain (' || p.tool_name || ')'
+                                    else 'a tool policy differs from the chain (' || p.tool_name || ')' end
+    from atl.tool_policies p
+    left join lateral (select c.seq, c.action, c.detail from atl.change_log c
+                       where c.tenant_id = v_tenant and c.entity = 'policy' and c.entity_id = p.tool_name
+                       order by c.seq desc limit 1) l on true
+    where p.tenant_id = v_tenant
+      and (l.seq is null or l.action = 'deleted' or l.detail is distinct from atl._policy_state(p))
+    union all
+    select l.seq, 'a chained tool policy is missing (' || l.entity_id || ')'
+    from (select distinct on (c.entity_id) c.entity_id, c.seq, c.action from atl.change_log c
+          where c.tenant_id = v_tenant and c.entity = 'policy' order by c.entity_id, c.seq desc) l
+    where l.action <> 'deleted'
+      and not exists (select 1 from atl.tool_policies p where p.tenant_id = v_tenant and p.tool_name = l.entity_id)
+    union all
+    -- the tenant's settings as their latest record
+    select l.seq, 'the tenant''s settings differ from the chain'
+    from atl.tenants t
+    left join lateral (select c.seq, c.detail from atl.change_log c
+                       where c.tenant_id = v_tenant and c.entity = 'settings'
+                       order by c.seq desc limit 1) l on true
+    where t.id = v_tenant and (l.seq is null or l.detail is distinct from atl._settings_state(t))
+    union all
+    -- each webhook as its latest record
+    select l.seq, case when l.seq is null then 'a webhook outside the chain (' || w.id || ')'
+                       else 'a webhook differs from the chain (' || w.id || ')' end
+    from atl.webhooks w
+    left join lateral (select c.seq, c.detail from atl.change_log c
+                       where c.tenant_id = v_tenant and c.entity = 'webhook' and c.entity_id = w.id::text
+                       order by c.seq desc limit 1) l on true
+    where w.tenant_id = v_tenant and (l.seq is null or l.detail is distinct from atl._webhook_state(w))
   ) x
   order by x.seq nulls first
   limit 1;
@@ -1272,7 +1484,7 @@ begin
   return query select true, v_expect - 1, coalesce(v_head.seq, 0), null::bigint, null::text;
 end $$;
 comment on function atl.audit_verify() is
-  'Recomputes the current tenant''s hash chain over audit_logs, agent_action_events and change_log, then checks that every approval request, decision and API key matches its chained records; returns ok, rows checked, the head seq, and the first broken seq with why.';
+  'Recomputes the current tenant''s hash chain over audit_logs, agent_action_events and change_log, then checks that every approval request, decision, API key, tool policy, webhook and the tenant''s settings match their chained records (and each request''s status and count what its decisions allow); returns ok, rows checked, the head seq, and the first broken seq with why.';
 
 -- ---------------------------------------------------------------- grants and owners
 
@@ -1282,6 +1494,8 @@ alter table atl.approval_requests force row level security;
 alter table atl.approval_decisions force row level security;
 alter table atl.audit_chain_heads force row level security;
 alter table atl.change_log force row level security;
+alter table atl.tool_policies force row level security;
+alter table atl.webhooks force row level security;
 
 revoke all on all functions in schema atl from public;
 
@@ -1299,7 +1513,9 @@ grant execute on function atl._actor(), atl._require_actor(text[]), atl._change_
   atl._approval_json(atl.approval_requests), atl._policy_json(atl.tool_policies), atl._gate_refusal(text, text),
   atl._gate_record(text, uuid, integer, jsonb, text, text, text, text, text, text, text, jsonb, uuid, text, text, text, text, text, text, integer, text, boolean),
   atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text),
-  atl._approval_expire_tenant(), atl._chain_row_hash(text, jsonb, bytea), atl._webhook_enqueue_event(text, text, jsonb)
+  atl._approval_expire_tenant(), atl._chain_row_hash(text, jsonb, bytea), atl._webhook_enqueue_event(text, text, jsonb),
+  atl._policy_state(atl.tool_policies), atl._settings_state(atl.tenants), atl._webhook_state(atl.webhooks),
+  atl._webhook_json(atl.webhooks), atl._webhook_secret_new()
   to atl_gate;
 grant execute on function atl._approval_expire_tenant() to atl_sweeper;
 grant execute on function atl._approval_expire_all(), atl.expire_stale_approvals() to atl_worker;
@@ -1354,6 +1570,10 @@ alter function atl.api_key_issue(text, text, text[]) owner to atl_gate;
 alter function atl.api_key_revoke(uuid) owner to atl_gate;
 alter function atl.api_key_rotate(uuid, integer) owner to atl_gate;
 alter function atl.api_key_list() owner to atl_gate;
+alter function atl.webhook_create(text, text, text) owner to atl_gate;
+alter function atl.webhook_list() owner to atl_gate;
+alter function atl.webhook_delete(uuid) owner to atl_gate;
+alter function atl.audit_verify() owner to atl_gate;
 alter function atl.tenant_create(text, text, text) owner to atl_gate;
 alter function atl.policy_put(text, text, boolean, integer, integer, text) owner to atl_gate;
 alter function atl.policy_delete(text) owner to atl_gate;
@@ -1409,6 +1629,12 @@ drop function atl._change_append(text, text, text, jsonb, uuid, text);
 drop function atl._require_actor(text[]);
 drop function atl._actor();
 drop function atl._chain_row_hash(text, jsonb, bytea);
+drop function atl.webhook_create(text, text, text);
+drop function atl.webhook_list();
+drop function atl.webhook_delete(uuid);
+drop function atl._webhook_state(atl.webhooks);
+drop function atl._settings_state(atl.tenants);
+drop function atl._policy_state(atl.tool_policies);
 drop function atl._approval_json(atl.approval_requests);
 drop function atl._policy_json(atl.tool_policies);
 
@@ -1423,7 +1649,7 @@ grant insert on atl.webhook_deliveries to atl_webhooks;
 alter table atl.agent_action_events drop column source, drop column actor_key_id;
 alter table atl.audit_logs drop column actor_key_id, drop column actor_subject, drop column claimed_user_id;
 alter table atl.approval_decisions drop column decided_by_key_id, drop column decided_by_role;
-alter table atl.approval_requests drop column mode, drop column requested_by_key_id;
+alter table atl.approval_requests drop column mode, drop column requested_by_key_id, drop column endpoint_url;
 alter table atl.tool_policies drop column updated_by_key_id, drop column updated_by;
 drop index atl.api_keys_active_subject_idx;
 alter table atl.api_keys drop column agents, drop column issued_by_key_id, drop column issued_by,
@@ -1451,6 +1677,9 @@ alter table atl.tenants drop column admins_decide_l4;
 {{ template "func/gate_record_outcome_004.sql" . }}
 {{ template "func/_approval_request_guard_006.sql" . }}
 {{ template "func/audit_verify_007.sql" . }}
+{{ template "func/webhook_create_012.sql" . }}
+{{ template "func/webhook_list_012.sql" . }}
+{{ template "func/webhook_delete_012.sql" . }}
 create trigger _100_guard before update on atl.approval_requests
   for each row execute function atl._approval_request_guard();
 
@@ -1472,6 +1701,7 @@ grant execute on function atl._chain_row_hash(text, jsonb, bytea), atl._approval
   atl.gate_execute(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, text, boolean, text, integer),
   atl.gate_record_outcome(uuid, boolean, integer, jsonb, text, integer, text, text, text), atl.audit_verify(),
   atl._approval_decision_check(), atl._approval_decision_apply(),
+  atl.webhook_create(text, text, text), atl.webhook_list(), atl.webhook_delete(uuid),
   atl._webhook_worker_only(), atl.webhook_delivery_claim(integer, interval, integer),
   atl.webhook_delivery_record(text, uuid, integer, integer, text, integer, integer, interval, interval),
   atl.webhook_delivery_next_due()
@@ -1492,6 +1722,9 @@ grant update (http_status, response) on atl.idempotency_keys to {{ .app_role }};
 revoke all on atl.tenants, atl.api_keys, atl.tool_policies, atl.audit_logs, atl.agent_action_events,
   atl.approval_requests, atl.approval_decisions, atl.audit_chain_heads, atl.idempotency_keys, atl.webhooks
   from atl_gate;
+revoke select on atl.webhooks from {{ .app_role }};
+grant select, insert on atl.webhooks to {{ .app_role }};
+grant update (deleted_at) on atl.webhooks to {{ .app_role }};
 
 do $$
 begin

@@ -37,10 +37,12 @@ create policy tenant_isolation on atl.console_sessions
 create policy session_authentication on atl.console_sessions for select to atl_keyauth using (true);
 
 revoke all on atl.console_sessions from public;
+-- The runtime role reads; only atl_gate's functions start and end sessions
+-- (a session ended is never revived).
 grant select on atl.console_sessions to {{ .app_role }};
-grant update (ended_at) on atl.console_sessions to {{ .app_role }};
 grant select on atl.console_sessions to atl_keyauth;
 grant select, insert, delete on atl.console_sessions to atl_gate;
+grant update (ended_at) on atl.console_sessions to atl_gate;
 
 -- SHA-256 of a session id; the only form in which one is stored.
 create function atl._console_session_hash(p_session text) returns bytea
@@ -81,7 +83,8 @@ comment on function atl.console_session_start(text, interval) is
 
 -- Ends a session of the current tenant (sign-out); false when it was not live.
 create function atl.console_session_end(p_session text) returns boolean
-language plpgsql volatile
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_tenant text := atl._require_tenant();
@@ -111,6 +114,7 @@ $$;
 grant create on schema atl to atl_keyauth, atl_gate;
 alter function atl.console_session_authenticate(text) owner to atl_keyauth;
 alter function atl.console_session_start(text, interval) owner to atl_gate;
+alter function atl.console_session_end(text) owner to atl_gate;
 revoke create on schema atl from atl_keyauth, atl_gate;
 comment on function atl.console_session_authenticate(text) is
   'SECURITY DEFINER (atl_keyauth): the tenant, key id, role, subject, expiry and key hash (for app.key_hash) of a live console session; no row when it is unknown, ended, expired or its key revoked. The session id is as strong a credential as the key.';
