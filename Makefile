@@ -25,6 +25,10 @@ walkthrough: ## regenerate docs/walkthrough.md: every curl of the walkthrough ru
 	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" bash scripts/walkthrough.sh > docs/walkthrough.md.tmp
 	mv docs/walkthrough.md.tmp docs/walkthrough.md
 
+docs: walkthrough ## regenerate the generated pages: docs/walkthrough.md and docs/sql.md (the SQL API from its COMMENT ON texts)
+	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" bash scripts/sql-docs.sh > docs/sql.md.tmp
+	mv docs/sql.md.tmp docs/sql.md
+
 migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
 
@@ -34,4 +38,4 @@ bench: ## run every benchmark: writes, reads at 10M rows, idle connections, go t
 ci: ## what CI runs
 	bash .ci/run
 
-.PHONY: help run test vet build screenshots walkthrough migrate bench ci
+.PHONY: help run test vet build screenshots walkthrough docs migrate bench ci
