@@ -273,3 +273,11 @@ if postgres_only "webhooks"; then
   show 404 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $GLOBEX_ADMIN"'
   show 200 'curl -X DELETE $ATL/api/v1/webhooks/$HOOK -H "Authorization: Bearer $ADMIN"'
 fi
+
+echo "## Metrics"; echo
+say 'Prometheus text for the operator (a few of the series; labels carry route patterns and statuses, never tenants):'
+metrics='curl -s $ATL/metrics -H "Authorization: Bearer $OPERATOR" | grep -E '"'"'^atl_(rows_written_total|http_requests_total\{method="POST",route="/api/v1/(tenants|events)")'"'"
+printf '```console\n$ %s\n' "$metrics"
+curl -sf "$ATL/metrics" -H "Authorization: Bearer $OPERATOR" >"$tmp/metrics"
+grep -E '^atl_(rows_written_total|http_requests_total\{method="POST",route="/api/v1/(tenants|events)")' "$tmp/metrics"
+printf '```\n'
