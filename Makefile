@@ -18,7 +18,7 @@ vet: ## gofmt check and go vet
 build: ## build a static binary at ./bin/atl
 	CGO_ENABLED=0 go build -buildvcs=true -trimpath -o bin/atl .
 
-screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in the README)
+screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in docs/console.md)
 	ATL_SCREENSHOT_DIR=docs/screenshots go test -count=1 -run TestConsoleInBrowser .
 
 walkthrough: ## regenerate docs/walkthrough.md: every curl of the walkthrough run against PostgreSQL (DATABASE_URL names the server)
