@@ -3,7 +3,7 @@
 PORT ?= 8080
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 run: ## run the service (JSONL files under ./data unless DATABASE_URL is set)
 	go run .
@@ -18,8 +18,16 @@ vet: ## gofmt check and go vet
 build: ## build a static binary at ./bin/atl
 	CGO_ENABLED=0 go build -buildvcs=true -trimpath -o bin/atl .
 
-screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in the README)
+screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in docs/console.md)
 	ATL_SCREENSHOT_DIR=docs/screenshots go test -count=1 -run TestConsoleInBrowser .
+
+walkthrough: ## regenerate docs/walkthrough.md: every curl of the walkthrough run against PostgreSQL (DATABASE_URL names the server)
+	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" bash scripts/walkthrough.sh > docs/walkthrough.md.tmp
+	mv docs/walkthrough.md.tmp docs/walkthrough.md
+
+docs: walkthrough ## regenerate the generated pages: docs/walkthrough.md and docs/sql.md (the SQL API from its COMMENT ON texts)
+	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" bash scripts/sql-docs.sh > docs/sql.md.tmp
+	mv docs/sql.md.tmp docs/sql.md
 
 migrate: ## apply migrations to DATABASE_URL with tern, as a DBA would
 	go run github.com/jackc/tern/v2@v2.3.4 migrate -c tern.conf -m sql
@@ -30,4 +38,4 @@ bench: ## run every benchmark: writes, reads at 10M rows, idle connections, go t
 ci: ## what CI runs
 	bash .ci/run
 
-.PHONY: help run test vet build screenshots migrate bench ci
+.PHONY: help run test vet build screenshots walkthrough docs migrate bench ci

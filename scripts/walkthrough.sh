@@ -1,158 +1,283 @@
 #!/usr/bin/env bash
-# Runs the README's curl walkthrough against a fresh database and prints each
-# command with its real answer, as markdown. Used to produce the README.
-#   scripts/walkthrough.sh > /tmp/walkthrough.md
+# The curl walkthrough: starts the service on a fresh store, runs every
+# request, and prints each as a reader would paste it, with its real answer,
+# as markdown. It exits non-zero when any request answers another status than
+# the one written beside it.
+#
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/walkthrough.sh > docs/walkthrough.md
+#       PostgreSQL: a database is created on that server for the run and dropped after it
+#   scripts/walkthrough.sh
+#       no DATABASE_URL: JSONL files in a temporary directory; the sections that
+#       need PostgreSQL (L3/L4 approvals, evals, webhooks) are skipped with a note
+#
+# Needs bash, go, curl, jq, python3 (the webhook receiver) and, for PostgreSQL, psql.
+# `make walkthrough` regenerates docs/walkthrough.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-base=${ATL_WALKTHROUGH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
-db="atl_walkthrough_$$"
-port=${WALKTHROUGH_PORT:-18090}
+for tool in go curl jq python3; do
+  command -v "$tool" >/dev/null || { echo "walkthrough: $tool is required" >&2; exit 2; }
+done
+
 tmp=$(mktemp -d)
+db=""
 cleanup() {
-  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  [ -n "${hookpid:-}" ] && kill "$hookpid" 2>/dev/null && wait "$hookpid" 2>/dev/null || true
-  psql -X -q "$base" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
+  if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; fi
+  if [ -n "${hookpid:-}" ]; then kill "$hookpid" 2>/dev/null && wait "$hookpid" 2>/dev/null || true; fi
+  if [ -n "$db" ]; then psql -X -q "$DATABASE_URL" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-psql -X -q "$base" -c "create database $db"
-go build -o "$tmp/atl" .
-export ATL=http://127.0.0.1:$port
-export OPERATOR=change-me-operator-token
-# A webhook receiver on 127.0.0.1 (hence ATL_ALLOW_PRIVATE_TARGETS) that answers 204 and keeps the last delivery.
-hookport=$((port + 1))
-python3 - "$hookport" "$tmp/hook.txt" <<'PY' &
-import http.server, sys
-class Receiver(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(sys.argv[2], "w") as f:
-            for h in ("X-ATL-Delivery", "X-ATL-Event", "X-ATL-Signature"):
-                f.write(f"{h}: {self.headers[h]}\n")
-            f.write("\n" + body.decode() + "\n")
-        self.send_response(204)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
-PY
-hookpid=$!
-export HOOK_URL=http://127.0.0.1:$hookport/atl
-DATABASE_URL="${base/\/postgres\?/\/$db?}" PORT=$port ATL_ADMIN_TOKEN=$OPERATOR ATL_ALLOW_PRIVATE_TARGETS=true "$tmp/atl" 2>"$tmp/atl.log" &
-pid=$!
-for _ in $(seq 1 50); do curl -sf "$ATL/api/v1/health" >/dev/null && break; sleep 0.2; done
 
-# show CMD: prints the command as written and its answer (status line + JSON).
+if [ -n "${DATABASE_URL:-}" ]; then
+  storage=postgres
+  db="atl_walkthrough_$$"
+  psql -X -q "$DATABASE_URL" -c "create database $db"
+  # The same server, the new database: replace the URL's path.
+  service_db=$(sed -E "s#^(postgres(ql)?://[^/?]*)(/[^?]*)?#\1/$db#" <<<"$DATABASE_URL")
+else
+  storage=jsonl
+  service_db=""
+fi
+
+go build -o "$tmp/atl" .
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=${WALKTHROUGH_PORT:-$(free_port)}
+export ATL=http://127.0.0.1:$port OPERATOR=change-me
+
+# A webhook receiver on 127.0.0.1 (hence ATL_ALLOW_PRIVATE_TARGETS) that answers 204 and keeps the last delivery.
+if [ $storage = postgres ]; then
+  python3 scripts/webhook-receiver.py 0 "$tmp/hook.txt" >"$tmp/hookport" &
+  hookpid=$!
+  for _ in $(seq 1 50); do [ -s "$tmp/hookport" ] && break; sleep 0.1; done
+  hookport=$(cat "$tmp/hookport")
+  export HOOK_URL=http://127.0.0.1:$hookport/atl
+fi
+
+DATABASE_URL=$service_db ATL_DATA_DIR="$tmp/data" PORT=$port ATL_ADMIN_TOKEN=$OPERATOR ATL_ALLOW_PRIVATE_TARGETS=true \
+  "$tmp/atl" 2>"$tmp/atl.log" &
+pid=$!
+for _ in $(seq 1 100); do curl -sf "$ATL/api/v1/health" >/dev/null && break; sleep 0.2; done
+curl -sf "$ATL/api/v1/health" >/dev/null || { cat "$tmp/atl.log" >&2; exit 1; }
+
+# Ports differ per run; the page shows the ones of its set-up block.
+redact() { sed -e "s#127\.0\.0\.1:$port\b#127.0.0.1:8080#g" ${hookport:+-e "s#127\.0\.0\.1:$hookport\b#127.0.0.1:8081#g"}; }
+
+# show STATUS CMD [NAME=FIELD ...]: prints the curl command CMD and runs it;
+# prints its status and its answer through jq; exits unless the status is
+# STATUS. With NAME=FIELD captures the answer is kept (answer=$(curl -s …))
+# and each NAME is set from it, with the line that a reader pastes to do so.
 show() {
-  printf '```console\n$ %s\n' "$1"
-  out=$(eval "$1 -s -w '\n%{http_code}'")
+  local want=$1 cmd=$2 out code body cap name field value
+  shift 2
+  if [ $# -gt 0 ]; then
+    printf '```console\n$ answer=$(%s)\n' "${cmd/#curl /curl -s }"
+  else
+    printf '```console\n$ %s\n' "$cmd"
+  fi
+  out=$(eval "$cmd -s -w '\n%{http_code}'")
   code=${out##*$'\n'}
   body=${out%$'\n'*}
   echo "HTTP $code"
-  if [ -n "$body" ]; then echo "$body" | jq . ; fi
-  echo "$body" >"$tmp/last.json"
+  if [ -n "$body" ]; then jq . <<<"$body" | redact; fi
+  if [ "$code" != "$want" ]; then
+    echo "walkthrough: expected HTTP $want, got HTTP $code from: $cmd" >&2
+    exit 1
+  fi
+  answer=$body
+  for cap in "$@"; do
+    name=${cap%%=*} field=${cap#*=}
+    value=$(jq -r "$field" <<<"$body")
+    if [ -z "$value" ] || [ "$value" = null ]; then
+      echo "walkthrough: no $field in the answer to: $cmd" >&2
+      exit 1
+    fi
+    export "$name=$value"
+    printf '$ %s=$(jq -r %s <<<"$answer")\n' "$name" "$field"
+  done
   printf '```\n\n'
 }
-# keep NAME JQ CMD: runs CMD quietly and exports the JQ field as NAME.
-keep() { export "$1"="$(eval "$3 -s" | jq -r "$2")"; }
+say() { printf '%s\n\n' "$*"; }
+# postgres_only WHAT: true on PostgreSQL; in JSONL mode prints why the section is skipped.
+postgres_only() {
+  [ $storage = postgres ] && return 0
+  say "*Skipped: this run uses JSONL files, and $1 need PostgreSQL (in JSONL mode they answer 503 \`requires_database\`).*"
+  return 1
+}
+q() { printf "'%s'" "$1"; } # single-quotes a JSON body for the printed command
 
-echo "### Health"; echo
-show 'curl $ATL/api/v1/health'
-show 'curl $ATL/api/v1/health/db'
-echo "The API's own description (OpenAPI 3.1):"; echo
-printf '```console\n$ %s\n' "curl -s \$ATL/api/v1/openapi.json | jq -c '{openapi, title: .info.title, paths: (.paths | length)}'"
-curl -s "$ATL/api/v1/openapi.json" | jq -c '{openapi, title: .info.title, paths: (.paths | length)}'
+cat <<MD
+<!-- Generated by scripts/walkthrough.sh (make walkthrough); do not edit by hand. -->
+# Walkthrough
+
+Every request below was run by \`scripts/walkthrough.sh\` against a fresh
+$( [ $storage = postgres ] && echo "PostgreSQL database" || echo "JSONL store") and is shown with the answer it got, in order, so
+the commands can be pasted into a bash shell one after another. The tests run
+the same script against PostgreSQL and against the JSONL files
+(\`TestWalkthrough\`), and fail when any request answers another status than
+the expected one.
+
+How the output is shown:
+
+- \`HTTP nnn\` is a status line added by the script (curl itself prints only
+  the body), and the JSON is pretty-printed by \`jq .\`; curl prints it on one
+  line.
+- Where an id or key is kept for later, the request is written
+  \`answer=\$(curl -s …)\`; the answer shown is what \`\$answer\` holds
+  (\`jq . <<<"\$answer"\` prints it), and the next line picks the field out.
+- Ids, keys, secrets, hashes, latencies and times differ on every run.
+- The service is shown on port 8080 and the webhook receiver on 8081; the
+  script runs both on free ports.
+
+Set-up, in a bash shell at the repository root (the webhook receiver is only
+needed for the webhooks section; \`ATL_ALLOW_PRIVATE_TARGETS=true\` lets the
+service call it on 127.0.0.1):
+
+\`\`\`sh
+createdb -h 127.0.0.1 -U postgres atl_walkthrough      # or leave DATABASE_URL unset for JSONL files
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/atl_walkthrough
+ATL_ADMIN_TOKEN=change-me ATL_ALLOW_PRIVATE_TARGETS=true go run . &
+python3 scripts/webhook-receiver.py 8081 hook.txt &
+export ATL=http://127.0.0.1:8080 OPERATOR=change-me HOOK_URL=http://127.0.0.1:8081/atl
+\`\`\`
+
+MD
+
+echo "## Health"; echo
+show 200 'curl $ATL/api/v1/health'
+if [ $storage = postgres ]; then
+  show 200 'curl $ATL/api/v1/health/db'
+else
+  say '(`GET /api/v1/health/db` answers 503 `requires_database` in JSONL mode; skipped here.)'
+fi
+say "The API's own description (OpenAPI 3.1) and how many paths it has:"
+openapi='curl -s $ATL/api/v1/openapi.json | jq -c '"'"'{openapi, title: .info.title, paths: (.paths | length)}'"'"
+printf '```console\n$ %s\n' "$openapi"
+curl -sf "$ATL/api/v1/openapi.json" | jq -c '{openapi, title: .info.title, paths: (.paths | length)}'
 printf '```\n\n'
-show 'curl $ATL/api/v1/stats -H "Authorization: Bearer $OPERATOR"'
+if [ $storage = postgres ]; then
+  say 'The schema the service migrated to at start-up, from the command line (`go build -o atl .`; the same `DATABASE_URL`):'
+  printf '```console\n$ ./atl migrate status\n'
+  DATABASE_URL=$service_db "$tmp/atl" migrate status
+  printf '```\n\n'
+fi
+say 'The operator sees the process, the request limits and (on PostgreSQL) the pool and the per-tenant slots:'
+show 200 'curl $ATL/api/v1/stats -H "Authorization: Bearer $OPERATOR"'
 
-echo "### Tenants and keys"; echo
-show 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"'"'{"id":"acme","name":"Acme Travel"}'"'"
-ACME_ADMIN=$(jq -r .api_key "$tmp/last.json"); export ACME_ADMIN
-keep GLOBEX_ADMIN .api_key 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"'"'{"id":"globex","name":"Globex"}'"'"
-keep ADMIN .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ACME_ADMIN" --json '"'"'{"role":"admin","subject":"ops@acme.example"}'"'"
-echo '(`$ADMIN` below is an admin key of acme; `$GLOBEX_ADMIN` the admin key that came back when globex was created.)'; echo
-show 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"bot-1"}'"'"
-keep AGENT .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"booker"}'"'"
-keep ALICE .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"approver","subject":"alice@acme.example"}'"'"
-keep BOB .api_key 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"approver","subject":"bob@acme.example"}'"'"
-keep OLD_KEY_ID .id 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"'"'{"role":"agent","subject":"retired-bot"}'"'"
-echo '(`$AGENT` is an agent key with subject `booker`; `$ALICE` and `$BOB` approver keys; `$OLD_KEY_ID` the id of a key to revoke.)'; echo
-show 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN"'
-show 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $ADMIN"'
+echo "## Tenants and keys"; echo
+say 'The operator creates two tenants; each answer carries the tenant'"'"'s first admin key, shown once:'
+show 201 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"$(q '{"id":"acme","name":"Acme Travel"}')" ACME_ADMIN=.api_key
+show 201 'curl $ATL/api/v1/tenants -H "Authorization: Bearer $OPERATOR" --json '"$(q '{"id":"globex","name":"Globex"}')" GLOBEX_ADMIN=.api_key
+say 'An admin key issues the others. `$ADMIN` is a second admin key of acme, for a named person; `$AGENT` the key of the agent `booker`, which may also act as the agents listed in `agents`; `$ALICE` and `$BOB` approver keys:'
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ACME_ADMIN" --json '"$(q '{"role":"admin","subject":"ops@acme.example"}')" ADMIN=.api_key
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"agent","subject":"booker","agents":["booker-mailer"]}')" AGENT=.api_key
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"approver","subject":"alice@acme.example"}')" ALICE=.api_key
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"approver","subject":"bob@acme.example"}')" BOB=.api_key
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"agent","subject":"retired-bot"}')" OLD_KEY_ID=.id
+say 'A subject has one active key in a tenant:'
+show 409 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"approver","subject":"alice@acme.example"}')"
+say 'Keys are listed without their secrets, revoked, and rotated: a rotation issues the replacement with the same role, subject and agents, and revokes the old key at once or after `overlap_seconds`:'
+show 200 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN"'
+show 200 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $ADMIN"'
+show 201 'curl $ATL/api/v1/keys -H "Authorization: Bearer $ADMIN" --json '"$(q '{"role":"agent","subject":"reporter"}')" REPORTER_KEY_ID=.id
+show 201 'curl $ATL/api/v1/keys/$REPORTER_KEY_ID/rotate -H "Authorization: Bearer $ADMIN" --json '"$(q '{"overlap_seconds":60}')" REPORTER=.key.api_key
 
-echo "### Events and the audit trail"; echo
-show 'curl $ATL/api/v1/events -H "Authorization: Bearer $AGENT" -H "X-User-ID: user-42" --json '"'"'{"events":[{"tool_name":"flights.search","status":"succeeded","stage":"plan","tool_args":{"to":"LIS"}},{"tool_name":"hotels.search","status":"succeeded","tool_args":{"city":"Lisbon"}}]}'"'"
-show 'curl "$ATL/api/v1/events?tool_name=hotels.search" -H "Authorization: Bearer $ALICE"'
-show 'curl "$ATL/api/v1/audit/logs?agent_id=booker&limit=1" -H "Authorization: Bearer $ADMIN"'
-echo "Another tenant naming acme is refused, and acme's ids are unknown to it:"; echo
-show 'curl "$ATL/api/v1/audit/logs?tenant_id=acme" -H "Authorization: Bearer $GLOBEX_ADMIN"'
-show 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $GLOBEX_ADMIN"'
+echo "## Events and the audit trail"; echo
+say 'An agent reports what it did. Who acted comes from the key: `X-User-ID` is kept only as `claimed_user_id`, a claim that attributes nothing.'
+show 201 'curl $ATL/api/v1/events -H "Authorization: Bearer $AGENT" -H "X-User-ID: user-42" --json '"$(q '{"events":[{"tool_name":"flights.search","status":"succeeded","stage":"plan","tool_args":{"to":"LIS"}},{"tool_name":"hotels.search","status":"succeeded","tool_args":{"city":"Lisbon"}}]}')"
+show 200 'curl "$ATL/api/v1/events?tool_name=hotels.search" -H "Authorization: Bearer $ALICE"'
+show 200 'curl "$ATL/api/v1/audit/logs?agent_id=booker&limit=1" -H "Authorization: Bearer $ADMIN"'
+say "Another tenant naming acme is refused, and acme's ids are unknown to it:"
+show 403 'curl "$ATL/api/v1/audit/logs?tenant_id=acme" -H "Authorization: Bearer $GLOBEX_ADMIN"'
+show 404 'curl -X DELETE $ATL/api/v1/keys/$OLD_KEY_ID -H "Authorization: Bearer $GLOBEX_ADMIN"'
 
-echo "### Policies"; echo
-show 'curl -X PUT $ATL/api/v1/policies/search -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L0"}'"'"
-show 'curl -X PUT $ATL/api/v1/policies/bookings.create -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L3","approval_ttl_seconds":900}'"'"
-show 'curl -X PUT $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L4"}'"'"
-show 'curl -X PUT $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L2"}'"'"
-show 'curl -X PUT $ATL/api/v1/policies -H "Authorization: Bearer $ADMIN" --json '"'"'{"default_trust_level":"L3"}'"'"
-show 'curl $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $AGENT"'
-show 'curl -X DELETE $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN"'
-show 'curl $ATL/api/v1/policies -H "Authorization: Bearer $AGENT"'
-show 'curl -X PUT $ATL/api/v1/policies/x -H "Authorization: Bearer $ADMIN" --json '"'"'{"trust_level":"L9"}'"'"
+echo "## Policies"; echo
+show 200 'curl -X PUT $ATL/api/v1/policies/search -H "Authorization: Bearer $ADMIN" --json '"$(q '{"trust_level":"L0"}')"
+show 200 'curl -X PUT $ATL/api/v1/policies/bookings.create -H "Authorization: Bearer $ADMIN" --json '"$(q '{"trust_level":"L3","approval_ttl_seconds":900}')"
+show 200 'curl -X PUT $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $ADMIN" --json '"$(q '{"trust_level":"L4"}')"
+show 200 'curl -X PUT $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN" --json '"$(q '{"trust_level":"L2"}')"
+say 'The tenant'"'"'s settings: the level of tools with no policy, and whether admin keys may decide L4 requests (off unless set):'
+show 200 'curl -X PUT $ATL/api/v1/policies -H "Authorization: Bearer $ADMIN" --json '"$(q '{"default_trust_level":"L3"}')"
+show 200 'curl $ATL/api/v1/policies/payments.refund -H "Authorization: Bearer $AGENT"'
+show 200 'curl -X DELETE $ATL/api/v1/policies/scratch -H "Authorization: Bearer $ADMIN"'
+show 200 'curl $ATL/api/v1/policies -H "Authorization: Bearer $AGENT"'
+show 400 'curl -X PUT $ATL/api/v1/policies/x -H "Authorization: Bearer $ADMIN" --json '"$(q '{"trust_level":"L9"}')"
 
-echo "### The gate: L0 passes"; echo
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"search","args":{"q":"Lisbon hotels"}}'"'"
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"search","args":{},"mode":"live"}'"'"
+echo "## The gate: L0 passes"; echo
+show 200 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"workflow":"trip","tool":"search","args":{"q":"Lisbon hotels"}}')"
+say 'Live mode is off unless the service runs with `LIVE_ENABLED=true`:'
+show 403 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"tool":"search","args":{},"mode":"live"}')"
+say 'The key of `booker` acts as `booker` or the agents listed on it, and as no one else:'
+show 200 'curl $ATL/api/v1/agents/booker-mailer/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"tool":"search","args":{"q":"confirmation"}}')"
+show 403 'curl $ATL/api/v1/agents/planner/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"tool":"search","args":{}}')"
 
-echo "### An L3 call: held, approved by one human, executed once"; echo
-keep L3 .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}'"'"
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}'"'"
-echo '(The first call answered the same; this retry with the same `idempotency_key` got it back without writing anything. `$L3` is its `approval_request_id`.)'; echo
-show 'curl "$ATL/api/v1/approvals?status=PENDING" -H "Authorization: Bearer $ALICE"'
-show 'curl $ATL/api/v1/approvals/$L3/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE","reason":"within the travel budget"}'"'"
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
+echo "## An L3 call: held, approved by one human, executed once"; echo
+if postgres_only "approvals"; then
+  show 202 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}')" L3=.approval_request_id
+  say 'A retry with the same `idempotency_key` gets the first answer back and writes nothing:'
+  show 202 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"idempotency_key":"trip-42-book"}')"
+  show 200 'curl "$ATL/api/v1/approvals?status=PENDING" -H "Authorization: Bearer $ALICE"'
+  show 201 'curl $ATL/api/v1/approvals/$L3/decisions -H "Authorization: Bearer $ALICE" --json '"$(q '{"decision":"APPROVE","reason":"within the travel budget"}')"
+  say 'The agent runs the call with the approval; a second run is refused, since an approval runs once:'
+  show 200 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
+  show 409 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"workflow":"trip","tool":"bookings.create","args":{"hotel":"H-204","nights":2},"approval_request_id":"'"'"'$L3'"'"'"}'"'"
+fi
 
-echo "### An L4 call: two distinct humans"; echo
-keep L4 .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"}}'"'"
-echo '(`$L4` is the `approval_request_id` of this held call.)'; echo
-show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE"}'"'"
-show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"'"'{"decision":"APPROVE"}'"'"
-show 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"APPROVE","reason":"refund confirmed with customer"}'"'"
-show 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"},"approval_request_id":"'"'"'$L4'"'"'"}'"'"
-show 'curl $ATL/api/v1/approvals/$L4 -H "Authorization: Bearer $AGENT"'
-show 'curl -X POST $ATL/api/v1/approvals/expire -H "Authorization: Bearer $ADMIN"'
+echo "## An L4 call: two distinct humans"; echo
+if postgres_only "approvals"; then
+  show 202 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"}}')" L4=.approval_request_id
+  say 'Admin keys do not decide L4 requests unless the tenant sets `admins_decide_l4`; one person decides a request once:'
+  show 403 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ADMIN" --json '"$(q '{"decision":"APPROVE"}')"
+  show 201 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"$(q '{"decision":"APPROVE"}')"
+  show 409 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $ALICE" --json '"$(q '{"decision":"APPROVE"}')"
+  show 201 'curl $ATL/api/v1/approvals/$L4/decisions -H "Authorization: Bearer $BOB" --json '"$(q '{"decision":"APPROVE","reason":"refund confirmed with customer"}')"
+  show 200 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"payments.refund","args":{"amount":120,"currency":"EUR"},"approval_request_id":"'"'"'$L4'"'"'"}'"'"
+  say 'An agent waiting for a decision asks with `?wait=` and is answered as soon as the request leaves `PENDING` (here at once):'
+  show 200 'curl "$ATL/api/v1/approvals/$L4?wait=30s" -H "Authorization: Bearer $AGENT"'
+  show 200 'curl -X POST $ATL/api/v1/approvals/expire -H "Authorization: Bearer $ADMIN"'
+fi
 
-echo "### The hash chain"; echo
-show 'curl $ATL/api/v1/audit/verify -H "Authorization: Bearer $ADMIN"'
-show 'curl $ATL/api/v1/audit/head -H "Authorization: Bearer $AGENT"'
+echo "## The hash chain"; echo
+show 200 'curl $ATL/api/v1/audit/verify -H "Authorization: Bearer $ADMIN"'
+say 'The chain head, to pin outside ATL (any key may read it; here the rotated key of `reporter`):'
+show 200 'curl $ATL/api/v1/audit/head -H "Authorization: Bearer $REPORTER"'
 
-echo "### Evals and drift"; echo
-show 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"'"'{"suite_name":"support-bot","model_id":"model-a","provider":"provider-1"}'"'"
-BASE=$(jq -r .id "$tmp/last.json"); export BASE
-echo '(`$BASE` is its `id`.) With no earlier run there is no baseline, so the drift is 0:'; echo
-show 'curl $ATL/api/v1/evals/runs/$BASE/complete -H "Authorization: Bearer $AGENT" --json '"'"'{"results":{"c1":{"passed":true,"score":0.9},"c2":{"passed":true,"score":0.8},"c3":{"passed":false,"score":0.2}}}'"'"
-keep RUN .id 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"'"'{"suite_name":"support-bot","model_id":"model-b","provider":"provider-2"}'"'"
-echo 'A second run (`$RUN`) on another model is compared with the latest passed run. By hand: c1 moves 0.2, c2 flips (1), c3 is only in the baseline (1), c4 only in the run (1): 100 × 3.2 / 4 = 80.00, over the threshold of 10:'; echo
-show 'curl $ATL/api/v1/evals/runs/$RUN/complete -H "Authorization: Bearer $AGENT" --json '"'"'{"results":{"c1":{"passed":true,"score":0.7},"c2":{"passed":false,"score":0.4},"c4":{"passed":true,"score":1}}}'"'"
-show 'curl -X PUT $ATL/api/v1/evals/baselines/support-bot -H "Authorization: Bearer $AGENT" --json '"'"'{"run_id":"'"'"'$BASE'"'"'"}'"'"
-show 'curl "$ATL/api/v1/evals/runs?suite_name=support-bot&status=failed" -H "Authorization: Bearer $ALICE"'
-show 'curl $ATL/api/v1/evals/runs/$BASE -H "Authorization: Bearer $ALICE"'
+echo "## Evals and drift"; echo
+if postgres_only "eval runs"; then
+  say 'A first run of a suite; with no earlier run there is no baseline, so the drift is 0:'
+  show 201 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"$(q '{"suite_name":"support-bot","model_id":"model-a","provider":"provider-1"}')" BASE=.id
+  show 200 'curl $ATL/api/v1/evals/runs/$BASE/complete -H "Authorization: Bearer $AGENT" --json '"$(q '{"results":{"c1":{"passed":true,"score":0.9},"c2":{"passed":true,"score":0.8},"c3":{"passed":false,"score":0.2}}}')"
+  say 'A second run on another model is compared with the latest passed run. By hand: c1 moves 0.2, c2 flips (1), c3 is only in the baseline (1), c4 only in the run (1): 100 × 3.2 / 4 = 80.00, over the threshold of 10:'
+  show 201 'curl $ATL/api/v1/evals/runs -H "Authorization: Bearer $AGENT" --json '"$(q '{"suite_name":"support-bot","model_id":"model-b","provider":"provider-2"}')" RUN=.id
+  show 200 'curl $ATL/api/v1/evals/runs/$RUN/complete -H "Authorization: Bearer $AGENT" --json '"$(q '{"results":{"c1":{"passed":true,"score":0.7},"c2":{"passed":false,"score":0.4},"c4":{"passed":true,"score":1}}}')"
+  show 200 'curl -X PUT $ATL/api/v1/evals/baselines/support-bot -H "Authorization: Bearer $AGENT" --json '"'"'{"run_id":"'"'"'$BASE'"'"'"}'"'"
+  show 200 'curl "$ATL/api/v1/evals/runs?suite_name=support-bot&status=failed" -H "Authorization: Bearer $ALICE"'
+  show 200 'curl $ATL/api/v1/evals/runs/$BASE -H "Authorization: Bearer $ALICE"'
+fi
 
-echo "### Webhooks"; echo
-echo '(`$HOOK_URL` is a receiver on this machine that answers 204; the service runs with `ATL_ALLOW_PRIVATE_TARGETS=true` so that it may call it.)'; echo
-show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"'"'"'$HOOK_URL'"'"'","format":"json"}'"'"
-HOOK=$(jq -r .id "$tmp/last.json"); export HOOK
-echo '(`$HOOK` is its `id`; the `secret` signs every delivery and is never shown again.)'; echo
-show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"ftp://hooks.example.com/atl","format":"xml"}'"'"
-show 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN"'
-keep HELD .approval_request_id 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"'"'{"tool":"bookings.create","args":{"hotel":"H-310","nights":1}}'"'"
-keep DECIDED .status 'curl $ATL/api/v1/approvals/$HELD/decisions -H "Authorization: Bearer $BOB" --json '"'"'{"decision":"REJECT","reason":"over budget"}'"'"
-for _ in $(seq 1 50); do
-  [ "$(curl -s "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $ADMIN" | jq '[.items[] | select(.status == "pending")] | length')" = 0 ] && break
-  sleep 0.1
-done
-echo 'An agent'"'"'s call was held (`$HELD`) and Bob rejected it: two events, each delivered once. The headers of the last one, as the receiver got them (its body is the `payload` below):'; echo
-printf '```http\n'; sed -n '1,3p' "$tmp/hook.txt"; printf '```\n\n'
-show 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries?limit=1" -H "Authorization: Bearer $ADMIN"'
-show 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $GLOBEX_ADMIN"'
-show 'curl -X DELETE $ATL/api/v1/webhooks/$HOOK -H "Authorization: Bearer $ADMIN"'
+echo "## Webhooks"; echo
+if postgres_only "webhooks"; then
+  say '`$HOOK_URL` is the receiver started in the set-up; the `secret` signs every delivery and is never shown again:'
+  show 201 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"'"'{"url":"'"'"'$HOOK_URL'"'"'","format":"json"}'"'" HOOK=.id
+  show 400 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN" --json '"$(q '{"url":"ftp://hooks.example.com/atl","format":"xml"}')"
+  show 200 'curl $ATL/api/v1/webhooks -H "Authorization: Bearer $ADMIN"'
+  say 'An agent'"'"'s call is held and Bob rejects it: two events, each delivered once.'
+  show 202 'curl $ATL/api/v1/agents/booker/execute -H "Authorization: Bearer $AGENT" --json '"$(q '{"tool":"bookings.create","args":{"hotel":"H-310","nights":1}}')" HELD=.approval_request_id
+  show 201 'curl $ATL/api/v1/approvals/$HELD/decisions -H "Authorization: Bearer $BOB" --json '"$(q '{"decision":"REJECT","reason":"over budget"}')"
+  for _ in $(seq 1 100); do
+    [ "$(curl -s "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $ADMIN" | jq '[.items[] | select(.status == "pending")] | length')" = 0 ] && break
+    sleep 0.1
+  done
+  say 'A moment later, the headers of the last delivery as the receiver got them (its body is the `payload` below):'
+  printf '```console\n$ head -n 3 hook.txt\n'; sed -n '1,3p' "$tmp/hook.txt"; printf '```\n\n'
+  show 200 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries?limit=1" -H "Authorization: Bearer $ADMIN"'
+  show 404 'curl "$ATL/api/v1/webhooks/$HOOK/deliveries" -H "Authorization: Bearer $GLOBEX_ADMIN"'
+  show 200 'curl -X DELETE $ATL/api/v1/webhooks/$HOOK -H "Authorization: Bearer $ADMIN"'
+fi
+
+echo "## Metrics"; echo
+say 'Prometheus text for the operator (a few of the series; labels carry route patterns and statuses, never tenants):'
+metrics='curl -s $ATL/metrics -H "Authorization: Bearer $OPERATOR" | grep -E '"'"'^atl_(rows_written_total|http_requests_total\{method="POST",route="/api/v1/(tenants|events)")'"'"
+printf '```console\n$ %s\n' "$metrics"
+curl -sf "$ATL/metrics" -H "Authorization: Bearer $OPERATOR" >"$tmp/metrics"
+grep -E '^atl_(rows_written_total|http_requests_total\{method="POST",route="/api/v1/(tenants|events)")' "$tmp/metrics"
+printf '```\n'
