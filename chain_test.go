@@ -51,8 +51,9 @@ func TestAuditChainIntact(t *testing.T) {
 			require.Equal(t, true, r.Body["ok"])
 			require.Nil(t, r.Body["first_broken_seq"])
 			// one audit row for the key issue, then an event and an audit row per
-			// POST; in PostgreSQL the chain also holds both keys' issues (change_log)
-			want := 9 + keyChanges(kind, 2)
+			// POST; in PostgreSQL the chain also holds the tenant's settings and
+			// both keys' issues (change_log)
+			want := 9 + chainChanges(kind, 3)
 			require.EqualValues(t, want, r.Body["checked"])
 			head := env.do("GET", "/api/v1/audit/head", admin, nil)
 			require.EqualValues(t, want, head.Body["seq"])
@@ -60,22 +61,23 @@ func TestAuditChainIntact(t *testing.T) {
 			require.NotEmpty(t, head.str("updated_at"))
 			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
 
-			// Another tenant's chain is its own, and starts empty (but for its first key).
+			// Another tenant's chain is its own, and starts empty (but for its settings and first key).
 			other := env.tenant("beta")
 			head = env.do("GET", "/api/v1/audit/head", other, nil)
-			require.EqualValues(t, keyChanges(kind, 1), head.Body["seq"])
+			require.EqualValues(t, chainChanges(kind, 2), head.Body["seq"])
 			if kind == "jsonl" {
 				require.Equal(t, strings.Repeat("0", 64), head.str("hash"))
 			}
 			r = env.do("GET", "/api/v1/audit/verify", other, nil)
-			require.Equal(t, [2]any{true, float64(keyChanges(kind, 1))}, [2]any{r.Body["ok"], r.Body["checked"]}, r.Raw)
+			require.Equal(t, [2]any{true, float64(chainChanges(kind, 2))}, [2]any{r.Body["ok"], r.Body["checked"]}, r.Raw)
 		})
 	}
 }
 
-// keyChanges is how many chained change records n key issues add: in
-// PostgreSQL each is in atl.change_log; JSONL keeps keys outside its chain.
-func keyChanges(kind string, n int) int {
+// chainChanges is n in PostgreSQL, where a tenant's settings and each key
+// issue are chained change records (atl.change_log), and 0 in JSONL, which
+// keeps them outside its chain.
+func chainChanges(kind string, n int) int {
 	if kind == "postgres" {
 		return n
 	}
@@ -103,7 +105,7 @@ func TestAuditChainConcurrent(t *testing.T) {
 			wg.Wait()
 			r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 			require.Equal(t, true, r.Body["ok"], r.Raw)
-			require.EqualValues(t, 9+1+16*3+keyChanges(kind, 3), r.Body["checked"])
+			require.EqualValues(t, 9+1+16*3+chainChanges(kind, 4), r.Body["checked"])
 			require.EqualValues(t, r.Body["checked"], r.Body["head_seq"])
 		})
 	}
@@ -199,7 +201,7 @@ func TestAuditChainRepeatableRead(t *testing.T) {
 
 	r := env.do("GET", "/api/v1/audit/verify", admin, nil)
 	require.Equal(t, true, r.Body["ok"], r.Raw)
-	require.EqualValues(t, 10+keyChanges("postgres", 2), r.Body["checked"])
+	require.EqualValues(t, 10+chainChanges("postgres", 3), r.Body["checked"])
 }
 
 // trailLines reads a JSONL tenant trail as raw lines and, for each, its seq (0 when none).
@@ -361,7 +363,7 @@ func TestAuditChainForgedHeadSetting(t *testing.T) {
 
 	for name, forged := range map[string]string{
 		"seq ahead":    `'7:' || encode(sha256('x'), 'hex')`,
-		"hash altered": `'2:' || encode(sha256('x'), 'hex')`, // head: the admin key's issue, then the audit row
+		"hash altered": `'3:' || encode(sha256('x'), 'hex')`, // head: the settings, the admin key, the audit row
 	} {
 		_, err := sqlAs(ctx, pool, "acme", `select to_jsonb(a.id)
 			from (select set_config('atl.chain_' || md5('acme'), `+forged+`, true) as c) s,
@@ -371,5 +373,5 @@ func TestAuditChainForgedHeadSetting(t *testing.T) {
 	}
 	out, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
 	require.NoError(t, err)
-	require.JSONEq(t, `{"ok": true, "checked": 2, "head_seq": 2, "first_broken_seq": null, "reason": null}`, string(out))
+	require.JSONEq(t, `{"ok": true, "checked": 3, "head_seq": 3, "first_broken_seq": null, "reason": null}`, string(out))
 }

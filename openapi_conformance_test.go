@@ -58,7 +58,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	agent := e.agentKey(admin, "agent-1", "bot-1")
 	approver := e.key(admin, "approver", "alice@example.com")
 	approver2 := e.key(admin, "approver", "bob@example.com")
-	sameAsAgent := e.key(admin, "approver", "bot-1")
+	want(e.do("POST", "/api/v1/keys", admin, map[string]any{"role": "approver", "subject": "bot-1"}), 400)
 	want(e.do("POST", "/api/v1/keys", admin, map[string]any{"role": "root", "subject": "x"}), 400)
 	want(e.do("POST", "/api/v1/keys", admin, map[string]any{"role": "approver", "subject": "alice@example.com"}), 409)
 	want(e.do("POST", "/api/v1/keys", agent, map[string]any{"role": "agent", "subject": "x"}), 403)
@@ -151,7 +151,8 @@ func TestOpenAPIConformance(t *testing.T) {
 	decide := func(key, id string, body map[string]any) response {
 		return e.do("POST", "/api/v1/approvals/"+id+"/decisions", key, body)
 	}
-	want(decide(sameAsAgent, reqID, map[string]any{"decision": "APPROVE"}), 403)
+	late := e.key(admin, "approver", "carol@example.com")
+	want(decide(late, reqID, map[string]any{"decision": "APPROVE"}), 403) // decider_key_too_new
 	want(decide(agent, reqID, map[string]any{"decision": "APPROVE"}), 403)
 	want(decide(approver, reqID, map[string]any{"decision": "MAYBE"}), 400)
 	want(decide(approver, newUUID(), map[string]any{"decision": "APPROVE"}), 404)

@@ -605,6 +605,8 @@ export interface components {
              * @description The agent key that asked.
              */
             requested_by_key_id: string | null;
+            /** @description For a live call: the endpoint the approvers saw; the approval runs only while the policy still names it (else approval_stale). */
+            endpoint_url: string | null;
         };
         AuditLog: {
             /** Format: uuid */
@@ -715,7 +717,7 @@ export interface components {
          * @description Stable snake_case code; clients switch on it. Never renamed.
          * @enum {string}
          */
-        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "too_many_webhooks" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error" | "duplicate_key" | "agent_mismatch" | "subject_in_use" | "approval_stale" | "approval_agent_mismatch" | "decider_key_too_new" | "admin_l4_forbidden" | "key_revoked";
+        ErrorCode: "invalid_json" | "validation_failed" | "unknown_field" | "invalid_text" | "invalid_limit" | "invalid_cursor" | "invalid_events" | "unauthorized" | "forbidden" | "tenant_mismatch" | "csrf_failed" | "self_approval" | "auto_approve_forbidden" | "no_tenant" | "live_disabled" | "not_found" | "key_not_found" | "policy_not_found" | "approval_not_found" | "run_not_found" | "baseline_not_found" | "event_not_found" | "webhook_not_found" | "method_not_allowed" | "conflict" | "already_exists" | "tenant_exists" | "last_admin_key" | "too_many_webhooks" | "idempotency_key_reused" | "approval_not_pending" | "approval_expired" | "already_decided" | "approval_not_approved" | "approval_consumed" | "approval_payload_mismatch" | "no_endpoint" | "run_not_running" | "run_not_completed" | "retry" | "append_only" | "domain_not_allowed" | "baseline_suite_mismatch" | "body_too_large" | "unsupported_media_type" | "rate_limited" | "tenant_busy" | "too_many_waits" | "database_unavailable" | "requires_database" | "internal_error" | "duplicate_key" | "agent_mismatch" | "subject_in_use" | "approval_stale" | "approval_agent_mismatch" | "decider_key_too_new" | "admin_l4_forbidden" | "key_revoked" | "rotation_overlap";
         EvalRun: {
             /** Format: uuid */
             id: string;
