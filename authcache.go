@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"sync"
 	"time"
+
+	"github.com/asi-labs/atl/internal/core"
 )
 
 // authCache remembers, for a short time, which principal an API key
@@ -23,7 +25,7 @@ type authCache struct {
 }
 
 type authEntry struct {
-	p       Principal
+	p       core.Principal
 	expires time.Time
 }
 
@@ -43,9 +45,9 @@ func newAuthCache(ttl time.Duration, maxKeys int) *authCache {
 
 // get returns the cached principal, or the generation to hand to put after
 // looking the key up.
-func (c *authCache) get(apiKey string) (Principal, uint64, bool) {
+func (c *authCache) get(apiKey string) (core.Principal, uint64, bool) {
 	if c == nil {
-		return Principal{}, 0, false
+		return core.Principal{}, 0, false
 	}
 	h := sha256.Sum256([]byte(apiKey))
 	c.mu.Lock()
@@ -55,11 +57,11 @@ func (c *authCache) get(apiKey string) (Principal, uint64, bool) {
 		return e.p, c.gen, true
 	}
 	delete(c.m, h)
-	return Principal{}, c.gen, false
+	return core.Principal{}, c.gen, false
 }
 
 // put keeps a lookup, unless a key was revoked since it started.
-func (c *authCache) put(apiKey string, p Principal, gen uint64) {
+func (c *authCache) put(apiKey string, p core.Principal, gen uint64) {
 	if c == nil {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -18,7 +19,7 @@ func TestAuthCache(t *testing.T) {
 	clk := &clock{t: time.Unix(1_700_000_000, 0)}
 	c := newAuthCache(2*time.Second, 3)
 	c.now = clk.now
-	p := Principal{TenantID: "acme", KeyID: "k1", Role: "agent", Subject: "bot"}
+	p := core.Principal{TenantID: "acme", KeyID: "k1", Role: "agent", Subject: "bot"}
 
 	_, gen, ok := c.get("secret-1")
 	require.False(t, ok)
@@ -50,7 +51,7 @@ func TestAuthCache(t *testing.T) {
 
 	for i, k := range []string{"a", "b", "c", "d"} {
 		_, gen, _ := c.get(k)
-		c.put(k, Principal{KeyID: k}, gen)
+		c.put(k, core.Principal{KeyID: k}, gen)
 		require.LessOrEqual(t, len(c.m), 3, "bounded (after %d)", i)
 	}
 	require.Nil(t, newAuthCache(0, 10), "0: no cache")
@@ -76,7 +77,7 @@ func TestAuthCacheRevocation(t *testing.T) {
 	require.NoError(t, err)
 	k2, err := store.IssueKey(ctx, p, "agent", "bot-2", nil, nil)
 	require.NoError(t, err)
-	for _, k := range []APIKey{k1, k2} {
+	for _, k := range []core.APIKey{k1, k2} {
 		got, err := store.Authenticate(ctx, k.APIKey)
 		require.NoError(t, err)
 		require.Equal(t, k.ID, got.KeyID)
@@ -85,7 +86,7 @@ func TestAuthCacheRevocation(t *testing.T) {
 	_, err = store.RevokeKey(ctx, p, k1.ID, nil)
 	require.NoError(t, err)
 	_, err = store.Authenticate(ctx, k1.APIKey)
-	require.ErrorIs(t, err, errUnauthorized(), "revoked through the service: refused at once")
+	require.ErrorIs(t, err, core.ErrUnauthorized(), "revoked through the service: refused at once")
 
 	sqlKeys.Store(sqlKeyName(pool, "acme", "admin"), admin.APIKey)
 	_, err = sqlAs(ctx, pool, "acme/admin", "select to_jsonb(k) from atl.api_key_revoke($1::uuid) k", k2.ID)
@@ -94,5 +95,5 @@ func TestAuthCacheRevocation(t *testing.T) {
 	require.NoError(t, err, "revoked in SQL: still cached here")
 	clk.t = clk.t.Add(time.Minute)
 	_, err = store.Authenticate(ctx, k2.APIKey)
-	require.ErrorIs(t, err, errUnauthorized(), "refused once the TTL is over")
+	require.ErrorIs(t, err, core.ErrUnauthorized(), "refused once the TTL is over")
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -58,7 +59,7 @@ func TestAuditChainIntact(t *testing.T) {
 			require.EqualValues(t, want, head.Body["seq"])
 			require.Len(t, head.str("hash"), 64)
 			require.NotEmpty(t, head.str("updated_at"))
-			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
+			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, core.CodeForbidden)
 
 			// Another tenant's chain is its own, and starts empty (but for its first key).
 			other := env.tenant("beta")

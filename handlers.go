@@ -25,6 +25,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/julienschmidt/httprouter"
 )
 
@@ -47,7 +48,7 @@ var trustLevels = []string{"L0", "L1", "L2", "L3", "L4"}
 
 // App holds what handlers share.
 type App struct {
-	store      Store
+	store      core.Store
 	log        *slog.Logger
 	adminToken string
 	origins    map[string]bool
@@ -66,7 +67,7 @@ type App struct {
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
-type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error
+type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error
 
 // routes registers every route; read it top to bottom to see the API.
 func (a *App) routes() http.Handler {
@@ -124,14 +125,14 @@ func (a *App) routes() http.Handler {
 			a.consoleNotFound(w, r, nil)
 			return
 		}
-		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
+		writeError(w, core.NewError(http.StatusNotFound, core.CodeNotFound, "no such route"))
 	})
 	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route"))
+		writeError(w, core.NewError(http.StatusMethodNotAllowed, core.CodeMethodNotAllowed, "method not allowed on this route"))
 	})
 	r.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
 		a.log.Error("panic", "route", r.URL.Path, "panic", fmt.Sprint(v))
-		writeError(w, newError(http.StatusInternalServerError, codeInternal, "internal error"))
+		writeError(w, core.NewError(http.StatusInternalServerError, core.CodeInternal, "internal error"))
 	}
 	r.HandleOPTIONS = false
 	return a.cors(a.logRequests(r))
@@ -155,12 +156,12 @@ func (a *App) operator(fn handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		if a.adminToken == "" {
 			// No token could pass: say so, rather than ask for one (still 401, as any refused operator call).
-			return newError(http.StatusUnauthorized, codeUnauthorized,
+			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized,
 				"the operator token is not configured on this server: start ATL with ATL_ADMIN_TOKEN set to use operator routes")
 		}
 		token, ok := bearer(r)
 		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
-			return newError(http.StatusUnauthorized, codeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
+			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
 		}
 		return fn(w, r, ps)
 	}
@@ -172,22 +173,22 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		key, ok := bearer(r)
 		if !ok || len(key) > 200 {
-			return errUnauthorized()
+			return core.ErrUnauthorized()
 		}
 		p, err := a.store.Authenticate(r.Context(), key)
 		if err != nil {
 			return err
 		}
 		if ok, wait := a.limiter.allow(p.KeyID); !ok {
-			return &Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
+			return &core.Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
 				Message: "this key is over its request rate; retry later", RetryAfter: int(math.Ceil(wait.Seconds()))}
 		}
 		err = func() error {
 			if !slices.Contains(roles, p.Role) {
-				return errForbidden()
+				return core.ErrForbidden()
 			}
 			if t := r.URL.Query().Get("tenant_id"); t != "" && t != p.TenantID {
-				return errMismatch()
+				return core.ErrMismatch()
 			}
 			return fn(w, r, ps, p)
 		}()
@@ -217,9 +218,9 @@ func bearer(r *http.Request) (string, bool) {
 // newAudit starts the audit row of a request. Who acted comes from the key:
 // agents are recorded as agent_id, humans as user_id. X-User-ID is kept only
 // as claimed_user_id, a claim that attributes nothing.
-func newAudit(r *http.Request, p Principal, status string, httpStatus int) *AuditLog {
-	a := &AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
-		Status: status, HTTPStatus: httpStatus, started: requestStart(r)}
+func newAudit(r *http.Request, p core.Principal, status string, httpStatus int) *core.AuditLog {
+	a := &core.AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
+		Status: status, HTTPStatus: httpStatus, Started: requestStart(r)}
 	if p.Role == "agent" {
 		a.AgentID = &p.Subject
 	} else {
@@ -292,33 +293,33 @@ func requestStart(r *http.Request) time.Time {
 
 // decode reads one JSON object of at most maxBodyBytes into v, refusing unknown
 // fields, trailing data, invalid UTF-8 and a tenant_id other than the caller's.
-func decode(r *http.Request, v any, p *Principal) error {
+func decode(r *http.Request, v any, p *core.Principal) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return newError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "send the body as application/json")
+		return core.NewError(http.StatusUnsupportedMediaType, core.CodeUnsupportedMediaType, "send the body as application/json")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return newError(http.StatusRequestEntityTooLarge, codeBodyTooLarge, "the body is over %d bytes", maxBodyBytes)
+			return core.NewError(http.StatusRequestEntityTooLarge, core.CodeBodyTooLarge, "the body is over %d bytes", maxBodyBytes)
 		}
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body could not be read")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body could not be read")
 	}
 	if !utf8.Valid(body) {
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid UTF-8")
 	}
 	if hasEscapedNUL(body) {
-		return newError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
+		return core.NewError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
 	}
 	if path, dup := duplicateKey(body); dup {
-		return newError(http.StatusBadRequest, codeDuplicateKey, "the key %s appears twice in one object; send each key once", path)
+		return core.NewError(http.StatusBadRequest, core.CodeDuplicateKey, "the key %s appears twice in one object; send each key once", path)
 	}
 	if p != nil {
 		var probe struct {
 			TenantID *string `json:"tenant_id"`
 		}
 		if json.Unmarshal(body, &probe) == nil && probe.TenantID != nil && *probe.TenantID != p.TenantID {
-			return errMismatch()
+			return core.ErrMismatch()
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -327,7 +328,7 @@ func decode(r *http.Request, v any, p *Principal) error {
 		return jsonError(err)
 	}
 	if dec.More() {
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body holds more than one JSON value")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body holds more than one JSON value")
 	}
 	return nil
 }
@@ -412,28 +413,28 @@ func duplicateKey(body []byte) (string, bool) {
 	}
 }
 
-func jsonError(err error) *Error {
+func jsonError(err error) *core.Error {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
-			return newError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
+			return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body must be a JSON object")
 		}
 		if strings.HasPrefix(typeErr.Value, "number") {
 			// A number that does not fit the field: a fraction for a whole number, or beyond float64.
 			return numberRangeError(field)
 		}
-		return newError(http.StatusBadRequest, codeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
+		return core.NewError(http.StatusBadRequest, core.CodeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF):
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid JSON")
 	case errors.Is(err, io.EOF):
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is empty")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is empty")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return newError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
+		return core.NewError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
-	return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+	return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid JSON")
 }
 
 // numberRange is the accepted range of a numeric body field.
@@ -457,7 +458,7 @@ const maxApprovalTTLSeconds = 2592000
 
 // checkNumber refuses a value outside its field's range; path names the field
 // in the answer (events[3].latency_ms, results.case-1.score).
-func checkNumber(path string, v float64) *Error {
+func checkNumber(path string, v float64) *core.Error {
 	name := path[strings.LastIndexAny(path, ".]")+1:]
 	r, ok := numberRanges[name]
 	if !ok {
@@ -469,7 +470,7 @@ func checkNumber(path string, v float64) *Error {
 	return nil
 }
 
-func numberRangeError(path string) *Error {
+func numberRangeError(path string) *core.Error {
 	name := path[strings.LastIndexAny(path, ".]")+1:]
 	r, ok := numberRanges[name]
 	switch {
@@ -502,7 +503,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, e *Error) {
+func writeError(w http.ResponseWriter, e *core.Error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
@@ -513,8 +514,8 @@ func writeError(w http.ResponseWriter, e *Error) {
 	writeJSON(w, e.Status, map[string]any{"error": body})
 }
 
-func validation(format string, args ...any) *Error {
-	return newError(http.StatusBadRequest, codeValidation, format, args...)
+func validation(format string, args ...any) *core.Error {
+	return core.NewError(http.StatusBadRequest, core.CodeValidation, format, args...)
 }
 
 // ---- health
@@ -607,7 +608,7 @@ func (a *App) createTenant(w http.ResponseWriter, r *http.Request, _ httprouter.
 	t, k, err := a.store.CreateTenant(r.Context(), req.ID, req.Name)
 	if err != nil {
 		if e := errorFor(err); e.Code == "already_exists" {
-			return newError(http.StatusConflict, "tenant_exists", "a tenant with this id already exists")
+			return core.NewError(http.StatusConflict, "tenant_exists", "a tenant with this id already exists")
 		}
 		return err
 	}
@@ -653,7 +654,7 @@ func validateKeyRequest(role, subject string, agents []string) error {
 	return nil
 }
 
-func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req issueKeyRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -670,22 +671,22 @@ func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 	return nil
 }
 
-func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	keys, err := a.store.ListKeys(r.Context(), p)
 	if err != nil {
 		return err
 	}
 	if keys == nil {
-		keys = []APIKey{}
+		keys = []core.APIKey{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": keys, "count": len(keys)})
 	return nil
 }
 
-func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	audit := newAudit(r, p, "ok", http.StatusOK)
 	k, err := a.store.RevokeKey(r.Context(), p, strings.ToLower(id), audit)
@@ -704,10 +705,10 @@ type rotateKeyRequest struct {
 // maxRotationOverlap is how long a rotated key may keep working beside its replacement.
 const maxRotationOverlap = 24 * time.Hour
 
-func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	var req rotateKeyRequest
 	if r.ContentLength != 0 {
@@ -729,12 +730,12 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 
 // ---- audit logs
 
-func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	var f AuditFilter
+	var f core.AuditFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}
@@ -751,7 +752,7 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(l AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
+	writePage(w, rows, limit, func(l core.AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
 	return nil
 }
 
@@ -773,7 +774,7 @@ func parseQuery(r *http.Request) (url.Values, error) {
 }
 
 // pageParams reads limit (default 50, max 500), cursor, since and until.
-func pageParams(q map[string][]string) (limit int, before *Cursor, since, until *time.Time, err error) {
+func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, until *time.Time, err error) {
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
 			return v[0]
@@ -784,7 +785,7 @@ func pageParams(q map[string][]string) (limit int, before *Cursor, since, until 
 	if s := get("limit"); s != "" {
 		n, convErr := strconv.Atoi(s)
 		if convErr != nil || n < 1 || n > 500 {
-			return 0, nil, nil, nil, newError(http.StatusBadRequest, "invalid_limit", "limit must be a whole number from 1 to 500")
+			return 0, nil, nil, nil, core.NewError(http.StatusBadRequest, "invalid_limit", "limit must be a whole number from 1 to 500")
 		}
 		limit = n
 	}
@@ -841,8 +842,8 @@ func encodeCursor(at time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
 }
 
-func decodeCursor(s string) (*Cursor, error) {
-	bad := newError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
+func decodeCursor(s string) (*core.Cursor, error) {
+	bad := core.NewError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
 	raw, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
 		return nil, bad
@@ -855,7 +856,7 @@ func decodeCursor(s string) (*Cursor, error) {
 	if err != nil {
 		return nil, bad
 	}
-	return &Cursor{CreatedAt: t, ID: id}, nil
+	return &core.Cursor{CreatedAt: t, ID: id}, nil
 }
 
 // ---- events
@@ -887,7 +888,7 @@ type reportEventsRequest struct {
 
 const maxEventsPerRequest = 1000
 
-func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req reportEventsRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -902,8 +903,8 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 		return validation("events must hold 1 to %d events", maxEventsPerRequest)
 	}
 	trace := traceID(r, "")
-	events := make([]Event, len(inputs))
-	var bad []EventError
+	events := make([]core.Event, len(inputs))
+	var bad []core.EventError
 	for i, in := range inputs {
 		e, err := in.toEvent(p, trace)
 		switch {
@@ -913,14 +914,14 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 			return err
 		case err.Status != http.StatusBadRequest:
 			// A forbidden event (another tenant's id) refuses the whole request as it is.
-			return err.withPrefix(fmt.Sprintf("events[%d]: ", i))
+			return err.WithPrefix(fmt.Sprintf("events[%d]: ", i))
 		default:
-			bad = append(bad, EventError{Index: i, Code: err.Code, Message: err.Message})
+			bad = append(bad, core.EventError{Index: i, Code: err.Code, Message: err.Message})
 		}
 	}
 	if bad != nil {
 		// All or nothing: a client resends the corrected batch without wondering what was kept.
-		return &Error{Status: http.StatusBadRequest, Code: codeInvalidEvents, Events: bad,
+		return &core.Error{Status: http.StatusBadRequest, Code: core.CodeInvalidEvents, Events: bad,
 			Message: fmt.Sprintf("%d of %d events are invalid (see events); none was stored", len(bad), len(inputs))}
 	}
 	audit := newAudit(r, p, "ok", http.StatusCreated)
@@ -936,14 +937,14 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 	return nil
 }
 
-func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
+func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.Error) {
 	if in.TenantID != nil && *in.TenantID != p.TenantID {
-		return Event{}, errMismatch()
+		return core.Event{}, core.ErrMismatch()
 	}
 	if in.Agent != "" && !p.MayActAs(in.Agent) {
-		return Event{}, agentMismatch(in.Agent)
+		return core.Event{}, agentMismatch(in.Agent)
 	}
-	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
+	e := core.Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
 		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
 		ApprovalRequestID: in.ApprovalRequestID, SandboxID: in.SandboxID, TraceID: in.TraceID, Mode: in.Mode,
 		LatencyMS: in.LatencyMS, Error: in.Error}
@@ -985,12 +986,12 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 	return e, nil
 }
 
-func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	var f EventFilter
+	var f core.EventFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}
@@ -1004,7 +1005,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(e Event) (time.Time, string) { return e.CreatedAt, e.ID })
+	writePage(w, rows, limit, func(e core.Event) (time.Time, string) { return e.CreatedAt, e.ID })
 	return nil
 }
 
@@ -1068,12 +1069,12 @@ type policyRequest struct {
 	EndpointURL         *string `json:"endpoint_url"`
 }
 
-func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req policyRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
-	in := PolicyInput{ToolName: ps.ByName("tool"), TrustLevel: req.TrustLevel, AutoApproveEligible: req.AutoApproveEligible,
+	in := core.PolicyInput{ToolName: ps.ByName("tool"), TrustLevel: req.TrustLevel, AutoApproveEligible: req.AutoApproveEligible,
 		ApprovalTTLSeconds: req.ApprovalTTLSeconds, RequiredApprovals: req.RequiredApprovals, EndpointURL: req.EndpointURL}
 	switch {
 	case !toolNamePattern.MatchString(in.ToolName):
@@ -1102,7 +1103,7 @@ func validEndpoint(s string) bool {
 	return err == nil && len(s) <= 2000 && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil
 }
 
-func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	out, err := a.store.GetPolicy(r.Context(), p, ps.ByName("tool"))
 	if err != nil {
 		return err
@@ -1111,7 +1112,7 @@ func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 	return nil
 }
 
-func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.ListPolicies(r.Context(), p)
 	if err != nil {
 		return err
@@ -1120,7 +1121,7 @@ func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.
 	return nil
 }
 
-func (a *App) deletePolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) deletePolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	out, err := a.store.DeletePolicy(r.Context(), p, ps.ByName("tool"), newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
 		return err
@@ -1137,7 +1138,7 @@ type tenantSettingsRequest struct {
 	AdminsDecideL4 bool `json:"admins_decide_l4"`
 }
 
-func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req tenantSettingsRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -1161,8 +1162,8 @@ func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httpro
 	return nil
 }
 
-func (req tenantSettingsRequest) toSettings() TenantSettings {
-	return TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains,
+func (req tenantSettingsRequest) toSettings() core.TenantSettings {
+	return core.TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains,
 		AdminsDecideL4: req.AdminsDecideL4}
 }
 
@@ -1194,7 +1195,7 @@ type executeRequest struct {
 
 var idempotencyKeyPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,200}$`)
 
-func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req executeRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -1223,14 +1224,14 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
 		return validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
 	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
-		return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+		return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
 		return validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
 	case utf8.RuneCountInString(req.Workflow) > 200:
 		return validation("workflow must be at most 200 characters")
 	}
 	audit := newAudit(r, p, "", 0)
-	in := ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
+	in := core.ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
 		TraceID: traceID(r, req.TraceID), Mode: req.Mode, IdempotencyKey: req.IdempotencyKey,
 		ApprovalRequestID: strings.ToLower(req.ApprovalRequestID), TrustLevel: req.TrustLevel, Domain: req.Domain,
 		Route: audit.Route, LiveEnabled: a.live, Started: requestStart(r)}
@@ -1249,7 +1250,7 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		// The dispatched event is committed before the call: a crash now leaves its trace.
 		// What runs is what was approved: the canonical text SQL stored, never the raw body.
 		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
-		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, OutcomeInput{EventID: res.Live.EventID,
+		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, core.OutcomeInput{EventID: res.Live.EventID,
 			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
 			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
 		if err != nil {
@@ -1264,14 +1265,14 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 }
 
 // agentMismatch refuses an agent name the key may not act as.
-func agentMismatch(agent string) *Error {
-	return newError(http.StatusForbidden, codeAgentMismatch,
+func agentMismatch(agent string) *core.Error {
+	return core.NewError(http.StatusForbidden, core.CodeAgentMismatch,
 		"this key may not act as agent %s: only as its own subject or the agents listed on it", agent)
 }
 
 // ---- approvals
 
-func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
@@ -1292,8 +1293,8 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	return nil
 }
 
-func errApprovalNotFound() *Error {
-	return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+func errApprovalNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 }
 
 type decisionRequest struct {
@@ -1302,7 +1303,7 @@ type decisionRequest struct {
 	Reason   *string `json:"reason"`
 }
 
-func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errApprovalNotFound()
@@ -1330,13 +1331,13 @@ func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprout
 func (a *App) approvalsPost(expire handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		if ps.ByName("id") != "expire" {
-			return newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route")
+			return core.NewError(http.StatusMethodNotAllowed, core.CodeMethodNotAllowed, "method not allowed on this route")
 		}
 		return expire(w, r, ps)
 	}
 }
 
-func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	// The body is optional; when sent it may only name the caller's own tenant.
 	if r.ContentLength != 0 {
 		var req struct {
@@ -1370,11 +1371,11 @@ func validName(s string) bool {
 	return n >= 1 && n <= 200
 }
 
-func errRunNotFound() *Error {
-	return newError(http.StatusNotFound, "run_not_found", "eval run not found")
+func errRunNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "run_not_found", "eval run not found")
 }
 
-func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req startEvalRunRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -1385,9 +1386,9 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
 		return checkNumber("drift_threshold", *req.DriftThreshold)
 	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
-		return newError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
+		return core.NewError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
-	out, err := a.store.StartEvalRun(r.Context(), p, EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
+	out, err := a.store.StartEvalRun(r.Context(), p, core.EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
 		Provider: req.Provider, BaselineRunID: strings.ToLower(req.BaselineRunID), DriftThreshold: req.DriftThreshold},
 		newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -1404,7 +1405,7 @@ type completeEvalRunRequest struct {
 	Error    string          `json:"error"`
 }
 
-func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errRunNotFound()
@@ -1463,7 +1464,7 @@ func checkScores(results json.RawMessage) error {
 	return nil
 }
 
-func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errRunNotFound()
@@ -1476,12 +1477,12 @@ func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.P
 	return nil
 }
 
-func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	f := EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
+	f := core.EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
 	if f.Limit, f.Before, _, _, err = pageParams(q); err != nil {
 		return err
 	}
@@ -1503,7 +1504,7 @@ type pinBaselineRequest struct {
 	RunID    string  `json:"run_id"`
 }
 
-func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req pinBaselineRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -1525,7 +1526,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 
 // ---- the hash chain
 
-func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.VerifyAudit(r.Context(), p)
 	if err != nil {
 		return err
@@ -1534,7 +1535,7 @@ func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.P
 	return nil
 }
 
-func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.AuditHead(r.Context(), p)
 	if err != nil {
 		return err

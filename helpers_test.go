@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -22,7 +23,7 @@ const testOperatorToken = "test-operator-token"
 type testEnv struct {
 	t     testing.TB
 	srv   *httptest.Server
-	store Store
+	store core.Store
 	dbURL string // empty in JSONL mode
 	dir   string // JSONL directory
 

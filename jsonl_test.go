@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -42,7 +43,7 @@ func TestJSONLRestartKeepsEverything(t *testing.T) {
 	env.reopen()
 
 	require.Equal(t, http.StatusOK, env.do("GET", "/api/v1/keys", admin, nil).Status, "keys survive a restart")
-	requireError(t, env.do("GET", "/api/v1/events", revoked.str("api_key"), nil), http.StatusUnauthorized, codeUnauthorized)
+	requireError(t, env.do("GET", "/api/v1/events", revoked.str("api_key"), nil), http.StatusUnauthorized, core.CodeUnauthorized)
 	after := env.do("GET", "/api/v1/events", agent, nil)
 	require.Equal(t, before.Raw, after.Raw, "events come back in the same order")
 	require.Equal(t, logsBefore.Raw, env.do("GET", "/api/v1/audit/logs", admin, nil).Raw)
@@ -87,7 +88,7 @@ func TestJSONLNeedsDatabaseRoutes(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
 	_, err := env.store.PingDB(context.Background())
-	require.ErrorIs(t, err, errNeedsDB())
+	require.ErrorIs(t, err, core.ErrNeedsDB())
 	r := env.do("GET", "/api/v1/health/db", "", nil)
 	require.Equal(t, http.StatusServiceUnavailable, r.Status)
 	require.Contains(t, r.Raw, "DATABASE_URL")
@@ -166,7 +167,7 @@ func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
 		{"tool": "search", "trust_level": "L3"}, // the agent's floor
 	} {
 		r := env.execute(agent, "bot", call)
-		requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 		msg := r.Body["error"].(map[string]any)["message"].(string)
 		require.True(t, strings.HasPrefix(msg, "L3 and L4 calls need PostgreSQL"), msg)
 		require.Contains(t, msg, "set DATABASE_URL")
@@ -178,7 +179,7 @@ func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
 	for _, l := range logs.items() {
 		require.Equal(t, "bot", l["agent_id"])
 		require.EqualValues(t, http.StatusServiceUnavailable, l["http_status"])
-		require.Equal(t, codeRequiresDatabase, l["error"])
+		require.Equal(t, core.CodeRequiresDatabase, l["error"])
 		require.Equal(t, "POST /api/v1/agents/bot/execute", l["route"])
 	}
 	events := env.do("GET", "/api/v1/events?status=refused", admin, nil)

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
@@ -220,7 +221,7 @@ func healthcheck(port string) int {
 }
 
 // openStore picks PostgreSQL when DATABASE_URL is set, else the JSONL files.
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (core.Store, error) {
 	if cfg.DatabaseURL == "" {
 		log.Info("no DATABASE_URL: storing in JSONL files", "dir", cfg.DataDir)
 		return OpenJSONLStore(cfg.DataDir, log)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -160,8 +161,8 @@ func TestStatsRoute(t *testing.T) {
 			t.Parallel()
 			env := setup(t, kind)
 			admin := env.tenant("acme")
-			requireError(t, env.do("GET", "/api/v1/stats", admin, nil), http.StatusUnauthorized, codeUnauthorized)
-			requireError(t, env.do("GET", "/api/v1/stats", "", nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/stats", admin, nil), http.StatusUnauthorized, core.CodeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/stats", "", nil), http.StatusUnauthorized, core.CodeUnauthorized)
 
 			r := env.do("GET", "/api/v1/stats", testOperatorToken, nil)
 			require.Equal(t, http.StatusOK, r.Status, r.Raw)

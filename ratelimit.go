@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/asi-labs/atl/internal/core"
 )
 
 // rateLimiter is a token bucket per API key: rate tokens a second, up to
@@ -92,8 +94,8 @@ func newTenantSlots(max int, wait time.Duration) *tenantSlots {
 }
 
 // errTenantBusy answers a request that waited too long for one of its tenant's slots.
-func errTenantBusy() *Error {
-	return &Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
+func errTenantBusy() *core.Error {
+	return &core.Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
 		Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -103,7 +104,7 @@ func TestDatabaseOutage(t *testing.T) {
 	} {
 		start := time.Now()
 		r := call()
-		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeDatabaseUnavailable)
 		require.Equal(t, "1", r.Header.Get("Retry-After"))
 		require.Less(t, time.Since(start), 4*time.Second, "an outage fails fast")
 	}
@@ -257,7 +258,7 @@ func TestStatementTimeoutFreesThePool(t *testing.T) {
 	}
 	wg.Wait()
 	for _, r := range answers {
-		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeDatabaseUnavailable)
 		require.Contains(t, r.Raw, "did not answer in time", "ended by statement_timeout")
 		require.NotEmpty(t, r.Header.Get("Retry-After"))
 	}
