@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
@@ -95,14 +96,14 @@ func BenchmarkCursorDecode(b *testing.B) {
 
 // BenchmarkAuthCacheHit: what authenticating a known key costs when its lookup is cached.
 func BenchmarkAuthCacheHit(b *testing.B) {
-	c := newAuthCache(time.Minute, defaultAuthCacheKeys)
+	c := authcache.New(time.Minute, authcache.DefaultKeys)
 	key := "atl_" + strings.Repeat("k", 43)
-	_, gen, _ := c.get(key)
-	c.put(key, core.Principal{TenantID: "acme", KeyID: "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a", Role: "agent", Subject: "bot"}, gen)
+	_, gen, _ := c.Get(key)
+	c.Put(key, core.Principal{TenantID: "acme", KeyID: "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a", Role: "agent", Subject: "bot"}, gen)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, _, ok := c.get(key); !ok {
+			if _, _, ok := c.Get(key); !ok {
 				b.Error("cache miss")
 				return
 			}

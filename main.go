@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -118,7 +119,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {
 		return c, err
 	}
-	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", defaultAuthCacheTTL); err != nil {
+	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", authcache.DefaultTTL); err != nil {
 		return c, err
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {

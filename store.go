@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -28,8 +29,8 @@ type querier interface {
 type PGStore struct {
 	pool  *pgxpool.Pool
 	slots *tenantSlots
-	group *groupCommitter // nil: every write in a transaction of its own
-	auth  *authCache      // nil: every request looks its key up
+	group *groupCommitter  // nil: every write in a transaction of its own
+	auth  *authcache.Cache // nil: every request looks its key up
 }
 
 // defaultTenantWait is how long a request waits for one of its tenant's slots.
@@ -40,12 +41,12 @@ const defaultTenantWait = 5 * time.Second
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
 	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
 		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers),
-		auth:  newAuthCache(defaultAuthCacheTTL, defaultAuthCacheKeys)}
+		auth:  authcache.New(authcache.DefaultTTL, authcache.DefaultKeys)}
 }
 
 // WithAuthCache sets how long a successful key lookup is reused (0: never).
 func (s *PGStore) WithAuthCache(ttl time.Duration) *PGStore {
-	s.auth = newAuthCache(ttl, defaultAuthCacheKeys)
+	s.auth = authcache.New(ttl, authcache.DefaultKeys)
 	return s
 }
 
@@ -145,7 +146,7 @@ func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (core.Tenan
 const authenticateSQL = `select tenant_id, key_id::text, role, subject, agents from atl.api_key_authenticate($1::text)`
 
 func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (core.Principal, error) {
-	p, gen, ok := s.auth.get(apiKey)
+	p, gen, ok := s.auth.Get(apiKey)
 	if ok {
 		return p, nil
 	}
@@ -155,7 +156,7 @@ func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (core.Princip
 		return core.Principal{}, core.ErrUnauthorized()
 	}
 	if err == nil {
-		s.auth.put(apiKey, p, gen)
+		s.auth.Put(apiKey, p, gen)
 	}
 	return p, err
 }
@@ -224,7 +225,7 @@ func (s *PGStore) RevokeKey(ctx context.Context, p core.Principal, id string, au
 		return tx.QueryRow(ctx, revokeKeySQL, id).Scan(&k)
 	})
 	if err == nil {
-		s.auth.forget(p.TenantID, k.ID)
+		s.auth.Forget(p.TenantID, k.ID)
 	}
 	return k, err
 }
@@ -237,7 +238,7 @@ func (s *PGStore) RotateKey(ctx context.Context, p core.Principal, id string, ov
 		return tx.QueryRow(ctx, rotateKeySQL, id, int(overlap/time.Second)).Scan(&r)
 	})
 	if err == nil && overlap == 0 {
-		s.auth.forget(p.TenantID, id)
+		s.auth.Forget(p.TenantID, id)
 	}
 	return r, err
 }

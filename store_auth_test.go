@@ -9,65 +9,19 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// clock is a time the test moves by hand.
-type clock struct{ t time.Time }
+// storeClock is a time the test moves by hand.
+type storeClock struct{ t time.Time }
 
-func (c *clock) now() time.Time { return c.t }
-
-func TestAuthCache(t *testing.T) {
-	t.Parallel()
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	c := newAuthCache(2*time.Second, 3)
-	c.now = clk.now
-	p := core.Principal{TenantID: "acme", KeyID: "k1", Role: "agent", Subject: "bot"}
-
-	_, gen, ok := c.get("secret-1")
-	require.False(t, ok)
-	c.put("secret-1", p, gen)
-	got, _, ok := c.get("secret-1")
-	require.True(t, ok)
-	require.Equal(t, p, got)
-	_, _, ok = c.get("secret-2")
-	require.False(t, ok, "another key is not the cached one")
-
-	clk.t = clk.t.Add(2 * time.Second)
-	_, _, ok = c.get("secret-1")
-	require.False(t, ok, "expired after the TTL")
-
-	_, gen, _ = c.get("secret-1")
-	c.put("secret-1", p, gen)
-	c.forget("beta", "k1")
-	_, _, ok = c.get("secret-1")
-	require.True(t, ok, "a key id of another tenant is another key")
-	c.forget("acme", "k1")
-	_, _, ok = c.get("secret-1")
-	require.False(t, ok, "forgotten when revoked")
-
-	_, gen, _ = c.get("secret-1")
-	c.forget("acme", "k9") // a revocation lands while this lookup is in flight
-	c.put("secret-1", p, gen)
-	_, _, ok = c.get("secret-1")
-	require.False(t, ok, "a lookup that raced a revocation is not kept")
-
-	for i, k := range []string{"a", "b", "c", "d"} {
-		_, gen, _ := c.get(k)
-		c.put(k, core.Principal{KeyID: k}, gen)
-		require.LessOrEqual(t, len(c.m), 3, "bounded (after %d)", i)
-	}
-	require.Nil(t, newAuthCache(0, 10), "0: no cache")
-	var off *authCache
-	_, _, ok = off.get("x")
-	require.False(t, ok)
-}
+func (c *storeClock) now() time.Time { return c.t }
 
 // TestAuthCacheRevocation: a key revoked through the service is refused at
 // once; one revoked behind its back (in SQL) only once the TTL is over.
 func TestAuthCacheRevocation(t *testing.T) {
 	t.Parallel()
 	pool, _ := newPool(t)
-	clk := &clock{t: time.Now()}
+	clk := &storeClock{t: time.Now()}
 	store := NewPGStore(pool).WithAuthCache(time.Minute)
-	store.auth.now = clk.now
+	store.auth.Now = clk.now
 	ctx := context.Background()
 	_, admin, err := store.CreateTenant(ctx, "acme", "Acme")
 	require.NoError(t, err)
