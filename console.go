@@ -155,7 +155,7 @@ func (c *console) authenticate(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return errSignIn
 	}
-	if ok, _ := cr.app.limiter.allow(p.KeyID); !ok {
+	if ok, _ := cr.app.limiter.Allow(p.KeyID); !ok {
 		return core.NewError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
 	}
 	cr.p, cr.session, cr.signed = p, ck.Value, true

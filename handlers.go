@@ -26,6 +26,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/julienschmidt/httprouter"
 )
 
@@ -54,7 +55,7 @@ type App struct {
 	origins    map[string]bool
 	live       bool
 	liveClient *http.Client
-	limiter    *rateLimiter
+	limiter    *limits.RateLimiter
 	version    string
 	started    time.Time
 	metrics    *metrics
@@ -179,7 +180,7 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 		if err != nil {
 			return err
 		}
-		if ok, wait := a.limiter.allow(p.KeyID); !ok {
+		if ok, wait := a.limiter.Allow(p.KeyID); !ok {
 			return &core.Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
 				Message: "this key is over its request rate; retry later", RetryAfter: int(math.Ceil(wait.Seconds()))}
 		}
@@ -558,7 +559,7 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 	// The request limits in force (0: off), so a client's test suite can tell what it may expect.
 	limits := map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0, "waiters_per_tenant": 0}
 	if a.limiter != nil {
-		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.rate, int(a.limiter.burst)
+		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.Rate, int(a.limiter.Burst)
 	}
 	if a.waits != nil {
 		limits["waiters_per_tenant"] = a.waits.perTenant

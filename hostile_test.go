@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/stretchr/testify/require"
 )
 
@@ -262,8 +263,8 @@ func TestRateLimitPerKey(t *testing.T) {
 	noisy, quiet := env.key(admin, "agent", "noisy"), env.key(admin, "agent", "quiet")
 	// The limit is switched on after set-up; the clock stands still so no token refills.
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	limiter := newRateLimiter(1, 2)
-	limiter.now = func() time.Time { return at }
+	limiter := limits.NewRateLimiter(1, 2)
+	limiter.Now = func() time.Time { return at }
 	env.srv.Close()
 	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test", limiter: limiter}
 	env.srv = httptest.NewServer(app.routes())

@@ -105,7 +105,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("acquires", float64(st.AcquireCount()))
 	counter("waits", float64(st.EmptyAcquireCount()))
 	counter("wait", st.AcquireDuration().Seconds())
-	slots := c.s.slots.stats()
+	slots := c.s.slots.Stats()
 	inUse, _ := slots["in_use"].(int)
 	queued, _ := slots["queued"].(int)
 	busy, _ := slots["refused_total"].(uint64)

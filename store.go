@@ -10,6 +10,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -28,7 +29,7 @@ type querier interface {
 // PGStore keeps everything in PostgreSQL and calls the atl.* functions.
 type PGStore struct {
 	pool  *pgxpool.Pool
-	slots *tenantSlots
+	slots *limits.TenantSlots
 	group *groupCommitter  // nil: every write in a transaction of its own
 	auth  *authcache.Cache // nil: every request looks its key up
 }
@@ -39,7 +40,7 @@ const defaultTenantWait = 5 * time.Second
 // NewPGStore lets each tenant use a quarter of the pool at once and writes
 // events and executes with group commit (defaults in groupcommit.go).
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
-	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
+	return &PGStore{pool: pool, slots: limits.NewTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
 		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers),
 		auth:  authcache.New(authcache.DefaultTTL, authcache.DefaultKeys)}
 }
@@ -64,7 +65,7 @@ func (s *PGStore) WithGroupCommit(window time.Duration, maxRows, workers int) *P
 // WithTenantLimit sets how many transactions one tenant may have open at once
 // (0: no bound) and how long a request waits for one.
 func (s *PGStore) WithTenantLimit(n int, wait time.Duration) *PGStore {
-	s.slots = newTenantSlots(n, wait)
+	s.slots = limits.NewTenantSlots(n, wait)
 	return s
 }
 
@@ -78,7 +79,7 @@ func (s *PGStore) Stats() map[string]any {
 		"acquired_conns": st.AcquiredConns(), "idle_conns": st.IdleConns(), "constructing_conns": st.ConstructingConns(),
 		"acquire_count": st.AcquireCount(), "empty_acquire_count": st.EmptyAcquireCount(),
 		"canceled_acquire_count": st.CanceledAcquireCount(), "acquire_wait_ms": st.AcquireDuration().Milliseconds()},
-		"tenant_slots": s.slots.stats()}
+		"tenant_slots": s.slots.Stats()}
 }
 
 func (s *PGStore) PingDB(ctx context.Context) (time.Duration, error) {
@@ -97,7 +98,7 @@ const setTenantSQL = `select set_config('role', $1::text, true), set_config('app
 // and app.key_hash set, appends the audit row (when given) in the same
 // transaction, and commits.
 func (s *PGStore) inTenant(ctx context.Context, p core.Principal, audit *core.AuditLog, fn func(tx pgx.Tx) error) error {
-	release, err := s.slots.acquire(ctx, p.TenantID)
+	release, err := s.slots.Acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
@@ -296,7 +297,7 @@ func auditStmt(a *core.AuditLog) stmt {
 // called for every attempt, so its answers start afresh. The tenant's slot is
 // held until the write is answered, grouped or not.
 func (s *PGStore) write(ctx context.Context, p core.Principal, rows int, audit *core.AuditLog, build func() []stmt) error {
-	release, err := s.slots.acquire(ctx, p.TenantID)
+	release, err := s.slots.Acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
