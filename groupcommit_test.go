@@ -41,7 +41,7 @@ func groupStore(t *testing.T, rows int) (*PGStore, *pgxpool.Pool, *batchLog) {
 	pool, _ := newPool(t)
 	store := NewPGStore(pool).WithTenantLimit(0, 0).WithGroupCommit(time.Hour, rows, 1)
 	log := &batchLog{}
-	store.group.observe = log.observe
+	store.group.Observe = log.observe
 	return store, pool, log
 }
 

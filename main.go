@@ -20,6 +20,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -105,16 +106,16 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.TenantWait, err = envDuration(getenv, "ATL_TENANT_QUEUE_WAIT", defaultTenantWait); err != nil {
 		return c, err
 	}
-	c.GroupWindow = defaultGroupWindow
+	c.GroupWindow = groupcommit.DefaultWindow
 	if v := getenv("ATL_GROUP_COMMIT_WINDOW"); v == "off" {
 		c.GroupWindow = -1
-	} else if c.GroupWindow, err = envDuration(getenv, "ATL_GROUP_COMMIT_WINDOW", defaultGroupWindow); err != nil {
+	} else if c.GroupWindow, err = envDuration(getenv, "ATL_GROUP_COMMIT_WINDOW", groupcommit.DefaultWindow); err != nil {
 		return c, err
 	}
-	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", defaultGroupMaxRows); err != nil {
+	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", groupcommit.DefaultMaxRows); err != nil {
 		return c, err
 	}
-	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", defaultGroupWorkers); err != nil {
+	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
 		return c, err
 	}
 	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {

@@ -39,7 +39,7 @@ func newMetrics(store core.Store) *metrics {
 	if pg, ok := store.(*PGStore); ok {
 		m.registry.MustRegister(poolCollector{pg})
 		if g := pg.group; g != nil {
-			m.registry.MustRegister(g.batchJobs, g.batchRows, g.fallbacks)
+			m.registry.MustRegister(g.Collectors()...)
 		}
 	}
 	return m

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -198,7 +199,7 @@ func TestConfigFromEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, c.TenantConc, "0: no bound")
 	require.Equal(t, 250*time.Millisecond, c.TenantWait)
-	require.Equal(t, [3]any{defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers},
+	require.Equal(t, [3]any{groupcommit.DefaultWindow, groupcommit.DefaultMaxRows, groupcommit.DefaultWorkers},
 		[3]any{c.GroupWindow, c.GroupMaxRows, c.GroupWorkers}, "group commit on by default")
 
 	c, err = configFromEnv(env(map[string]string{"ATL_GROUP_COMMIT_WINDOW": "off"}))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -30,8 +31,8 @@ type querier interface {
 type PGStore struct {
 	pool  *pgxpool.Pool
 	slots *limits.TenantSlots
-	group *groupCommitter  // nil: every write in a transaction of its own
-	auth  *authcache.Cache // nil: every request looks its key up
+	group *groupcommit.Committer // nil: every write in a transaction of its own
+	auth  *authcache.Cache       // nil: every request looks its key up
 }
 
 // defaultTenantWait is how long a request waits for one of its tenant's slots.
@@ -41,7 +42,7 @@ const defaultTenantWait = 5 * time.Second
 // events and executes with group commit (defaults in groupcommit.go).
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
 	return &PGStore{pool: pool, slots: limits.NewTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
-		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers),
+		group: groupcommit.New(pool, runtimeRole, groupcommit.DefaultWindow, groupcommit.DefaultMaxRows, groupcommit.DefaultWorkers),
 		auth:  authcache.New(authcache.DefaultTTL, authcache.DefaultKeys)}
 }
 
@@ -57,7 +58,7 @@ func (s *PGStore) WithGroupCommit(window time.Duration, maxRows, workers int) *P
 	if window < 0 {
 		s.group = nil
 	} else {
-		s.group = newGroupCommitter(s.pool, window, maxRows, workers)
+		s.group = groupcommit.New(s.pool, runtimeRole, window, maxRows, workers)
 	}
 	return s
 }
@@ -325,7 +326,7 @@ func (s *PGStore) write(ctx context.Context, p core.Principal, rows int, audit *
 	if audit != nil {
 		rows++
 	}
-	return s.group.submit(ctx, &groupJob{tenant: p.TenantID, keyHash: p.KeyHash, rows: rows, alone: alone, queue: func(b *pgx.Batch) {
+	return s.group.Submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: rows, Alone: alone, Queue: func(b *pgx.Batch) {
 		for _, st := range all() {
 			st.queue(b)
 		}
