@@ -432,7 +432,7 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 			out := logs.String()
 			require.Contains(t, out, `"path":"/api/v1/agents/bot/execute"`, "requests are logged")
 			require.Contains(t, out, `"status":401`)
-			for _, secret := range []string{testOperatorToken, admin, agent, keyPrefix(agent), card, "Bearer"} {
+			for _, secret := range []string{testOperatorToken, admin, agent, core.KeyPrefix(agent), card, "Bearer"} {
 				require.NotContains(t, out, secret)
 			}
 		})

@@ -223,7 +223,7 @@ func (c *console) checkPost(cr *consoleReq, purpose, session string) error {
 	}
 	cr.r.Body = http.MaxBytesReader(cr.w, cr.r.Body, 16<<10)
 	if err := cr.r.ParseForm(); err != nil {
-		return validation("the form could not be read")
+		return core.Validation("the form could not be read")
 	}
 	got := cr.r.PostForm.Get("csrf")
 	if session == "" || !hmac.Equal([]byte(got), []byte(c.token(purpose, session))) {
@@ -408,7 +408,7 @@ func (c *console) queue(cr *consoleReq) error {
 		status = "PENDING"
 	}
 	if !slices.Contains(consoleStatuses, status) {
-		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+		return core.Validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
 	}
 	var before *core.Cursor
 	if s := q.Get("cursor"); s != "" {
@@ -506,9 +506,9 @@ func (c *console) decide(cr *consoleReq) error {
 	var flash *core.Error
 	switch {
 	case decision != "APPROVE" && decision != "REJECT":
-		flash = validation("decision must be APPROVE or REJECT")
+		flash = core.Validation("decision must be APPROVE or REJECT")
 	case utf8.RuneCountInString(reason) > 2000:
-		flash = validation("reason must be at most 2000 characters")
+		flash = core.Validation("reason must be at most 2000 characters")
 	}
 	if flash != nil {
 		return c.showDetail(cr, flash.Status, flash)

@@ -33,7 +33,6 @@ import (
 const maxBodyBytes = 1 << 20
 
 var (
-	tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{1,62}$`)
 	subjectPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9@._:+-]{0,199}$`)
 	toolNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`)
 	domainPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
@@ -476,11 +475,11 @@ func numberRangeError(path string) *core.Error {
 	r, ok := numberRanges[name]
 	switch {
 	case !ok:
-		return validation("field %q is out of range", path)
+		return core.Validation("field %q is out of range", path)
 	case r.whole:
-		return validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
+		return core.Validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
 	}
-	return validation("%s must be a number from %g to %g", path, r.min, r.max)
+	return core.Validation("%s must be a number from %g to %g", path, r.min, r.max)
 }
 
 func jsonType(kind string) string {
@@ -513,10 +512,6 @@ func writeError(w http.ResponseWriter, e *core.Error) {
 		body["events"] = e.Events
 	}
 	writeJSON(w, e.Status, map[string]any{"error": body})
-}
-
-func validation(format string, args ...any) *core.Error {
-	return core.NewError(http.StatusBadRequest, core.CodeValidation, format, args...)
 }
 
 // ---- health
@@ -597,14 +592,14 @@ func (a *App) createTenant(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if err := decode(r, &req, nil); err != nil {
 		return err
 	}
-	if !tenantIDPattern.MatchString(req.ID) {
-		return validation("id must match ^[a-z0-9][a-z0-9_-]{1,62}$")
+	if !core.TenantIDPattern.MatchString(req.ID) {
+		return core.Validation("id must match ^[a-z0-9][a-z0-9_-]{1,62}$")
 	}
 	if req.Name == "" {
 		req.Name = req.ID
 	}
 	if utf8.RuneCountInString(req.Name) > 200 || strings.ContainsRune(req.Name, 0) {
-		return validation("name must be 1 to 200 characters")
+		return core.Validation("name must be 1 to 200 characters")
 	}
 	t, k, err := a.store.CreateTenant(r.Context(), req.ID, req.Name)
 	if err != nil {
@@ -630,26 +625,26 @@ const maxKeyAgents = 20
 // validateKeyRequest checks a new key's role, subject and agents.
 func validateKeyRequest(role, subject string, agents []string) error {
 	if !slices.Contains([]string{"agent", "approver", "admin"}, role) {
-		return validation("role must be agent, approver or admin")
+		return core.Validation("role must be agent, approver or admin")
 	}
 	if !subjectPattern.MatchString(subject) {
-		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+		return core.Validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
 	}
 	if agents == nil {
 		return nil
 	}
 	if role != "agent" {
-		return validation("agents may only be listed on an agent key")
+		return core.Validation("agents may only be listed on an agent key")
 	}
 	if len(agents) == 0 || len(agents) > maxKeyAgents {
-		return validation("agents must list 1 to %d agent names", maxKeyAgents)
+		return core.Validation("agents must list 1 to %d agent names", maxKeyAgents)
 	}
 	for i, a := range agents {
 		if !subjectPattern.MatchString(a) {
-			return validation("agents[%d] must be 1 to 200 characters of letters, digits and @._:+-", i)
+			return core.Validation("agents[%d] must be 1 to 200 characters of letters, digits and @._:+-", i)
 		}
 		if slices.Contains(agents[:i], a) {
-			return validation("agents[%d] repeats %s", i, a)
+			return core.Validation("agents[%d] repeats %s", i, a)
 		}
 	}
 	return nil
@@ -719,7 +714,7 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 	}
 	overlap := time.Duration(req.OverlapSeconds) * time.Second
 	if req.OverlapSeconds < 0 || overlap > maxRotationOverlap {
-		return validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
+		return core.Validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
 	}
 	out, err := a.store.RotateKey(r.Context(), p, strings.ToLower(id), overlap, newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -742,10 +737,10 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	}
 	f.AgentID, f.TraceID, f.Status, f.Mode = q.Get("agent_id"), q.Get("trace_id"), q.Get("status"), q.Get("mode")
 	if f.Status != "" && !slices.Contains([]string{"ok", "pending_approval", "denied", "error"}, f.Status) {
-		return validation("status must be ok, pending_approval, denied or error")
+		return core.Validation("status must be ok, pending_approval, denied or error")
 	}
 	if f.Mode != "" && f.Mode != "dry_run" && f.Mode != "live" {
-		return validation("mode must be dry_run or live")
+		return core.Validation("mode must be dry_run or live")
 	}
 	limit := f.Limit
 	f.Limit++ // one more tells whether there is a next page
@@ -762,12 +757,12 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 func parseQuery(r *http.Request) (url.Values, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return nil, validation("the query string is malformed")
+		return nil, core.Validation("the query string is malformed")
 	}
 	for k, vs := range q {
 		for _, v := range vs {
 			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) || len(v) > 1000 {
-				return nil, validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
+				return nil, core.Validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
 			}
 		}
 	}
@@ -802,7 +797,7 @@ func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, u
 		if s := get(t.name); s != "" {
 			v, perr := time.Parse(time.RFC3339Nano, s)
 			if perr != nil {
-				return 0, nil, nil, nil, validation("%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.name)
+				return 0, nil, nil, nil, core.Validation("%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.name)
 			}
 			*t.dst = &v
 		}
@@ -898,10 +893,10 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if inputs == nil {
 		inputs = []eventInput{req.eventInput}
 	} else if req.ToolName != "" || req.Status != "" {
-		return validation("send either one event or {\"events\": [...]}, not both")
+		return core.Validation("send either one event or {\"events\": [...]}, not both")
 	}
 	if len(inputs) == 0 || len(inputs) > maxEventsPerRequest {
-		return validation("events must hold 1 to %d events", maxEventsPerRequest)
+		return core.Validation("events must hold 1 to %d events", maxEventsPerRequest)
 	}
 	trace := traceID(r, "")
 	events := make([]core.Event, len(inputs))
@@ -957,32 +952,32 @@ func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.
 	}
 	switch {
 	case !toolNamePattern.MatchString(e.ToolName):
-		return e, validation("tool_name is required: 1 to 128 characters of letters, digits and _.:-")
+		return e, core.Validation("tool_name is required: 1 to 128 characters of letters, digits and _.:-")
 	case !statusPattern.MatchString(e.Status):
-		return e, validation("status is required: lower-case letters and _, up to 32")
+		return e, core.Validation("status is required: lower-case letters and _, up to 32")
 	case e.Domain != "" && !domainPattern.MatchString(e.Domain):
-		return e, validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+		return e, core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
 	case e.TrustLevel != "" && !slices.Contains(trustLevels, e.TrustLevel):
-		return e, validation("trust_level must be one of L0, L1, L2, L3, L4")
+		return e, core.Validation("trust_level must be one of L0, L1, L2, L3, L4")
 	case e.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, e.Stage):
-		return e, validation("stage must be plan, execute, review or commit")
+		return e, core.Validation("stage must be plan, execute, review or commit")
 	case e.Mode != "" && e.Mode != "dry_run" && e.Mode != "live":
-		return e, validation("mode must be dry_run or live")
+		return e, core.Validation("mode must be dry_run or live")
 	case !traceIDPattern.MatchString(e.TraceID):
-		return e, validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+		return e, core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case utf8.RuneCountInString(e.Agent) > 200 || strings.ContainsRune(e.Agent, 0):
-		return e, validation("agent must be at most 200 characters")
+		return e, core.Validation("agent must be at most 200 characters")
 	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
-		return e, validation("approval_request_id must be a UUID")
+		return e, core.Validation("approval_request_id must be a UUID")
 	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
 		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
 	case e.SandboxID != nil && utf8.RuneCountInString(*e.SandboxID) > 200:
-		return e, validation("sandbox_id must be at most 200 characters")
+		return e, core.Validation("sandbox_id must be at most 200 characters")
 	case e.WorkflowName != nil && utf8.RuneCountInString(*e.WorkflowName) > 200:
-		return e, validation("workflow_name must be at most 200 characters")
+		return e, core.Validation("workflow_name must be at most 200 characters")
 	}
 	if len(e.ToolArgs) > 0 && string(e.ToolArgs) != "null" && e.ToolArgs[0] != '{' {
-		return e, validation("tool_args must be an object")
+		return e, core.Validation("tool_args must be an object")
 	}
 	return e, nil
 }
@@ -998,7 +993,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 	}
 	f.Agent, f.TraceID, f.Status, f.ToolName = q.Get("agent"), q.Get("trace_id"), q.Get("status"), q.Get("tool_name")
 	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !uuidPattern.MatchString(f.ApprovalRequestID) {
-		return validation("approval_request_id must be a UUID")
+		return core.Validation("approval_request_id must be a UUID")
 	}
 	limit := f.Limit
 	f.Limit++
@@ -1079,17 +1074,17 @@ func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 		ApprovalTTLSeconds: req.ApprovalTTLSeconds, RequiredApprovals: req.RequiredApprovals, EndpointURL: req.EndpointURL}
 	switch {
 	case !toolNamePattern.MatchString(in.ToolName):
-		return validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
+		return core.Validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
 	case !slices.Contains(trustLevels, in.TrustLevel):
-		return validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
+		return core.Validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
 	case in.ApprovalTTLSeconds != nil && checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds)) != nil:
 		return checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds))
 	case in.RequiredApprovals != nil && checkNumber("required_approvals", float64(*in.RequiredApprovals)) != nil:
 		return checkNumber("required_approvals", float64(*in.RequiredApprovals))
 	case in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible:
-		return validation("an L4 tool can never be auto-approved")
+		return core.Validation("an L4 tool can never be auto-approved")
 	case in.EndpointURL != nil && !validEndpoint(*in.EndpointURL):
-		return validation("endpoint_url must be an absolute http or https URL")
+		return core.Validation("endpoint_url must be an absolute http or https URL")
 	}
 	out, err := a.store.PutPolicy(r.Context(), p, in, newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
@@ -1145,14 +1140,14 @@ func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httpro
 		return err
 	}
 	if !slices.Contains(trustLevels, req.DefaultTrustLevel) {
-		return validation("default_trust_level is required and must be one of L0, L1, L2, L3, L4")
+		return core.Validation("default_trust_level is required and must be one of L0, L1, L2, L3, L4")
 	}
 	if req.AllowedDomains != nil && (len(req.AllowedDomains) == 0 || len(req.AllowedDomains) > 100) {
-		return validation("allowed_domains must hold 1 to 100 domains, or be null to accept any")
+		return core.Validation("allowed_domains must hold 1 to 100 domains, or be null to accept any")
 	}
 	for _, d := range req.AllowedDomains {
 		if !domainPattern.MatchString(d) {
-			return validation("allowed_domains: %q must match ^[a-z0-9][a-z0-9_.-]{0,62}$", d)
+			return core.Validation("allowed_domains: %q must match ^[a-z0-9][a-z0-9_.-]{0,62}$", d)
 		}
 	}
 	out, err := a.store.PutTenantSettings(r.Context(), p, req.toSettings(), newAudit(r, p, "ok", http.StatusOK))
@@ -1205,31 +1200,31 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	args := bytes.TrimSpace(req.Args)
 	switch {
 	case !subjectPattern.MatchString(agent):
-		return validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
+		return core.Validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
 	case req.Agent != "" && req.Agent != agent:
-		return validation("agent in the body differs from the agent_id in the path")
+		return core.Validation("agent in the body differs from the agent_id in the path")
 	case !p.MayActAs(agent):
 		return agentMismatch(agent)
 	case !toolNamePattern.MatchString(req.Tool):
-		return validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
+		return core.Validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
 	case len(args) > 0 && string(args) != "null" && args[0] != '{':
-		return validation("args must be a JSON object")
+		return core.Validation("args must be a JSON object")
 	case req.Mode != "" && req.Mode != "dry_run" && req.Mode != "live":
-		return validation("mode must be dry_run or live")
+		return core.Validation("mode must be dry_run or live")
 	case req.TrustLevel != "" && !slices.Contains(trustLevels, req.TrustLevel):
-		return validation("trust_level must be one of L0, L1, L2, L3, L4")
+		return core.Validation("trust_level must be one of L0, L1, L2, L3, L4")
 	case req.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, req.Stage):
-		return validation("stage must be plan, execute, review or commit")
+		return core.Validation("stage must be plan, execute, review or commit")
 	case req.TraceID != "" && !traceIDPattern.MatchString(req.TraceID):
-		return validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+		return core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
-		return validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
+		return core.Validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
 	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
 		return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
-		return validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+		return core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
 	case utf8.RuneCountInString(req.Workflow) > 200:
-		return validation("workflow must be at most 200 characters")
+		return core.Validation("workflow must be at most 200 characters")
 	}
 	audit := newAudit(r, p, "", 0)
 	in := core.ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
@@ -1284,7 +1279,7 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	}
 	status := strings.ToUpper(q.Get("status"))
 	if status != "" && !slices.Contains([]string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}, status) {
-		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+		return core.Validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
 	}
 	rows, err := a.store.ListApprovals(r.Context(), p, status, before, limit+1)
 	if err != nil {
@@ -1314,10 +1309,10 @@ func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprout
 		return err
 	}
 	if req.Decision != "APPROVE" && req.Decision != "REJECT" {
-		return validation("decision must be APPROVE or REJECT")
+		return core.Validation("decision must be APPROVE or REJECT")
 	}
 	if req.Reason != nil && utf8.RuneCountInString(*req.Reason) > 2000 {
-		return validation("reason must be at most 2000 characters")
+		return core.Validation("reason must be at most 2000 characters")
 	}
 	out, err := a.store.DecideApproval(r.Context(), p, strings.ToLower(id), req.Decision, req.Reason,
 		newAudit(r, p, "ok", http.StatusCreated))
@@ -1383,7 +1378,7 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 	}
 	switch {
 	case !validName(req.SuiteName) || !validName(req.ModelID) || !validName(req.Provider):
-		return validation("suite_name, model_id and provider are required, 1 to 200 characters each")
+		return core.Validation("suite_name, model_id and provider are required, 1 to 200 characters each")
 	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
 		return checkNumber("drift_threshold", *req.DriftThreshold)
 	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
@@ -1418,11 +1413,11 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 	results := bytes.TrimSpace(req.Results)
 	switch {
 	case req.Status != "" && req.Status != "error":
-		return validation("status may only be error; passed or failed is decided by drift")
+		return core.Validation("status may only be error; passed or failed is decided by drift")
 	case req.Status == "" && (len(results) == 0 || results[0] != '{'):
-		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+		return core.Validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
 	case utf8.RuneCountInString(req.Error) > 2000:
-		return validation("error must be at most 2000 characters")
+		return core.Validation("error must be at most 2000 characters")
 	}
 	if req.Status == "" {
 		if err := checkScores(results); err != nil {
@@ -1443,7 +1438,7 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 func checkScores(results json.RawMessage) error {
 	var cases map[string]json.RawMessage
 	if json.Unmarshal(results, &cases) != nil {
-		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+		return core.Validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
 	}
 	for id, raw := range cases {
 		var c map[string]json.RawMessage
@@ -1488,7 +1483,7 @@ func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.
 		return err
 	}
 	if f.Status != "" && !slices.Contains([]string{"running", "passed", "failed", "error"}, f.Status) {
-		return validation("status must be running, passed, failed or error")
+		return core.Validation("status must be running, passed, failed or error")
 	}
 	limit := f.Limit
 	f.Limit++
@@ -1512,7 +1507,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 	}
 	suite := ps.ByName("suite")
 	if !validName(suite) {
-		return validation("the suite name must be 1 to 200 characters")
+		return core.Validation("the suite name must be 1 to 200 characters")
 	}
 	if !uuidPattern.MatchString(req.RunID) {
 		return errRunNotFound()

@@ -141,7 +141,7 @@ func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (core.Tenan
 	if err != nil {
 		return core.Tenant{}, core.APIKey{}, err
 	}
-	k.TenantID, k.Role, k.Subject, k.KeyPrefix, k.CreatedAt = t.ID, "admin", "admin", keyPrefix(k.APIKey), t.CreatedAt
+	k.TenantID, k.Role, k.Subject, k.KeyPrefix, k.CreatedAt = t.ID, "admin", "admin", core.KeyPrefix(k.APIKey), t.CreatedAt
 	return t, k, nil
 }
 
@@ -346,8 +346,8 @@ func (s *PGStore) QueryAudit(ctx context.Context, p core.Principal, f core.Audit
 	var out []core.AuditLog
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryAuditSQL, nullable(f.AgentID), nullable(f.TraceID), nullable(f.Status),
-			nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, queryAuditSQL, core.Nullable(f.AgentID), core.Nullable(f.TraceID), core.Nullable(f.Status),
+			core.Nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}
@@ -385,9 +385,9 @@ func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []c
 	request, sandbox, trace, mode := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n)
 	latency, errText := make([]*int, n), make([]*string, n)
 	for i, e := range events {
-		domain[i], workflow[i], agent[i], level[i], stage[i] = nullable(e.Domain), e.WorkflowName, e.Agent, nullable(e.TrustLevel), nullable(e.Stage)
+		domain[i], workflow[i], agent[i], level[i], stage[i] = core.Nullable(e.Domain), e.WorkflowName, e.Agent, core.Nullable(e.TrustLevel), core.Nullable(e.Stage)
 		tool[i], args[i], result[i], status[i] = e.ToolName, rawText(e.ToolArgs), rawText(e.ToolResult), e.Status
-		request[i], sandbox[i], trace[i], mode[i] = e.ApprovalRequestID, e.SandboxID, e.TraceID, nullable(e.Mode)
+		request[i], sandbox[i], trace[i], mode[i] = e.ApprovalRequestID, e.SandboxID, e.TraceID, core.Nullable(e.Mode)
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
 	var out []core.Event
@@ -410,8 +410,8 @@ func (s *PGStore) QueryEvents(ctx context.Context, p core.Principal, f core.Even
 	var out []core.Event
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryEventsSQL, nullable(f.Agent), nullable(f.TraceID), nullable(f.Status),
-			nullable(f.ToolName), nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, queryEventsSQL, core.Nullable(f.Agent), core.Nullable(f.TraceID), core.Nullable(f.Status),
+			core.Nullable(f.ToolName), core.Nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}
@@ -428,27 +428,12 @@ func cursorArgs(c *core.Cursor) (*time.Time, *string) {
 	return &c.CreatedAt, &c.ID
 }
 
-// nullable turns "" into SQL NULL so the function applies its default or skips the filter.
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
 func rawText(m json.RawMessage) *string {
 	if len(m) == 0 || string(m) == "null" {
 		return nil
 	}
 	s := string(m)
 	return &s
-}
-
-func keyPrefix(key string) string {
-	if len(key) < 12 {
-		return key
-	}
-	return key[:12]
 }
 
 // connectPool opens a pool whose every connection has a statement timeout,
@@ -528,9 +513,9 @@ func (s *PGStore) Execute(ctx context.Context, p core.Principal, in core.Execute
 	var res core.GateResult
 	err := s.write(ctx, p, 2, nil, func() []stmt {
 		res = core.GateResult{}
-		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
-			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
-			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
+		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), core.Nullable(in.Workflow),
+			core.Nullable(in.Stage), core.Nullable(in.TraceID), core.Nullable(in.Mode), core.Nullable(in.IdempotencyKey),
+			core.Nullable(in.ApprovalRequestID), core.Nullable(in.TrustLevel), core.Nullable(in.Domain), core.Nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
 			row: func(r pgx.Row) error { return r.Scan(&res) }}}
 	})
 	return res, err
@@ -543,7 +528,7 @@ func (s *PGStore) RecordOutcome(ctx context.Context, p core.Principal, in core.O
 	var res core.GateResult
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, recordOutcomeSQL, in.EventID, in.Succeeded, in.UpstreamStatus, rawText(in.Result),
-			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.ClaimedUserID)).Scan(&res)
+			core.Nullable(in.Error), in.LatencyMS, core.Nullable(in.IdempotencyKey), in.Route, core.Nullable(in.ClaimedUserID)).Scan(&res)
 	})
 	return res, err
 }
@@ -554,7 +539,7 @@ func (s *PGStore) ListApprovals(ctx context.Context, p core.Principal, status st
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listApprovalsSQL, nullable(status), bTime, bID, limit)
+		rows, err := tx.Query(ctx, listApprovalsSQL, core.Nullable(status), bTime, bID, limit)
 		if err != nil {
 			return err
 		}
@@ -610,13 +595,13 @@ func (s *PGStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *
 const startEvalRunSQL = `select atl.eval_run_start($1::text, $2::text, $3::text, $4::uuid, $5::numeric)`
 
 func (s *PGStore) StartEvalRun(ctx context.Context, p core.Principal, in core.EvalRunInput, audit *core.AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, startEvalRunSQL, in.SuiteName, in.ModelID, in.Provider, nullable(in.BaselineRunID), in.DriftThreshold)
+	return s.jsonCall(ctx, p, audit, startEvalRunSQL, in.SuiteName, in.ModelID, in.Provider, core.Nullable(in.BaselineRunID), in.DriftThreshold)
 }
 
 const completeEvalRunSQL = `select atl.eval_run_complete($1::uuid, $2::jsonb, $3::text, $4::text)`
 
 func (s *PGStore) CompleteEvalRun(ctx context.Context, p core.Principal, id string, results json.RawMessage, status, errText string, audit *core.AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, completeEvalRunSQL, id, rawText(results), nullable(status), nullable(errText))
+	return s.jsonCall(ctx, p, audit, completeEvalRunSQL, id, rawText(results), core.Nullable(status), core.Nullable(errText))
 }
 
 const getEvalRunSQL = `select atl.eval_run_get($1::uuid)`
@@ -631,8 +616,8 @@ func (s *PGStore) ListEvalRuns(ctx context.Context, p core.Principal, f core.Eva
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listEvalRunsSQL, nullable(f.SuiteName), nullable(f.ModelID), nullable(f.Provider),
-			nullable(f.Status), bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, listEvalRunsSQL, core.Nullable(f.SuiteName), core.Nullable(f.ModelID), core.Nullable(f.Provider),
+			core.Nullable(f.Status), bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}

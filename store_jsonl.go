@@ -205,7 +205,7 @@ func (s *JSONLStore) load(path string) error {
 
 func (s *JSONLStore) apply(rec jsonlRecord) {
 	switch {
-	case rec.Type == "tenant" && rec.Tenant != nil && tenantIDPattern.MatchString(rec.Tenant.ID):
+	case rec.Type == "tenant" && rec.Tenant != nil && core.TenantIDPattern.MatchString(rec.Tenant.ID):
 		s.tenants[rec.Tenant.ID] = *rec.Tenant
 	case rec.Type == "key" && rec.Key != nil && len(rec.Key.Hash) == sha256.Size:
 		k := *rec.Key
@@ -318,7 +318,7 @@ type jsonlSession struct {
 
 func (s *JSONLStore) StartConsoleSession(_ context.Context, p core.Principal, session string, ttl time.Duration) (time.Time, error) {
 	if len(session) < 43 || ttl <= 0 {
-		return time.Time{}, validation("a session id has at least 43 characters and a session a positive lifetime")
+		return time.Time{}, core.Validation("a session id has at least 43 characters and a session a positive lifetime")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -391,7 +391,7 @@ func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []strin
 	}
 	h := sha256.Sum256([]byte(secret))
 	k := &jsonlKey{APIKey: core.APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
-		KeyPrefix: keyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: nullable(by.KeyID)}, Hash: h[:]}
+		KeyPrefix: core.KeyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: core.Nullable(by.KeyID)}, Hash: h[:]}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), jsonlRecord{Type: "key", Key: k}); err != nil {
 		return core.APIKey{}, err
 	}
@@ -447,7 +447,7 @@ func (s *JSONLStore) revokeLocked(p core.Principal, id string, at time.Time, rep
 		}
 	}
 	rec := jsonlRecord{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
-		RevokedBy: &p.Subject, RevokedByKeyID: nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
+		RevokedBy: &p.Subject, RevokedByKeyID: core.Nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), rec); err != nil {
 		return core.APIKey{}, err
 	}
@@ -492,7 +492,7 @@ func (s *JSONLStore) RotateKey(_ context.Context, p core.Principal, id string, o
 
 func (s *JSONLStore) fillAudit(p core.Principal, a *core.AuditLog) {
 	a.ID, a.TenantID, a.CreatedAt = newUUID(), p.TenantID, now()
-	a.ActorKeyID, a.ActorSubject = nullable(p.KeyID), nullable(p.Subject)
+	a.ActorKeyID, a.ActorSubject = core.Nullable(p.KeyID), core.Nullable(p.Subject)
 	a.LatencyMS = int(time.Since(a.Started).Milliseconds())
 	if a.Mode == "" {
 		a.Mode = "dry_run"
@@ -542,7 +542,7 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p core.Principal, events []
 	at := now()
 	for i, e := range events {
 		e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, at
-		e.Source, e.ActorKeyID = &core.SourceAgent, nullable(p.KeyID)
+		e.Source, e.ActorKeyID = &core.SourceAgent, core.Nullable(p.KeyID)
 		if e.Domain == "" {
 			e.Domain = "default"
 		}
@@ -655,7 +655,7 @@ func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
 
 func (s *JSONLStore) PutPolicy(_ context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	if in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible {
-		return nil, validation("an L4 tool can never be auto-approved")
+		return nil, core.Validation("an L4 tool can never be auto-approved")
 	}
 	pol := jsonlPolicy{TenantID: p.TenantID, ToolName: in.ToolName, TrustLevel: in.TrustLevel, ApprovalTTLSeconds: 3600,
 		RequiredApprovals: in.RequiredApprovals, EndpointURL: in.EndpointURL, UpdatedAt: now()}
@@ -735,8 +735,8 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 	if len(args) == 0 || string(args) == "null" {
 		args = json.RawMessage(`{}`)
 	}
-	e := core.Event{Source: &core.SourceGate, ActorKeyID: nullable(p.KeyID), Domain: or(in.Domain, "default"), Agent: in.AgentID, Stage: or(in.Stage, "execute"), ToolName: in.Tool,
-		ToolArgs: args, TraceID: in.TraceID, Mode: or(in.Mode, "dry_run")}
+	e := core.Event{Source: &core.SourceGate, ActorKeyID: core.Nullable(p.KeyID), Domain: cmp.Or(in.Domain, "default"), Agent: in.AgentID, Stage: cmp.Or(in.Stage, "execute"), ToolName: in.Tool,
+		ToolArgs: args, TraceID: in.TraceID, Mode: cmp.Or(in.Mode, "dry_run")}
 	if in.Workflow != "" {
 		e.WorkflowName = &in.Workflow
 	}
@@ -758,7 +758,7 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 	if t.AllowedDomains != nil && !slices.Contains(t.AllowedDomains, e.Domain) {
 		return core.GateResult{}, core.NewError(http.StatusBadRequest, "domain_not_allowed", "domain %s is not accepted by this tenant", e.Domain)
 	}
-	level := or(t.DefaultTrustLevel, "L3")
+	level := cmp.Or(t.DefaultTrustLevel, "L3")
 	if pol, ok := s.policies[p.TenantID][in.Tool]; ok {
 		level = pol.TrustLevel
 	}

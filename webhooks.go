@@ -61,9 +61,9 @@ func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter
 	}
 	switch {
 	case !validWebhookURL(req.URL):
-		return validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
+		return core.Validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
 	case req.Format != "json" && req.Format != "slack":
-		return validation("format must be json or slack")
+		return core.Validation("format must be json or slack")
 	}
 	out, err := pg.CreateWebhook(r.Context(), p, req.URL, req.Format, newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -125,7 +125,7 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 		return err
 	}
 	if since != nil || until != nil {
-		return validation("since and until are not filters of this list; page with limit and cursor")
+		return core.Validation("since and until are not filters of this list; page with limit and cursor")
 	}
 	rows, err := pg.ListWebhookDeliveries(r.Context(), p, strings.ToLower(id), before, limit+1)
 	if err != nil {
