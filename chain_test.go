@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -266,7 +267,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 		}},
 		{"rewrite a row and its hash", func(lines []string, seqs []int64) ([]string, int64, string) {
 			i := lineOf(seqs, 3)
-			var rec jsonlRecord
+			var rec jsonl.Record
 			require.NoError(t, json.Unmarshal([]byte(lines[i]), &rec))
 			if rec.Audit != nil {
 				mallory := "mallory"
@@ -276,7 +277,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 			}
 			prev, err := hex.DecodeString(rec.PrevHash)
 			require.NoError(t, err)
-			h, err := chainHash([32]byte(prev), rec)
+			h, err := jsonl.ChainHash([32]byte(prev), rec)
 			require.NoError(t, err)
 			rec.RowHash = hex.EncodeToString(h[:])
 			b, err := json.Marshal(rec)
@@ -298,7 +299,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 			lines, want, reason := c.tamper(lines, seqs)
 			require.NoError(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
 
-			reopened, err := OpenJSONLStore(env.dir, testLogger())
+			reopened, err := jsonl.Open(env.dir, testLogger())
 			require.NoError(t, err)
 			t.Cleanup(reopened.Close)
 			env.store = reopened
@@ -323,7 +324,7 @@ func TestAuditChainJSONLRestart(t *testing.T) {
 	require.EqualValues(t, 9, pinned.Body["seq"])
 	reopen := func() {
 		env.store.Close()
-		s, err := OpenJSONLStore(env.dir, testLogger())
+		s, err := jsonl.Open(env.dir, testLogger())
 		require.NoError(t, err)
 		t.Cleanup(s.Close)
 		env.store = s

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/stretchr/testify/require"
 )
 
@@ -21,7 +22,7 @@ func (e *testEnv) reopen() {
 	e.t.Helper()
 	e.srv.Close()
 	e.store.Close()
-	s, err := OpenJSONLStore(e.dir, testLogger())
+	s, err := jsonl.Open(e.dir, testLogger())
 	require.NoError(e.t, err)
 	e.t.Cleanup(s.Close)
 	e.store = s
@@ -113,7 +114,7 @@ func TestJSONLFilesArePrivate(t *testing.T) {
 func TestJSONLDirectoryIsLocked(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
-	_, err := OpenJSONLStore(env.dir, testLogger())
+	_, err := jsonl.Open(env.dir, testLogger())
 	require.Error(t, err)
 	require.Contains(t, err.Error(), env.dir)
 	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", os.Getpid()))
@@ -121,7 +122,7 @@ func TestJSONLDirectoryIsLocked(t *testing.T) {
 
 	// Closing lets the next store in, and the failed open did not release the lock.
 	env.reopen()
-	_, err = OpenJSONLStore(env.dir, testLogger())
+	_, err = jsonl.Open(env.dir, testLogger())
 	require.Error(t, err, "still held by the reopened store")
 }
 

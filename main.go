@@ -21,6 +21,7 @@ import (
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/groupcommit"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -227,7 +228,7 @@ func healthcheck(port string) int {
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (core.Store, error) {
 	if cfg.DatabaseURL == "" {
 		log.Info("no DATABASE_URL: storing in JSONL files", "dir", cfg.DataDir)
-		return OpenJSONLStore(cfg.DataDir, log)
+		return jsonl.Open(cfg.DataDir, log)
 	}
 	if cfg.Migrate {
 		if err := migrateWithRetry(ctx, cfg, log); err != nil {

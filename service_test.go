@@ -14,6 +14,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/groupcommit"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -167,7 +168,7 @@ func TestShutdownDrainsInFlight(t *testing.T) {
 		t.Fatal("run did not return after shutdown")
 	}
 	// The acknowledged tenant is on disk.
-	s, err := OpenJSONLStore(dir, testLogger())
+	s, err := jsonl.Open(dir, testLogger())
 	require.NoError(t, err)
 	defer s.Close()
 	_, _, err = s.CreateTenant(context.Background(), "acme", "again")

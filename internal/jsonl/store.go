@@ -1,4 +1,4 @@
-package main
+package jsonl
 
 import (
 	"bufio"
@@ -25,14 +25,14 @@ import (
 	"github.com/asi-labs/atl/internal/core"
 )
 
-// JSONLStore is the embedded default: append-only JSONL files under one
+// Store is the embedded default: append-only JSONL files under one
 // directory, loaded into memory at start. Every acknowledged write is fsynced.
 //
 //	tenants.jsonl              tenants
 //	keys.jsonl                 key issues and revocations (hashes only)
 //	tenants/<id>/trail.jsonl   the tenant's audit rows and events
 //	atl.lock                   flocked by the one process that has the directory open
-type JSONLStore struct {
+type Store struct {
 	dir  string
 	log  *slog.Logger
 	lock *os.File // atl.lock, flocked while the store is open
@@ -103,8 +103,8 @@ type jsonlRevoke struct {
 	ReplacedByKeyID *string   `json:"replaced_by_key_id,omitempty"`
 }
 
-// jsonlRecord is one line of any file; Type says which field is set.
-type jsonlRecord struct {
+// Record is one line of any file; Type says which field is set.
+type Record struct {
 	Type     string         `json:"type"`
 	Tenant   *core.Tenant   `json:"tenant,omitempty"`
 	Key      *jsonlKey      `json:"key,omitempty"`
@@ -122,11 +122,11 @@ type jsonlRecord struct {
 	RowHash  string `json:"row_hash,omitempty"`
 }
 
-func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
+func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tenants"), 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	s := &JSONLStore{dir: dir, log: log, tenants: map[string]core.Tenant{}, keys: map[string]*jsonlKey{},
+	s := &Store{dir: dir, log: log, tenants: map[string]core.Tenant{}, keys: map[string]*jsonlKey{},
 		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]core.AuditLog{}, events: map[string][]core.Event{},
 		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{},
 		chains: map[string]*jsonlChain{}}
@@ -143,7 +143,7 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 }
 
 // loadAll reads every file into memory; the caller holds the directory's lock.
-func (s *JSONLStore) loadAll() error {
+func (s *Store) loadAll() error {
 	if err := s.load(filepath.Join(s.dir, "tenants.jsonl")); err != nil {
 		return err
 	}
@@ -160,14 +160,14 @@ func (s *JSONLStore) loadAll() error {
 	return nil
 }
 
-func (s *JSONLStore) trailPath(tenant string) string {
+func (s *Store) trailPath(tenant string) string {
 	// tenant ids match ^[a-z0-9][a-z0-9_-]{1,62}$, so they are safe as a directory name.
 	return filepath.Join(s.dir, "tenants", tenant, "trail.jsonl")
 }
 
 // load replays one file. A line that does not parse is skipped with a warning;
 // a torn last line (a crash mid-write) is cut off so the next append starts clean.
-func (s *JSONLStore) load(path string) error {
+func (s *Store) load(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if os.IsNotExist(err) {
 		return nil
@@ -194,7 +194,7 @@ func (s *JSONLStore) load(path string) error {
 			return err
 		}
 		good += int64(len(line))
-		var rec jsonlRecord
+		var rec Record
 		if err := json.Unmarshal(bytes.TrimSpace(line), &rec); err != nil {
 			s.log.Warn("jsonl: skipping unreadable line", "file", path, "line", lineNo)
 			continue
@@ -203,7 +203,7 @@ func (s *JSONLStore) load(path string) error {
 	}
 }
 
-func (s *JSONLStore) apply(rec jsonlRecord) {
+func (s *Store) apply(rec Record) {
 	switch {
 	case rec.Type == "tenant" && rec.Tenant != nil && core.TenantIDPattern.MatchString(rec.Tenant.ID):
 		s.tenants[rec.Tenant.ID] = *rec.Tenant
@@ -238,7 +238,7 @@ func (s *JSONLStore) apply(rec jsonlRecord) {
 
 // appendRecords writes records to one file in a single write and fsyncs it.
 // The caller holds s.mu.
-func (s *JSONLStore) appendRecords(path string, recs ...jsonlRecord) error {
+func (s *Store) appendRecords(path string, recs ...Record) error {
 	var buf bytes.Buffer
 	for _, r := range recs {
 		b, err := json.Marshal(r)
@@ -266,9 +266,9 @@ func (s *JSONLStore) appendRecords(path string, recs ...jsonlRecord) error {
 	return f.Sync()
 }
 
-func (s *JSONLStore) Kind() string { return "jsonl" }
+func (s *Store) Kind() string { return "jsonl" }
 
-func (s *JSONLStore) Close() {
+func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range s.files {
@@ -281,16 +281,16 @@ func (s *JSONLStore) Close() {
 	}
 }
 
-func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, core.ErrNeedsDB() }
+func (s *Store) PingDB(context.Context) (time.Duration, error) { return 0, core.ErrNeedsDB() }
 
-func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (core.Tenant, core.APIKey, error) {
+func (s *Store) CreateTenant(_ context.Context, id, name string) (core.Tenant, core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.tenants[id]; ok {
 		return core.Tenant{}, core.APIKey{}, core.NewError(http.StatusConflict, "already_exists", "an object with this identity already exists")
 	}
 	t := core.Tenant{ID: id, Name: name, DefaultTrustLevel: "L3", CreatedAt: now()}
-	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "tenant", Tenant: &t}); err != nil {
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), Record{Type: "tenant", Tenant: &t}); err != nil {
 		return core.Tenant{}, core.APIKey{}, err
 	}
 	s.tenants[id] = t
@@ -298,7 +298,7 @@ func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (core.Tena
 	return t, k, err
 }
 
-func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (core.Principal, error) {
+func (s *Store) Authenticate(_ context.Context, apiKey string) (core.Principal, error) {
 	h := sha256.Sum256([]byte(apiKey))
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -316,7 +316,7 @@ type jsonlSession struct {
 	ended           bool
 }
 
-func (s *JSONLStore) StartConsoleSession(_ context.Context, p core.Principal, session string, ttl time.Duration) (time.Time, error) {
+func (s *Store) StartConsoleSession(_ context.Context, p core.Principal, session string, ttl time.Duration) (time.Time, error) {
 	if len(session) < 43 || ttl <= 0 {
 		return time.Time{}, core.Validation("a session id has at least 43 characters and a session a positive lifetime")
 	}
@@ -341,7 +341,7 @@ func (s *JSONLStore) StartConsoleSession(_ context.Context, p core.Principal, se
 	return expires, nil
 }
 
-func (s *JSONLStore) ConsoleSession(_ context.Context, session string) (core.Principal, error) {
+func (s *Store) ConsoleSession(_ context.Context, session string) (core.Principal, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ses, ok := s.sessions[sha256.Sum256([]byte(session))]
@@ -355,7 +355,7 @@ func (s *JSONLStore) ConsoleSession(_ context.Context, session string) (core.Pri
 	return core.Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, KeyHash: hex.EncodeToString(k.Hash)}, nil
 }
 
-func (s *JSONLStore) EndConsoleSession(_ context.Context, p core.Principal, session string) error {
+func (s *Store) EndConsoleSession(_ context.Context, p core.Principal, session string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ses, ok := s.sessions[sha256.Sum256([]byte(session))]; ok && ses.tenantID == p.TenantID {
@@ -378,7 +378,7 @@ func (k *jsonlKey) applyRevoke(r jsonlRevoke) {
 }
 
 // issueKeyLocked issues a key for a subject that has no active key; by is the acting admin.
-func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []string, by core.Principal) (core.APIKey, error) {
+func (s *Store) issueKeyLocked(tenant, role, subject string, agents []string, by core.Principal) (core.APIKey, error) {
 	for _, o := range s.keys {
 		if o.TenantID == tenant && o.Subject == subject && o.RevokedAt == nil {
 			return core.APIKey{}, core.NewError(http.StatusConflict, "subject_in_use",
@@ -390,9 +390,9 @@ func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []strin
 		return core.APIKey{}, err
 	}
 	h := sha256.Sum256([]byte(secret))
-	k := &jsonlKey{APIKey: core.APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
+	k := &jsonlKey{APIKey: core.APIKey{ID: NewUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
 		KeyPrefix: core.KeyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: core.Nullable(by.KeyID)}, Hash: h[:]}
-	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), jsonlRecord{Type: "key", Key: k}); err != nil {
+	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), Record{Type: "key", Key: k}); err != nil {
 		return core.APIKey{}, err
 	}
 	s.keys[k.ID] = k
@@ -402,7 +402,7 @@ func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []strin
 	return out, nil
 }
 
-func (s *JSONLStore) IssueKey(_ context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
+func (s *Store) IssueKey(_ context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.issueKeyLocked(p.TenantID, role, subject, agents, p)
@@ -412,7 +412,7 @@ func (s *JSONLStore) IssueKey(_ context.Context, p core.Principal, role, subject
 	return k, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) ListKeys(_ context.Context, p core.Principal) ([]core.APIKey, error) {
+func (s *Store) ListKeys(_ context.Context, p core.Principal) ([]core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []core.APIKey
@@ -426,7 +426,7 @@ func (s *JSONLStore) ListKeys(_ context.Context, p core.Principal) ([]core.APIKe
 }
 
 // revokeLocked stops a key at at, as atl._key_revoke does.
-func (s *JSONLStore) revokeLocked(p core.Principal, id string, at time.Time, replacedBy *string) (core.APIKey, error) {
+func (s *Store) revokeLocked(p core.Principal, id string, at time.Time, replacedBy *string) (core.APIKey, error) {
 	k, ok := s.keys[id]
 	if !ok || k.TenantID != p.TenantID {
 		return core.APIKey{}, core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
@@ -446,7 +446,7 @@ func (s *JSONLStore) revokeLocked(p core.Principal, id string, at time.Time, rep
 				"the last active admin key cannot be revoked; issue another admin key first")
 		}
 	}
-	rec := jsonlRecord{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
+	rec := Record{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
 		RevokedBy: &p.Subject, RevokedByKeyID: core.Nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), rec); err != nil {
 		return core.APIKey{}, err
@@ -455,7 +455,7 @@ func (s *JSONLStore) revokeLocked(p core.Principal, id string, at time.Time, rep
 	return k.APIKey, nil
 }
 
-func (s *JSONLStore) RevokeKey(_ context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
+func (s *Store) RevokeKey(_ context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.revokeLocked(p, id, now(), nil)
@@ -465,7 +465,7 @@ func (s *JSONLStore) RevokeKey(_ context.Context, p core.Principal, id string, a
 	return k, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) RotateKey(_ context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
+func (s *Store) RotateKey(_ context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.keys[id]
@@ -490,8 +490,8 @@ func (s *JSONLStore) RotateKey(_ context.Context, p core.Principal, id string, o
 	return core.KeyRotation{Key: k, Replaced: replaced}, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) fillAudit(p core.Principal, a *core.AuditLog) {
-	a.ID, a.TenantID, a.CreatedAt = newUUID(), p.TenantID, now()
+func (s *Store) fillAudit(p core.Principal, a *core.AuditLog) {
+	a.ID, a.TenantID, a.CreatedAt = NewUUID(), p.TenantID, now()
 	a.ActorKeyID, a.ActorSubject = core.Nullable(p.KeyID), core.Nullable(p.Subject)
 	a.LatencyMS = int(time.Since(a.Started).Milliseconds())
 	if a.Mode == "" {
@@ -499,25 +499,25 @@ func (s *JSONLStore) fillAudit(p core.Principal, a *core.AuditLog) {
 	}
 }
 
-func (s *JSONLStore) appendAuditLocked(p core.Principal, a *core.AuditLog) error {
+func (s *Store) appendAuditLocked(p core.Principal, a *core.AuditLog) error {
 	if a == nil {
 		return nil
 	}
 	s.fillAudit(p, a)
-	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "audit", Audit: a}); err != nil {
+	if err := s.appendTrail(p.TenantID, Record{Type: "audit", Audit: a}); err != nil {
 		return err
 	}
 	s.audit[p.TenantID] = append(s.audit[p.TenantID], *a)
 	return nil
 }
 
-func (s *JSONLStore) InsertAudit(_ context.Context, p core.Principal, a *core.AuditLog) error {
+func (s *Store) InsertAudit(_ context.Context, p core.Principal, a *core.AuditLog) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.appendAuditLocked(p, a)
 }
 
-func (s *JSONLStore) QueryAudit(_ context.Context, p core.Principal, f core.AuditFilter) ([]core.AuditLog, error) {
+func (s *Store) QueryAudit(_ context.Context, p core.Principal, f core.AuditFilter) ([]core.AuditLog, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rows := s.audit[p.TenantID]
@@ -534,14 +534,14 @@ func (s *JSONLStore) QueryAudit(_ context.Context, p core.Principal, f core.Audi
 	return out, nil
 }
 
-func (s *JSONLStore) InsertEvents(_ context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
+func (s *Store) InsertEvents(_ context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	recs := make([]jsonlRecord, 0, len(events)+1)
+	recs := make([]Record, 0, len(events)+1)
 	out := make([]core.Event, len(events))
 	at := now()
 	for i, e := range events {
-		e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, at
+		e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, at
 		e.Source, e.ActorKeyID = &core.SourceAgent, core.Nullable(p.KeyID)
 		if e.Domain == "" {
 			e.Domain = "default"
@@ -556,11 +556,11 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p core.Principal, events []
 			e.Mode = "dry_run"
 		}
 		out[i] = e
-		recs = append(recs, jsonlRecord{Type: "event", Event: &out[i]})
+		recs = append(recs, Record{Type: "event", Event: &out[i]})
 	}
 	if audit != nil {
 		s.fillAudit(p, audit)
-		recs = append(recs, jsonlRecord{Type: "audit", Audit: audit})
+		recs = append(recs, Record{Type: "audit", Audit: audit})
 	}
 	// Events and their audit row go out in one write, so a crash keeps both or the torn tail is dropped.
 	if err := s.appendTrail(p.TenantID, recs...); err != nil {
@@ -576,7 +576,7 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p core.Principal, events []
 	return out, nil
 }
 
-func (s *JSONLStore) QueryEvents(_ context.Context, p core.Principal, f core.EventFilter) ([]core.Event, error) {
+func (s *Store) QueryEvents(_ context.Context, p core.Principal, f core.EventFilter) ([]core.Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rows := s.events[p.TenantID]
@@ -623,7 +623,7 @@ func newerThan(aAt time.Time, aID string, bAt time.Time, bID string) bool {
 // now is truncated to microseconds, PostgreSQL's precision, so cursors agree in both stores.
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-func newUUID() string {
+func NewUUID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand does not fail on Linux
@@ -642,7 +642,7 @@ func newAPIKey() (string, error) {
 	return "atl_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
+func (s *Store) applyPolicy(p jsonlPolicy) {
 	if s.policies[p.TenantID] == nil {
 		s.policies[p.TenantID] = map[string]jsonlPolicy{}
 	}
@@ -653,7 +653,7 @@ func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
 	s.policies[p.TenantID][p.ToolName] = p
 }
 
-func (s *JSONLStore) PutPolicy(_ context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) PutPolicy(_ context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	if in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible {
 		return nil, core.Validation("an L4 tool can never be auto-approved")
 	}
@@ -667,14 +667,14 @@ func (s *JSONLStore) PutPolicy(_ context.Context, p core.Principal, in core.Poli
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &pol}); err != nil {
+	if err := s.appendRecords(s.trailPath(p.TenantID), Record{Type: "policy", Policy: &pol}); err != nil {
 		return nil, err
 	}
 	s.applyPolicy(pol)
 	return pol.view(), s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) GetPolicy(_ context.Context, p core.Principal, tool string) (json.RawMessage, error) {
+func (s *Store) GetPolicy(_ context.Context, p core.Principal, tool string) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
@@ -684,7 +684,7 @@ func (s *JSONLStore) GetPolicy(_ context.Context, p core.Principal, tool string)
 	return pol.view(), nil
 }
 
-func (s *JSONLStore) ListPolicies(_ context.Context, p core.Principal) (json.RawMessage, error) {
+func (s *Store) ListPolicies(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	items := []json.RawMessage{}
@@ -696,7 +696,7 @@ func (s *JSONLStore) ListPolicies(_ context.Context, p core.Principal) (json.Raw
 	return json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains, "items": items})
 }
 
-func (s *JSONLStore) DeletePolicy(_ context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) DeletePolicy(_ context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
@@ -705,19 +705,19 @@ func (s *JSONLStore) DeletePolicy(_ context.Context, p core.Principal, tool stri
 	}
 	gone := pol
 	gone.Deleted = true
-	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &gone}); err != nil {
+	if err := s.appendRecords(s.trailPath(p.TenantID), Record{Type: "policy", Policy: &gone}); err != nil {
 		return nil, err
 	}
 	s.applyPolicy(gone)
 	return pol.view(), s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) PutTenantSettings(_ context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) PutTenantSettings(_ context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.tenants[p.TenantID]
 	t.DefaultTrustLevel, t.AllowedDomains, t.AdminsDecideL4 = in.DefaultTrustLevel, in.AllowedDomains, in.AdminsDecideL4
-	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "settings", Settings: &t}); err != nil {
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), Record{Type: "settings", Settings: &t}); err != nil {
 		return nil, err
 	}
 	s.tenants[t.ID] = t
@@ -728,7 +728,7 @@ func (s *JSONLStore) PutTenantSettings(_ context.Context, p core.Principal, in c
 
 // Execute is the JSONL gate: L0-L2 in dry-run only, with the same level rule,
 // answers and records as atl.gate_execute; the rest needs PostgreSQL.
-func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
+func (s *Store) Execute(_ context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	args := in.Args
@@ -741,7 +741,7 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 		e.WorkflowName = &in.Workflow
 	}
 	if e.TraceID == "" {
-		e.TraceID = strings.ReplaceAll(newUUID(), "-", "")
+		e.TraceID = strings.ReplaceAll(NewUUID(), "-", "")
 	}
 	var hash string
 	if in.IdempotencyKey != "" {
@@ -784,21 +784,21 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 	default:
 		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
 		if level == "L2" {
-			sandbox := "sbx_" + strings.ReplaceAll(newUUID(), "-", "")
+			sandbox := "sbx_" + strings.ReplaceAll(NewUUID(), "-", "")
 			e.SandboxID = &sandbox
 			answer["sandbox_id"] = sandbox
 		}
 	}
 	audit.HTTPStatus = status
-	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, now()
 	answer["event_id"] = e.ID
 	body, _ := json.Marshal(answer)
 	s.fillAudit(p, audit)
-	recs := []jsonlRecord{{Type: "event", Event: &e}, {Type: "audit", Audit: audit}}
+	recs := []Record{{Type: "event", Event: &e}, {Type: "audit", Audit: audit}}
 	var idem *jsonlIdem
 	if in.IdempotencyKey != "" && status < 300 {
 		idem = &jsonlIdem{TenantID: p.TenantID, Key: in.IdempotencyKey, Hash: hash, HTTPStatus: status, Response: body}
-		recs = append(recs, jsonlRecord{Type: "idem", Idem: idem})
+		recs = append(recs, Record{Type: "idem", Idem: idem})
 	}
 	if err := s.appendTrail(p.TenantID, recs...); err != nil {
 		return core.GateResult{}, err
@@ -806,7 +806,7 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 	s.events[p.TenantID] = append(s.events[p.TenantID], e)
 	s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
 	if idem != nil {
-		s.apply(jsonlRecord{Type: "idem", Idem: idem})
+		s.apply(Record{Type: "idem", Idem: idem})
 	}
 	return core.GateResult{HTTPStatus: status, Body: body}, nil
 }
@@ -814,7 +814,7 @@ func (s *JSONLStore) Execute(_ context.Context, p core.Principal, in core.Execut
 // refuseNeedsDB answers an L3/L4 or live call in JSONL mode, and records the
 // refusal as the gate records any other: an event and an audit row, denied.
 // The caller holds s.mu.
-func (s *JSONLStore) refuseNeedsDB(p core.Principal, e core.Event, audit *core.AuditLog) error {
+func (s *Store) refuseNeedsDB(p core.Principal, e core.Event, audit *core.AuditLog) error {
 	what := "L3 and L4 calls need PostgreSQL"
 	if e.TrustLevel != "L3" && e.TrustLevel != "L4" {
 		what = "live calls need PostgreSQL"
@@ -824,9 +824,9 @@ func (s *JSONLStore) refuseNeedsDB(p core.Principal, e core.Event, audit *core.A
 	code := core.CodeRequiresDatabase
 	e.Status, e.Error = "refused", &code
 	audit.Status, audit.HTTPStatus, audit.Error = "denied", refusal.Status, &code
-	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, now()
 	s.fillAudit(p, audit)
-	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "event", Event: &e}, jsonlRecord{Type: "audit", Audit: audit}); err != nil {
+	if err := s.appendTrail(p.TenantID, Record{Type: "event", Event: &e}, Record{Type: "audit", Audit: audit}); err != nil {
 		return err
 	}
 	s.events[p.TenantID] = append(s.events[p.TenantID], e)
@@ -834,54 +834,54 @@ func (s *JSONLStore) refuseNeedsDB(p core.Principal, e core.Event, audit *core.A
 	return refusal
 }
 
-func (s *JSONLStore) RecordOutcome(context.Context, core.Principal, core.OutcomeInput) (core.GateResult, error) {
+func (s *Store) RecordOutcome(context.Context, core.Principal, core.OutcomeInput) (core.GateResult, error) {
 	return core.GateResult{}, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ListApprovals(context.Context, core.Principal, string, *core.Cursor, int) ([]json.RawMessage, error) {
+func (s *Store) ListApprovals(context.Context, core.Principal, string, *core.Cursor, int) ([]json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) GetApproval(context.Context, core.Principal, string) (json.RawMessage, error) {
+func (s *Store) GetApproval(context.Context, core.Principal, string) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) DecideApproval(context.Context, core.Principal, string, string, *string, *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) DecideApproval(context.Context, core.Principal, string, string, *string, *core.AuditLog) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ExpireApprovals(context.Context, core.Principal, *core.AuditLog) (int, error) {
+func (s *Store) ExpireApprovals(context.Context, core.Principal, *core.AuditLog) (int, error) {
 	return 0, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) StartEvalRun(context.Context, core.Principal, core.EvalRunInput, *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) StartEvalRun(context.Context, core.Principal, core.EvalRunInput, *core.AuditLog) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) CompleteEvalRun(context.Context, core.Principal, string, json.RawMessage, string, string, *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) CompleteEvalRun(context.Context, core.Principal, string, json.RawMessage, string, string, *core.AuditLog) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) GetEvalRun(context.Context, core.Principal, string) (json.RawMessage, error) {
+func (s *Store) GetEvalRun(context.Context, core.Principal, string) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ListEvalRuns(context.Context, core.Principal, core.EvalFilter) ([]json.RawMessage, error) {
+func (s *Store) ListEvalRuns(context.Context, core.Principal, core.EvalFilter) ([]json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) PinEvalBaseline(context.Context, core.Principal, string, string, *core.AuditLog) (json.RawMessage, error) {
+func (s *Store) PinEvalBaseline(context.Context, core.Principal, string, string, *core.AuditLog) (json.RawMessage, error) {
 	return nil, core.ErrNeedsDB()
 }
 
 // VerifyAudit recomputes the tenant's chain as atl.audit_verify() does, with the same answers.
-func (s *JSONLStore) VerifyAudit(_ context.Context, p core.Principal) (json.RawMessage, error) {
+func (s *Store) VerifyAudit(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return json.Marshal(s.chain(p.TenantID).verify())
 }
 
-func (s *JSONLStore) AuditHead(_ context.Context, p core.Principal) (json.RawMessage, error) {
+func (s *Store) AuditHead(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.chain(p.TenantID)
@@ -908,7 +908,7 @@ type jsonlLink struct {
 	hashesParsed, wellFormed bool
 }
 
-func (s *JSONLStore) chain(tenant string) *jsonlChain {
+func (s *Store) chain(tenant string) *jsonlChain {
 	c, ok := s.chains[tenant]
 	if !ok {
 		c = &jsonlChain{}
@@ -917,9 +917,9 @@ func (s *JSONLStore) chain(tenant string) *jsonlChain {
 	return c
 }
 
-// chainHash is row_hash: SHA-256 of the previous hash and the record's canonical
+// ChainHash is row_hash: SHA-256 of the previous hash and the record's canonical
 // bytes, which are its JSON line as encoding/json writes it with row_hash empty.
-func chainHash(prev [32]byte, rec jsonlRecord) ([32]byte, error) {
+func ChainHash(prev [32]byte, rec Record) ([32]byte, error) {
 	rec.RowHash = ""
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -929,14 +929,14 @@ func chainHash(prev [32]byte, rec jsonlRecord) ([32]byte, error) {
 }
 
 // add records a line read from a file or just written.
-func (c *jsonlChain) add(rec jsonlRecord, at time.Time) {
+func (c *jsonlChain) add(rec Record, at time.Time) {
 	l := jsonlLink{seq: rec.Seq}
 	prev, perr := hex.DecodeString(rec.PrevHash)
 	row, rerr := hex.DecodeString(rec.RowHash)
 	l.hashesParsed = perr == nil && rerr == nil && len(prev) == 32 && len(row) == 32
 	if l.hashesParsed {
 		l.prev, l.row = [32]byte(prev), [32]byte(row)
-		computed, err := chainHash(l.prev, rec)
+		computed, err := ChainHash(l.prev, rec)
 		l.computed, l.wellFormed = computed, err == nil
 	}
 	c.links = append(c.links, l)
@@ -947,7 +947,7 @@ func (c *jsonlChain) add(rec jsonlRecord, at time.Time) {
 
 // appendTrail links the tenant's audit and event records into its chain, in
 // order, and writes them with anything else to its trail file. The caller holds s.mu.
-func (s *JSONLStore) appendTrail(tenant string, recs ...jsonlRecord) error {
+func (s *Store) appendTrail(tenant string, recs ...Record) error {
 	c := s.chain(tenant)
 	prev, seq := c.head, c.headSeq
 	for i := range recs {
@@ -956,7 +956,7 @@ func (s *JSONLStore) appendTrail(tenant string, recs ...jsonlRecord) error {
 		}
 		seq++
 		recs[i].Seq, recs[i].PrevHash = seq, hex.EncodeToString(prev[:])
-		h, err := chainHash(prev, recs[i])
+		h, err := ChainHash(prev, recs[i])
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package main
+package jsonl
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 // FuzzJSONLLoad: no file content makes loading fail or panic; lines that do
 // not parse are skipped; a tenant trail of any content verifies without error.
 func FuzzJSONLLoad(f *testing.F) {
-	tenant, _ := json.Marshal(jsonlRecord{Type: "tenant", Tenant: &core.Tenant{ID: "acme", Name: "Acme", DefaultTrustLevel: "L3"}})
+	tenant, _ := json.Marshal(Record{Type: "tenant", Tenant: &core.Tenant{ID: "acme", Name: "Acme", DefaultTrustLevel: "L3"}})
 	f.Add(append(tenant, '\n'))
 	f.Add([]byte("{\"type\":\"tenant\",\"tenant\":{\"id\":\"../../x\"}}\n{\"type\":\"key\"}\nnot json\n{\"type\":"))
 	f.Add([]byte("\n\n\x00\xff{}\n"))
@@ -30,7 +30,7 @@ func FuzzJSONLLoad(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, "tenants", "acme", "trail.jsonl"), content, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s, err := OpenJSONLStore(dir, slog.New(slog.DiscardHandler))
+		s, err := Open(dir, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatalf("load failed on %q: %v", content, err)
 		}
@@ -53,7 +53,7 @@ func FuzzJSONLLoad(f *testing.F) {
 // chainedTrail is a real tenant trail with chained audit and event lines, as a fuzz seed.
 func chainedTrail(f *testing.F) []byte {
 	dir := f.TempDir()
-	s, err := OpenJSONLStore(dir, slog.New(slog.DiscardHandler))
+	s, err := Open(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}
