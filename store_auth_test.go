@@ -9,19 +9,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// storeClock is a time the test moves by hand.
-type storeClock struct{ t time.Time }
-
-func (c *storeClock) now() time.Time { return c.t }
-
 // TestAuthCacheRevocation: a key revoked through the service is refused at
 // once; one revoked behind its back (in SQL) only once the TTL is over.
 func TestAuthCacheRevocation(t *testing.T) {
 	t.Parallel()
 	pool, _ := newPool(t)
-	clk := &storeClock{t: time.Now()}
+	at := time.Now() // the cache's clock, moved by hand
 	store := NewPGStore(pool).WithAuthCache(time.Minute)
-	store.auth.Now = clk.now
+	store.auth.Now = func() time.Time { return at }
 	ctx := context.Background()
 	_, admin, err := store.CreateTenant(ctx, "acme", "Acme")
 	require.NoError(t, err)
@@ -47,7 +42,7 @@ func TestAuthCacheRevocation(t *testing.T) {
 	require.NoError(t, err)
 	_, err = store.Authenticate(ctx, k2.APIKey)
 	require.NoError(t, err, "revoked in SQL: still cached here")
-	clk.t = clk.t.Add(time.Minute)
+	at = at.Add(time.Minute)
 	_, err = store.Authenticate(ctx, k2.APIKey)
 	require.ErrorIs(t, err, core.ErrUnauthorized(), "refused once the TTL is over")
 }
