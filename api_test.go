@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/stretchr/testify/require"
 )
 
@@ -32,7 +34,7 @@ func TestHealth(t *testing.T) {
 			} else {
 				require.Equal(t, http.StatusServiceUnavailable, r.Status)
 				require.Equal(t, "failed", r.str("status"))
-				require.Equal(t, codeRequiresDatabase, r.code())
+				require.Equal(t, core.CodeRequiresDatabase, r.code())
 			}
 		})
 	}
@@ -60,18 +62,18 @@ func TestCreateTenant(t *testing.T) {
 			requireError(t, env.do("POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "acme"}),
 				http.StatusConflict, "tenant_exists")
 			requireError(t, env.do("POST", "/api/v1/tenants", "", map[string]any{"id": "beta"}),
-				http.StatusUnauthorized, codeUnauthorized)
+				http.StatusUnauthorized, core.CodeUnauthorized)
 			requireError(t, env.do("POST", "/api/v1/tenants", "wrong-token", map[string]any{"id": "beta"}),
-				http.StatusUnauthorized, codeUnauthorized)
+				http.StatusUnauthorized, core.CodeUnauthorized)
 			// A tenant's own admin key is not the operator token.
 			requireError(t, env.do("POST", "/api/v1/tenants", r.str("api_key"), map[string]any{"id": "beta"}),
-				http.StatusUnauthorized, codeUnauthorized)
+				http.StatusUnauthorized, core.CodeUnauthorized)
 			for _, bad := range []string{"", "A", "x", "Acme", "-acme", "a/../b", "../etc", strings.Repeat("a", 64), "acme corp"} {
 				requireError(t, env.do("POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": bad}),
-					http.StatusBadRequest, codeValidation)
+					http.StatusBadRequest, core.CodeValidation)
 			}
 			requireError(t, env.do("POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "beta", "name": strings.Repeat("n", 201)}),
-				http.StatusBadRequest, codeValidation)
+				http.StatusBadRequest, core.CodeValidation)
 		})
 	}
 }
@@ -105,19 +107,19 @@ func TestKeys(t *testing.T) {
 				{"role": "agent", "subject": "has space"},
 				{"role": "agent", "subject": strings.Repeat("s", 201)},
 			} {
-				requireError(t, env.do("POST", "/api/v1/keys", admin, body), http.StatusBadRequest, codeValidation)
+				requireError(t, env.do("POST", "/api/v1/keys", admin, body), http.StatusBadRequest, core.CodeValidation)
 			}
 			requireError(t, env.do("POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "a", "extra": 1}),
 				http.StatusBadRequest, "unknown_field")
 			requireError(t, env.do("POST", "/api/v1/keys", approver, map[string]any{"role": "admin", "subject": "me"}),
-				http.StatusForbidden, codeForbidden)
-			requireError(t, env.do("GET", "/api/v1/keys", approver, nil), http.StatusForbidden, codeForbidden)
+				http.StatusForbidden, core.CodeForbidden)
+			requireError(t, env.do("GET", "/api/v1/keys", approver, nil), http.StatusForbidden, core.CodeForbidden)
 
 			// Revoke: the key stops working at once; revoking again is harmless.
 			r = env.do("DELETE", "/api/v1/keys/"+approverID, admin, nil)
 			require.Equal(t, http.StatusOK, r.Status, r.Raw)
 			require.NotNil(t, r.Body["revoked_at"])
-			requireError(t, env.do("GET", "/api/v1/audit/logs", approver, nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/audit/logs", approver, nil), http.StatusUnauthorized, core.CodeUnauthorized)
 			require.Equal(t, http.StatusOK, env.do("DELETE", "/api/v1/keys/"+approverID, admin, nil).Status)
 
 			requireError(t, env.do("DELETE", "/api/v1/keys/00000000-0000-4000-8000-000000000000", admin, nil),
@@ -134,7 +136,7 @@ func TestKeys(t *testing.T) {
 			requireError(t, env.do("DELETE", "/api/v1/keys/"+adminID, admin, nil), http.StatusConflict, "last_admin_key")
 			admin2 := env.key(admin, "admin", "bob@acme.example")
 			require.Equal(t, http.StatusOK, env.do("DELETE", "/api/v1/keys/"+adminID, admin2, nil).Status)
-			requireError(t, env.do("GET", "/api/v1/keys", admin, nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/keys", admin, nil), http.StatusUnauthorized, core.CodeUnauthorized)
 		})
 	}
 }
@@ -239,7 +241,7 @@ func TestEvents(t *testing.T) {
 
 			// Only agents report events.
 			requireError(t, env.do("POST", "/api/v1/events", admin, map[string]any{"tool_name": "x", "status": "ok"}),
-				http.StatusForbidden, codeForbidden)
+				http.StatusForbidden, core.CodeForbidden)
 		})
 	}
 }
@@ -257,29 +259,29 @@ func TestEventValidation(t *testing.T) {
 				status int
 				code   string
 			}{
-				{"no tool", map[string]any{"status": "ok"}, 400, codeValidation},
-				{"no status", map[string]any{"tool_name": "x"}, 400, codeValidation},
-				{"bad level", map[string]any{"tool_name": "x", "status": "ok", "trust_level": "L9"}, 400, codeValidation},
-				{"bad stage", map[string]any{"tool_name": "x", "status": "ok", "stage": "deploy"}, 400, codeValidation},
-				{"bad mode", map[string]any{"tool_name": "x", "status": "ok", "mode": "yolo"}, 400, codeValidation},
-				{"bad domain", map[string]any{"tool_name": "x", "status": "ok", "domain": "Bad Domain"}, 400, codeValidation},
-				{"args not object", map[string]any{"tool_name": "x", "status": "ok", "tool_args": []int{1}}, 400, codeValidation},
-				{"negative latency", map[string]any{"tool_name": "x", "status": "ok", "latency_ms": -1}, 400, codeValidation},
-				{"bad request id", map[string]any{"tool_name": "x", "status": "ok", "approval_request_id": "nope"}, 400, codeValidation},
-				{"wrong type", map[string]any{"tool_name": 5, "status": "ok"}, 400, codeValidation},
+				{"no tool", map[string]any{"status": "ok"}, 400, core.CodeValidation},
+				{"no status", map[string]any{"tool_name": "x"}, 400, core.CodeValidation},
+				{"bad level", map[string]any{"tool_name": "x", "status": "ok", "trust_level": "L9"}, 400, core.CodeValidation},
+				{"bad stage", map[string]any{"tool_name": "x", "status": "ok", "stage": "deploy"}, 400, core.CodeValidation},
+				{"bad mode", map[string]any{"tool_name": "x", "status": "ok", "mode": "yolo"}, 400, core.CodeValidation},
+				{"bad domain", map[string]any{"tool_name": "x", "status": "ok", "domain": "Bad Domain"}, 400, core.CodeValidation},
+				{"args not object", map[string]any{"tool_name": "x", "status": "ok", "tool_args": []int{1}}, 400, core.CodeValidation},
+				{"negative latency", map[string]any{"tool_name": "x", "status": "ok", "latency_ms": -1}, 400, core.CodeValidation},
+				{"bad request id", map[string]any{"tool_name": "x", "status": "ok", "approval_request_id": "nope"}, 400, core.CodeValidation},
+				{"wrong type", map[string]any{"tool_name": 5, "status": "ok"}, 400, core.CodeValidation},
 				{"unknown field", map[string]any{"tool_name": "x", "status": "ok", "colour": "red"}, 400, "unknown_field"},
-				{"empty batch", map[string]any{"events": []any{}}, 400, codeValidation},
-				{"batch and single", map[string]any{"events": []any{map[string]any{"tool_name": "x", "status": "ok"}}, "tool_name": "y"}, 400, codeValidation},
-				{"bad json", `{"tool_name":`, 400, codeInvalidJSON},
-				{"not an object", `[1,2]`, 400, codeInvalidJSON},
-				{"two values", `{"tool_name":"x","status":"ok"} {}`, 400, codeInvalidJSON},
-				{"empty body", ``, 400, codeInvalidJSON},
+				{"empty batch", map[string]any{"events": []any{}}, 400, core.CodeValidation},
+				{"batch and single", map[string]any{"events": []any{map[string]any{"tool_name": "x", "status": "ok"}}, "tool_name": "y"}, 400, core.CodeValidation},
+				{"bad json", `{"tool_name":`, 400, core.CodeInvalidJSON},
+				{"not an object", `[1,2]`, 400, core.CodeInvalidJSON},
+				{"two values", `{"tool_name":"x","status":"ok"} {}`, 400, core.CodeInvalidJSON},
+				{"empty body", ``, 400, core.CodeInvalidJSON},
 				{"nul in string", `{"tool_name":"x","status":"ok","tool_args":{"q":"a\u0000b"}}`, 400, "invalid_text"},
-				{"invalid utf8", "{\"tool_name\":\"x\",\"status\":\"ok\",\"error\":\"\xff\xfe\"}", 400, codeInvalidJSON},
-				{"other tenant", map[string]any{"tool_name": "x", "status": "ok", "tenant_id": "beta"}, 403, codeTenantMismatch},
-				{"other tenant in batch", map[string]any{"events": []any{map[string]any{"tool_name": "x", "status": "ok", "tenant_id": "beta"}}}, 403, codeTenantMismatch},
-				{"deep nesting", `{"tool_name":"x","status":"ok","tool_args":` + strings.Repeat(`{"a":`, 10001) + `1` + strings.Repeat(`}`, 10001) + `}`, 400, codeInvalidJSON},
-				{"too large", `{"tool_name":"x","status":"ok","error":"` + strings.Repeat("e", maxBodyBytes) + `"}`, 413, codeBodyTooLarge},
+				{"invalid utf8", "{\"tool_name\":\"x\",\"status\":\"ok\",\"error\":\"\xff\xfe\"}", 400, core.CodeInvalidJSON},
+				{"other tenant", map[string]any{"tool_name": "x", "status": "ok", "tenant_id": "beta"}, 403, core.CodeTenantMismatch},
+				{"other tenant in batch", map[string]any{"events": []any{map[string]any{"tool_name": "x", "status": "ok", "tenant_id": "beta"}}}, 403, core.CodeTenantMismatch},
+				{"deep nesting", `{"tool_name":"x","status":"ok","tool_args":` + strings.Repeat(`{"a":`, 10001) + `1` + strings.Repeat(`}`, 10001) + `}`, 400, core.CodeInvalidJSON},
+				{"too large", `{"tool_name":"x","status":"ok","error":"` + strings.Repeat("e", maxBodyBytes) + `"}`, 413, core.CodeBodyTooLarge},
 			}
 			tooMany := make([]map[string]any, maxEventsPerRequest+1)
 			for i := range tooMany {
@@ -290,7 +292,7 @@ func TestEventValidation(t *testing.T) {
 				body   any
 				status int
 				code   string
-			}{"over 1000", map[string]any{"events": tooMany}, 400, codeValidation})
+			}{"over 1000", map[string]any{"events": tooMany}, 400, core.CodeValidation})
 			for _, c := range cases {
 				r := env.do("POST", "/api/v1/events", agent, c.body)
 				require.Equal(t, c.status, r.Status, "%s: %s", c.name, r.Raw)
@@ -301,7 +303,7 @@ func TestEventValidation(t *testing.T) {
 			r := env.do("POST", "/api/v1/events", agent, `{"tool_name":"x","status":"ok","tool_args":{"path":"C:\\u0000"}}`)
 			require.Equal(t, http.StatusCreated, r.Status, r.Raw)
 			r = env.do("POST", "/api/v1/events", agent, `{"tool_name":"x","status":"ok"}`, "Content-Type", "text/plain")
-			requireError(t, r, http.StatusUnsupportedMediaType, codeUnsupportedMediaType)
+			requireError(t, r, http.StatusUnsupportedMediaType, core.CodeUnsupportedMediaType)
 			// Nothing refused was stored.
 			require.EqualValues(t, 1, env.do("GET", "/api/v1/events", agent, nil).Body["count"])
 		})
@@ -321,7 +323,7 @@ func TestAuditLogs(t *testing.T) {
 				require.Equal(t, 201, env.do("POST", "/api/v1/events", bot1, map[string]any{"tool_name": "a", "status": "ok", "trace_id": "trace-1"}, "X-User-ID", "user-42").Status)
 			}
 			require.Equal(t, 201, env.do("POST", "/api/v1/events", bot2, map[string]any{"tool_name": "a", "status": "ok", "mode": "live"}).Status)
-			requireError(t, env.do("GET", "/api/v1/keys", bot2, nil), http.StatusForbidden, codeForbidden)
+			requireError(t, env.do("GET", "/api/v1/keys", bot2, nil), http.StatusForbidden, core.CodeForbidden)
 
 			r := env.do("GET", "/api/v1/audit/logs?agent_id=bot-1", admin, nil)
 			require.EqualValues(t, 3, r.Body["count"], r.Raw)
@@ -354,12 +356,12 @@ func TestAuditLogs(t *testing.T) {
 			for _, q := range []string{"limit=0", "limit=501", "limit=x"} {
 				requireError(t, env.do("GET", "/api/v1/audit/logs?"+q, admin, nil), 400, "invalid_limit")
 			}
-			requireError(t, env.do("GET", "/api/v1/audit/logs?cursor=%%%", admin, nil), 400, codeValidation)
+			requireError(t, env.do("GET", "/api/v1/audit/logs?cursor=%%%", admin, nil), 400, core.CodeValidation)
 			requireError(t, env.do("GET", "/api/v1/audit/logs?cursor=***", admin, nil), 400, "invalid_cursor")
 			requireError(t, env.do("GET", "/api/v1/audit/logs?cursor=bm9wZQ", admin, nil), 400, "invalid_cursor")
-			requireError(t, env.do("GET", "/api/v1/audit/logs?since=yesterday", admin, nil), 400, codeValidation)
-			requireError(t, env.do("GET", "/api/v1/audit/logs?status=fine", admin, nil), 400, codeValidation)
-			requireError(t, env.do("GET", "/api/v1/audit/logs?mode=fast", admin, nil), 400, codeValidation)
+			requireError(t, env.do("GET", "/api/v1/audit/logs?since=yesterday", admin, nil), 400, core.CodeValidation)
+			requireError(t, env.do("GET", "/api/v1/audit/logs?status=fine", admin, nil), 400, core.CodeValidation)
+			requireError(t, env.do("GET", "/api/v1/audit/logs?mode=fast", admin, nil), 400, core.CodeValidation)
 		})
 	}
 }
@@ -367,8 +369,8 @@ func TestAuditLogs(t *testing.T) {
 func TestErrorsAndCORS(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
-	requireError(t, env.do("GET", "/api/v1/nothing", "", nil), http.StatusNotFound, codeNotFound)
-	requireError(t, env.do("PATCH", "/api/v1/keys", "", nil), http.StatusMethodNotAllowed, codeMethodNotAllowed)
+	requireError(t, env.do("GET", "/api/v1/nothing", "", nil), http.StatusNotFound, core.CodeNotFound)
+	requireError(t, env.do("PATCH", "/api/v1/keys", "", nil), http.StatusMethodNotAllowed, core.CodeMethodNotAllowed)
 
 	req, err := http.NewRequest("OPTIONS", env.srv.URL+"/api/v1/events", nil)
 	require.NoError(t, err)
@@ -423,14 +425,14 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 				"X-User-ID", "user-"+card).Status)
 			require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/events", agent,
 				map[string]any{"tool_name": "pay", "status": "ok", "tool_args": map[string]any{"card": card}}).Status)
-			requireError(t, env.do("GET", "/api/v1/keys", "atl_forged_"+card, nil), http.StatusUnauthorized, codeUnauthorized)
-			requireError(t, env.do("POST", "/api/v1/events", agent, `{"tool_name": "`+card), http.StatusBadRequest, codeInvalidJSON)
-			requireError(t, env.do("GET", "/api/v1/keys?tenant_id=other", admin, nil), http.StatusForbidden, codeTenantMismatch)
+			requireError(t, env.do("GET", "/api/v1/keys", "atl_forged_"+card, nil), http.StatusUnauthorized, core.CodeUnauthorized)
+			requireError(t, env.do("POST", "/api/v1/events", agent, `{"tool_name": "`+card), http.StatusBadRequest, core.CodeInvalidJSON)
+			requireError(t, env.do("GET", "/api/v1/keys?tenant_id=other", admin, nil), http.StatusForbidden, core.CodeTenantMismatch)
 
 			out := logs.String()
 			require.Contains(t, out, `"path":"/api/v1/agents/bot/execute"`, "requests are logged")
 			require.Contains(t, out, `"status":401`)
-			for _, secret := range []string{testOperatorToken, admin, agent, keyPrefix(agent), card, "Bearer"} {
+			for _, secret := range []string{testOperatorToken, admin, agent, core.KeyPrefix(agent), card, "Bearer"} {
 				require.NotContains(t, out, secret)
 			}
 		})
@@ -460,14 +462,14 @@ func TestEventBatchErrors(t *testing.T) {
 			for i, want := range []float64{1, 3} {
 				e := bad[i].(map[string]any)
 				require.Equal(t, want, e["index"])
-				require.Equal(t, codeValidation, e["code"])
+				require.Equal(t, core.CodeValidation, e["code"])
 				require.NotEmpty(t, e["message"])
 			}
 			require.EqualValues(t, 0, env.do("GET", "/api/v1/events", agent, nil).Body["count"], "none was stored")
 
 			// Another tenant's id in one event refuses the batch as forbidden.
 			batch[1] = map[string]any{"tool_name": "ok", "status": "ok", "tenant_id": "other"}
-			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": batch[:3]}), http.StatusForbidden, codeTenantMismatch)
+			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": batch[:3]}), http.StatusForbidden, core.CodeTenantMismatch)
 
 			full := make([]any, 1000)
 			for i := range full {
@@ -477,7 +479,7 @@ func TestEventBatchErrors(t *testing.T) {
 			require.Equal(t, http.StatusCreated, r.Status, r.Raw)
 			require.EqualValues(t, 1000, r.Body["count"])
 			requireError(t, env.do("POST", "/api/v1/events", agent, map[string]any{"events": append(full, full[0])}),
-				http.StatusBadRequest, codeValidation)
+				http.StatusBadRequest, core.CodeValidation)
 		})
 	}
 }
@@ -497,7 +499,7 @@ func TestOperatorTokenNotConfigured(t *testing.T) {
 				body = map[string]any{"id": "acme"}
 			}
 			r := env.do(rt.method, rt.path, token, body)
-			requireError(t, r, http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, r, http.StatusUnauthorized, core.CodeUnauthorized)
 			require.Contains(t, r.Body["error"].(map[string]any)["message"], "operator token is not configured on this server", r.Raw)
 			require.Contains(t, r.Raw, "ATL_ADMIN_TOKEN")
 		}
@@ -514,7 +516,7 @@ func TestStatsShowLimits(t *testing.T) {
 	require.Equal(t, map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0.0, "waiters_per_tenant": 0.0}, r.Body["limits"], "all off")
 
 	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test",
-		limiter: newRateLimiter(5, 40), waits: &approvalHub{perTenant: 2}}
+		limiter: limits.NewRateLimiter(5, 40), waits: &approvalHub{perTenant: 2}}
 	env.srv = httptest.NewServer(app.routes())
 	t.Cleanup(env.srv.Close)
 	r = env.do("GET", "/api/v1/stats", testOperatorToken, nil)

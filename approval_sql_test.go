@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -37,7 +38,7 @@ func sqlAs(ctx context.Context, pool *pgxpool.Pool, who, stmt string, args ...an
 		if !ok {
 			return nil, fmt.Errorf("no key for %s: call sqlTenant first", who)
 		}
-		hash = keyHash(key.(string))
+		hash = core.KeyHash(key.(string))
 	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 )
@@ -30,7 +32,7 @@ func benchRequest(b *testing.B, method, target, body string) *http.Request {
 
 // BenchmarkDecodeExecute: the execute body through decode (size cap, UTF-8, NUL scan, tenant probe, strict JSON).
 func BenchmarkDecodeExecute(b *testing.B) {
-	p := &Principal{TenantID: "acme", Role: "agent", Subject: "bot"}
+	p := &core.Principal{TenantID: "acme", Role: "agent", Subject: "bot"}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(benchExecuteBody)))
 	for b.Loop() {
@@ -58,7 +60,7 @@ func BenchmarkDecodeEventBatch(b *testing.B) {
 	}
 	sb.WriteString(`]}`)
 	body := sb.String()
-	p := Principal{TenantID: "acme", Role: "agent", Subject: "bot"}
+	p := core.Principal{TenantID: "acme", Role: "agent", Subject: "bot"}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
@@ -94,14 +96,14 @@ func BenchmarkCursorDecode(b *testing.B) {
 
 // BenchmarkAuthCacheHit: what authenticating a known key costs when its lookup is cached.
 func BenchmarkAuthCacheHit(b *testing.B) {
-	c := newAuthCache(time.Minute, defaultAuthCacheKeys)
+	c := authcache.New(time.Minute, authcache.DefaultKeys)
 	key := "atl_" + strings.Repeat("k", 43)
-	_, gen, _ := c.get(key)
-	c.put(key, Principal{TenantID: "acme", KeyID: "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a", Role: "agent", Subject: "bot"}, gen)
+	_, gen, _ := c.Get(key)
+	c.Put(key, core.Principal{TenantID: "acme", KeyID: "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a", Role: "agent", Subject: "bot"}, gen)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, _, ok := c.get(key); !ok {
+			if _, _, ok := c.Get(key); !ok {
 				b.Error("cache miss")
 				return
 			}
@@ -119,7 +121,7 @@ func BenchmarkErrorFor(b *testing.B) {
 	}{
 		{"sql_domain", &pgconn.PgError{Code: "AT404", Hint: "approval_not_found", Message: "approval request not found"}, 404},
 		{"unique", fmt.Errorf("insert: %w", &pgconn.PgError{Code: "23505", ConstraintName: "tenants_pkey"}), 409},
-		{"api", fmt.Errorf("handler: %w", newError(http.StatusBadRequest, codeValidation, "tool is required")), 400},
+		{"api", fmt.Errorf("handler: %w", core.NewError(http.StatusBadRequest, core.CodeValidation, "tool is required")), 400},
 		{"unknown", errors.New("boom"), 500},
 	}
 	for _, c := range cases {
@@ -136,11 +138,11 @@ func BenchmarkErrorFor(b *testing.B) {
 
 // BenchmarkWritePage: a page of 50 audit rows with its next cursor, encoded to the client.
 func BenchmarkWritePage(b *testing.B) {
-	rows := make([]AuditLog, 51)
+	rows := make([]core.AuditLog, 51)
 	agent := "agent-7"
 	at := time.Date(2026, 12, 1, 19, 30, 0, 0, time.UTC)
 	for i := range rows {
-		rows[i] = AuditLog{ID: fmt.Sprintf("0b7e2f4c-8d1a-4c3e-9f6b-%012d", i), TenantID: "acme",
+		rows[i] = core.AuditLog{ID: fmt.Sprintf("0b7e2f4c-8d1a-4c3e-9f6b-%012d", i), TenantID: "acme",
 			TraceID: "tr-0123456789abcdef", AgentID: &agent, Route: "POST /api/v1/agents/:agent_id/execute",
 			Mode: "dry_run", Status: "ok", HTTPStatus: 200, LatencyMS: 3, CreatedAt: at.Add(-time.Duration(i) * time.Second)}
 	}
@@ -148,7 +150,7 @@ func BenchmarkWritePage(b *testing.B) {
 	var n int
 	for b.Loop() {
 		w := httptest.NewRecorder()
-		writePage(w, rows, 50, func(l AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
+		writePage(w, rows, 50, func(l core.AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
 		n = w.Body.Len()
 	}
 	b.SetBytes(int64(n))

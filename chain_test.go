@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -59,7 +61,7 @@ func TestAuditChainIntact(t *testing.T) {
 			require.EqualValues(t, want, head.Body["seq"])
 			require.Len(t, head.str("hash"), 64)
 			require.NotEmpty(t, head.str("updated_at"))
-			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, codeForbidden)
+			requireError(t, env.do("GET", "/api/v1/audit/verify", env.key(admin, "agent", "x"), nil), http.StatusForbidden, core.CodeForbidden)
 
 			// Another tenant's chain is its own, and starts empty (but for its settings and first key).
 			other := env.tenant("beta")
@@ -267,7 +269,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 		}},
 		{"rewrite a row and its hash", func(lines []string, seqs []int64) ([]string, int64, string) {
 			i := lineOf(seqs, 3)
-			var rec jsonlRecord
+			var rec jsonl.Record
 			require.NoError(t, json.Unmarshal([]byte(lines[i]), &rec))
 			if rec.Audit != nil {
 				mallory := "mallory"
@@ -277,7 +279,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 			}
 			prev, err := hex.DecodeString(rec.PrevHash)
 			require.NoError(t, err)
-			h, err := chainHash([32]byte(prev), rec)
+			h, err := jsonl.ChainHash([32]byte(prev), rec)
 			require.NoError(t, err)
 			rec.RowHash = hex.EncodeToString(h[:])
 			b, err := json.Marshal(rec)
@@ -299,7 +301,7 @@ func TestAuditChainTamperJSONL(t *testing.T) {
 			lines, want, reason := c.tamper(lines, seqs)
 			require.NoError(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
 
-			reopened, err := OpenJSONLStore(env.dir, testLogger())
+			reopened, err := jsonl.Open(env.dir, testLogger())
 			require.NoError(t, err)
 			t.Cleanup(reopened.Close)
 			env.store = reopened
@@ -324,7 +326,7 @@ func TestAuditChainJSONLRestart(t *testing.T) {
 	require.EqualValues(t, 9, pinned.Body["seq"])
 	reopen := func() {
 		env.store.Close()
-		s, err := OpenJSONLStore(env.dir, testLogger())
+		s, err := jsonl.Open(env.dir, testLogger())
 		require.NoError(t, err)
 		t.Cleanup(s.Close)
 		env.store = s

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -114,7 +115,7 @@ func cli(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		// The operator at the console sees the database's own words too.
 		e := errorFor(err)
 		fmt.Fprintf(stderr, "atl %s: %s (%s)\n", cmd, e.Message, e.Code)
-		if e.Status >= 500 || e.Code == codeForbidden {
+		if e.Status >= 500 || e.Code == core.CodeForbidden {
 			fmt.Fprintf(stderr, "  %v\n", err)
 		}
 		return 1
@@ -242,14 +243,14 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 	}
 	defer pool.Close()
 	store := NewPGStore(pool).WithGroupCommit(-1, 0, 0).WithAuthCache(0)
-	p := Principal{TenantID: *tenant, Role: "admin", Subject: "cli"}
-	audit := func(route string) *AuditLog {
+	p := core.Principal{TenantID: *tenant, Role: "admin", Subject: "cli"}
+	audit := func(route string) *core.AuditLog {
 		who := "cli"
 		if u, err := user.Current(); err == nil && u.Username != "" {
 			who = "cli:" + u.Username
 		}
-		return &AuditLog{TraceID: newTraceID(), Route: "CLI atl " + route, Mode: "dry_run", Status: "ok",
-			HTTPStatus: 200, ClaimedUserID: &who, started: time.Now()}
+		return &core.AuditLog{TraceID: newTraceID(), Route: "CLI atl " + route, Mode: "dry_run", Status: "ok",
+			HTTPStatus: 200, ClaimedUserID: &who, Started: time.Now()}
 	}
 	needTenant := func() error {
 		if *tenant == "" {
@@ -295,7 +296,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		k, err := store.RevokeKey(ctx, admin, pos[0], audit("key revoke"))
 		return k, 0, err
 	case "expire ":
-		var a *AuditLog
+		var a *core.AuditLog
 		if *tenant != "" {
 			a = audit("expire")
 		}
@@ -330,19 +331,19 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 
 // cliAdmin is the admin key in ATL_API_KEY: keys are issued and revoked by an
 // admin of the tenant, in the CLI as over HTTP, never by database access alone.
-func cliAdmin(ctx context.Context, store *PGStore, tenant, key string) (Principal, error) {
+func cliAdmin(ctx context.Context, store *PGStore, tenant, key string) (core.Principal, error) {
 	if key == "" {
-		return Principal{}, usagef("set ATL_API_KEY to an admin key of tenant %s: keys are issued and revoked by an admin", tenant)
+		return core.Principal{}, usagef("set ATL_API_KEY to an admin key of tenant %s: keys are issued and revoked by an admin", tenant)
 	}
 	p, err := store.Authenticate(ctx, key)
 	if err != nil {
-		return Principal{}, err
+		return core.Principal{}, err
 	}
 	if p.TenantID != tenant {
-		return Principal{}, errMismatch()
+		return core.Principal{}, core.ErrMismatch()
 	}
 	if p.Role != "admin" {
-		return Principal{}, errForbidden()
+		return core.Principal{}, core.ErrForbidden()
 	}
 	return p, nil
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/julienschmidt/httprouter"
 )
 
@@ -82,7 +83,7 @@ func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Han
 	handle("GET", "/console/approvals/:id", a.consolePage(c, c.detail))
 	handle("POST", "/console/approvals/:id/decide", a.consolePage(c, c.decide))
 	a.consoleNotFound = a.consolePage(c, func(*consoleReq) error {
-		return newError(http.StatusNotFound, codeNotFound, "There is no such page in the console.")
+		return core.NewError(http.StatusNotFound, core.CodeNotFound, "There is no such page in the console.")
 	})
 	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		consoleHeaders(w)
@@ -110,7 +111,7 @@ type consoleReq struct {
 	w       http.ResponseWriter
 	r       *http.Request
 	ps      httprouter.Params
-	p       Principal
+	p       core.Principal
 	session string // the session id from the cookie; the CSRF token is bound to it
 	signed  bool
 }
@@ -124,7 +125,7 @@ func (a *App) consolePage(c *console, fn consoleHandler) httprouter.Handle {
 		cr := &consoleReq{app: a, w: w, r: r, ps: ps}
 		if err := fn(cr); err != nil {
 			e := errorFor(err)
-			if e.Status >= 500 && e.Code != codeRequiresDatabase {
+			if e.Status >= 500 && e.Code != core.CodeRequiresDatabase {
 				a.log.Error("console request failed", "method", r.Method, "path", routePattern(r), "code", e.Code, "err", err.Error())
 			}
 			c.render(cr, e.Status, "problem", map[string]any{"Error": e, "Title": http.StatusText(e.Status)})
@@ -145,7 +146,7 @@ func (c *console) authenticate(cr *consoleReq) error {
 	}
 	p, err := cr.app.store.ConsoleSession(cr.r.Context(), ck.Value)
 	if err != nil {
-		var e *Error
+		var e *core.Error
 		if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
 			return errSignIn
 		}
@@ -154,8 +155,8 @@ func (c *console) authenticate(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return errSignIn
 	}
-	if ok, _ := cr.app.limiter.allow(p.KeyID); !ok {
-		return newError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
+	if ok, _ := cr.app.limiter.Allow(p.KeyID); !ok {
+		return core.NewError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
 	}
 	cr.p, cr.session, cr.signed = p, ck.Value, true
 	return nil
@@ -208,7 +209,7 @@ func (c *console) token(purpose, session string) string {
 
 // checkPost refuses a cross-site POST and one whose CSRF token is not the session's.
 func (c *console) checkPost(cr *consoleReq, purpose, session string) error {
-	refused := newError(http.StatusForbidden, "csrf_failed", "this form is stale or came from another site; reload the page and try again")
+	refused := core.NewError(http.StatusForbidden, "csrf_failed", "this form is stale or came from another site; reload the page and try again")
 	site := cr.r.Header.Get("Sec-Fetch-Site")
 	if site != "" && site != "same-origin" {
 		return refused
@@ -222,7 +223,7 @@ func (c *console) checkPost(cr *consoleReq, purpose, session string) error {
 	}
 	cr.r.Body = http.MaxBytesReader(cr.w, cr.r.Body, 16<<10)
 	if err := cr.r.ParseForm(); err != nil {
-		return validation("the form could not be read")
+		return core.Validation("the form could not be read")
 	}
 	got := cr.r.PostForm.Get("csrf")
 	if session == "" || !hmac.Equal([]byte(got), []byte(c.token(purpose, session))) {
@@ -407,9 +408,9 @@ func (c *console) queue(cr *consoleReq) error {
 		status = "PENDING"
 	}
 	if !slices.Contains(consoleStatuses, status) {
-		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+		return core.Validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
 	}
-	var before *Cursor
+	var before *core.Cursor
 	if s := q.Get("cursor"); s != "" {
 		if before, err = decodeCursor(s); err != nil {
 			return err
@@ -443,8 +444,8 @@ func (c *console) queue(cr *consoleReq) error {
 
 func title(status string) string { return status[:1] + strings.ToLower(status[1:]) }
 
-func errConsoleNotFound() *Error {
-	return newError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
+func errConsoleNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
 }
 
 func (c *console) detail(cr *consoleReq) error {
@@ -455,7 +456,7 @@ func (c *console) detail(cr *consoleReq) error {
 }
 
 // showDetail renders one request; flash is a decision's outcome or refusal.
-func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
+func (c *console) showDetail(cr *consoleReq, status int, flash *core.Error) error {
 	id := cr.ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errConsoleNotFound()
@@ -489,7 +490,7 @@ func (c *console) showDetail(cr *consoleReq, status int, flash *Error) error {
 func (c *console) decide(cr *consoleReq) error {
 	if err := c.authenticate(cr); err != nil {
 		if errors.Is(err, errSignIn) {
-			return newError(http.StatusUnauthorized, codeUnauthorized, "Your session has ended; sign in again.")
+			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized, "Your session has ended; sign in again.")
 		}
 		return err
 	}
@@ -502,12 +503,12 @@ func (c *console) decide(cr *consoleReq) error {
 	}
 	decision := cr.r.PostForm.Get("decision")
 	reason := strings.TrimSpace(cr.r.PostForm.Get("reason"))
-	var flash *Error
+	var flash *core.Error
 	switch {
 	case decision != "APPROVE" && decision != "REJECT":
-		flash = validation("decision must be APPROVE or REJECT")
+		flash = core.Validation("decision must be APPROVE or REJECT")
 	case utf8.RuneCountInString(reason) > 2000:
-		flash = validation("reason must be at most 2000 characters")
+		flash = core.Validation("reason must be at most 2000 characters")
 	}
 	if flash != nil {
 		return c.showDetail(cr, flash.Status, flash)

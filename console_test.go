@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -184,7 +185,7 @@ func TestConsoleDecideUsesTheSQLRules(t *testing.T) {
 	ct := newConsoleTenant(t, e, "con-decide")
 	// A person's key may not carry the name of an agent: self-approval by name cannot be set up.
 	r := e.do("POST", "/api/v1/keys", ct.admin, map[string]any{"role": "approver", "subject": "bot"})
-	requireError(t, r, http.StatusBadRequest, codeValidation)
+	requireError(t, r, http.StatusBadRequest, core.CodeValidation)
 	// An agent key cannot sign in to the console at all.
 	require.NotEqual(t, http.StatusSeeOther, newConsoleBrowser(e).signIn(ct.agent).Status)
 
@@ -441,7 +442,7 @@ func TestConsoleUnknownPathIsAnHTMLPage(t *testing.T) {
 	require.Contains(t, r.Body, "There is no such page in the console.")
 	requireConsoleHeaders(t, r.Header)
 	// The API keeps its JSON answer.
-	requireError(t, e.do("GET", "/api/v1/no-such-route", "", nil), http.StatusNotFound, codeNotFound)
+	requireError(t, e.do("GET", "/api/v1/no-such-route", "", nil), http.StatusNotFound, core.CodeNotFound)
 }
 
 // deepArgs is an args object {"v": [[…]]} whose arrays nest depth levels deep.
@@ -635,20 +636,20 @@ func TestConsoleSessionStore(t *testing.T) {
 			_, err = e.store.StartConsoleSession(ctx, agent, other, time.Hour)
 			require.Equal(t, http.StatusForbidden, errorFor(err).Status)
 			// (PostgreSQL takes the key from its hash, which this principal lacks: 401.)
-			_, err = e.store.StartConsoleSession(ctx, Principal{TenantID: "ses-b", KeyID: approver.KeyID, Role: "approver"}, other, time.Hour)
+			_, err = e.store.StartConsoleSession(ctx, core.Principal{TenantID: "ses-b", KeyID: approver.KeyID, Role: "approver"}, other, time.Hour)
 			require.Contains(t, []int{http.StatusUnauthorized, http.StatusForbidden}, errorFor(err).Status)
 			_, err = e.store.StartConsoleSession(ctx, approver, "short", time.Hour)
 			require.Equal(t, http.StatusBadRequest, errorFor(err).Status)
 
 			// Tenant B cannot end tenant A's session.
-			require.NoError(t, e.store.EndConsoleSession(ctx, Principal{TenantID: "ses-b"}, id))
+			require.NoError(t, e.store.EndConsoleSession(ctx, core.Principal{TenantID: "ses-b"}, id))
 			_, err = e.store.ConsoleSession(ctx, id)
 			require.NoError(t, err)
 			require.NoError(t, e.store.EndConsoleSession(ctx, approver, id))
 			_, err = e.store.ConsoleSession(ctx, id)
-			require.ErrorIs(t, err, errUnauthorized())
+			require.ErrorIs(t, err, core.ErrUnauthorized())
 			_, err = e.store.ConsoleSession(ctx, "unknown")
-			require.ErrorIs(t, err, errUnauthorized())
+			require.ErrorIs(t, err, core.ErrUnauthorized())
 
 			// A session ends at its expiry.
 			brief, _ := newSessionID()
@@ -658,7 +659,7 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.NoError(t, err)
 			time.Sleep(150 * time.Millisecond)
 			_, err = e.store.ConsoleSession(ctx, brief)
-			require.ErrorIs(t, err, errUnauthorized())
+			require.ErrorIs(t, err, core.ErrUnauthorized())
 		})
 	}
 }

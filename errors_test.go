@@ -1,16 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"net/http"
-	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 )
@@ -21,7 +24,7 @@ func TestDataExceptionsAreBadRequests(t *testing.T) {
 	t.Parallel()
 	for _, code := range []string{"22003", "22P02", "22023", "22012", "2201E", "22018", "22P03", "22004"} {
 		e := errorFor(fmt.Errorf("call: %w", &pgconn.PgError{Code: code, ColumnName: "latency_ms", Message: "secret SQL detail"}))
-		require.Equal(t, [2]any{http.StatusBadRequest, codeValidation}, [2]any{e.Status, e.Code}, code)
+		require.Equal(t, [2]any{http.StatusBadRequest, core.CodeValidation}, [2]any{e.Status, e.Code}, code)
 		require.NotContains(t, e.Message, "secret", code)
 	}
 }
@@ -46,19 +49,19 @@ func TestErrorAnswersAreNotShared(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := env.do("POST", "/api/v1/events", acme, batch)
-			requireError(t, r, http.StatusForbidden, codeTenantMismatch)
+			requireError(t, r, http.StatusForbidden, core.CodeTenantMismatch)
 			require.Equal(t, "events[1]: "+plain, r.Body["error"].(map[string]any)["message"], r.Raw)
 		}()
 		go func() {
 			defer wg.Done()
 			r := env.do("GET", "/api/v1/events?tenant_id=acme", beta, nil)
-			requireError(t, r, http.StatusForbidden, codeTenantMismatch)
+			requireError(t, r, http.StatusForbidden, core.CodeTenantMismatch)
 			require.Equal(t, plain, r.Body["error"].(map[string]any)["message"], r.Raw)
 		}()
 	}
 	wg.Wait()
 	r := env.do("POST", "/api/v1/events", beta, map[string]any{"tool_name": "t", "status": "ok", "tenant_id": "acme"})
-	requireError(t, r, http.StatusForbidden, codeTenantMismatch)
+	requireError(t, r, http.StatusForbidden, core.CodeTenantMismatch)
 	require.Equal(t, plain, r.Body["error"].(map[string]any)["message"], "after the batches: %s", r.Raw)
 }
 
@@ -66,13 +69,14 @@ func TestErrorAnswersAreNotShared(t *testing.T) {
 // handler can change what another request is answered.
 func TestNoPackageLevelErrorValues(t *testing.T) {
 	t.Parallel()
-	entries, err := os.ReadDir(".")
-	require.NoError(t, err)
 	fset := token.NewFileSet()
-	for _, e := range entries {
-		name := e.Name()
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			continue
+	// Every package of the module: the binary at the root and internal/.
+	err := filepath.WalkDir(".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() && (name == "node_modules" || strings.HasPrefix(d.Name(), ".") && name != ".") {
+			return cmp.Or(err, fs.SkipDir)
+		}
+		if d.IsDir() || !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			return nil
 		}
 		f, err := parser.ParseFile(fset, name, nil, 0)
 		require.NoError(t, err)
@@ -88,22 +92,32 @@ func TestNoPackageLevelErrorValues(t *testing.T) {
 				}
 			}
 		}
-	}
+		return nil
+	})
+	require.NoError(t, err)
 }
 
-// buildsError says whether an expression is newError(...) or &Error{...}.
+// buildsError says whether an expression is core.NewError(...), validation(...)
+// or &core.Error{...}, qualified or not.
 func buildsError(v ast.Expr) bool {
 	switch x := v.(type) {
 	case *ast.CallExpr:
-		id, ok := x.Fun.(*ast.Ident)
-		return ok && (id.Name == "newError" || id.Name == "validation")
+		name := identName(x.Fun)
+		return name == "NewError" || name == "validation" || name == "Validation"
 	case *ast.UnaryExpr:
 		lit, ok := x.X.(*ast.CompositeLit)
-		if !ok {
-			return false
-		}
-		id, ok := lit.Type.(*ast.Ident)
-		return ok && id.Name == "Error"
+		return ok && identName(lit.Type) == "Error"
 	}
 	return false
+}
+
+// identName is the name of x or pkg.x.
+func identName(e ast.Expr) string {
+	switch x := e.(type) {
+	case *ast.Ident:
+		return x.Name
+	case *ast.SelectorExpr:
+		return x.Sel.Name
+	}
+	return ""
 }

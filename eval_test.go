@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -140,12 +141,12 @@ func TestEvalValidationAndIsolation(t *testing.T) {
 	for i := 0; i <= 10000; i++ {
 		tooMany[fmt.Sprintf("c%d", i)] = res(true, 1)
 	}
-	requireError(t, env.do("POST", "/api/v1/evals/runs/"+id+"/complete", g.agent, map[string]any{"results": tooMany}), 400, codeValidation)
+	requireError(t, env.do("POST", "/api/v1/evals/runs/"+id+"/complete", g.agent, map[string]any{"results": tooMany}), 400, core.CodeValidation)
 	for _, body := range []map[string]any{
 		{"suite_name": "s", "model_id": "m"},
 		{"suite_name": "s", "model_id": "m", "provider": "p", "drift_threshold": 101},
 	} {
-		requireError(t, env.do("POST", "/api/v1/evals/runs", g.agent, body), 400, codeValidation)
+		requireError(t, env.do("POST", "/api/v1/evals/runs", g.agent, body), 400, core.CodeValidation)
 	}
 	requireError(t, env.do("POST", "/api/v1/evals/runs", g.agent, map[string]any{"suite_name": "other", "model_id": "m", "provider": "p", "baseline_run_id": id}),
 		400, "baseline_suite_mismatch")
@@ -169,7 +170,7 @@ func TestEvalValidationAndIsolation(t *testing.T) {
 	require.EqualValues(t, 10000, r.Body["case_count"])
 
 	jsonl := setup(t, "jsonl")
-	requireError(t, jsonl.do("GET", "/api/v1/evals/runs", jsonl.tenant("acme"), nil), http.StatusServiceUnavailable, codeRequiresDatabase)
+	requireError(t, jsonl.do("GET", "/api/v1/evals/runs", jsonl.tenant("acme"), nil), http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 }
 
 // BenchmarkEvalComplete10k completes a 10,000-case run against a 10,000-case

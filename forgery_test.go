@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -146,7 +147,7 @@ func TestForgeryRotationAndSettings(t *testing.T) {
 
 	// An L4 tool never needs fewer than two approvals, whatever a policy or the tenant says.
 	requireError(t, env.do("PUT", "/api/v1/policies/pay", admin, map[string]any{"trust_level": "L4", "required_approvals": 1}),
-		http.StatusBadRequest, codeValidation)
+		http.StatusBadRequest, core.CodeValidation)
 	require.Equal(t, http.StatusOK, env.do("PUT", "/api/v1/policies", admin, map[string]any{"default_trust_level": "L3", "admins_decide_l4": true}).Status)
 	held = env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": 2}})
 	id2 := held.str("approval_request_id")
@@ -206,12 +207,12 @@ func TestForgeryDuplicateKeys(t *testing.T) {
 		`{"tool": "pay", "TOOL": "send"}`,
 		`{"tool": "pay", "args": {"a\u0062": 1, "ab": 2}}`,
 	} {
-		requireError(t, env.do("POST", "/api/v1/agents/bot/execute", agent, body), http.StatusBadRequest, codeDuplicateKey)
+		requireError(t, env.do("POST", "/api/v1/agents/bot/execute", agent, body), http.StatusBadRequest, core.CodeDuplicateKey)
 	}
 	// Numbers a database would expand a thousandfold are refused.
 	for _, n := range []string{"1e131071", "1E+65", strings.Repeat("9", 65)} {
 		requireError(t, env.do("POST", "/api/v1/agents/bot/execute", agent, `{"tool": "pay", "args": {"n": `+n+`}}`),
-			http.StatusBadRequest, codeValidation)
+			http.StatusBadRequest, core.CodeValidation)
 	}
 	// The same key in sibling objects is no duplicate.
 	env.policy(admin, "read", map[string]any{"trust_level": "L0"})
@@ -270,7 +271,7 @@ func TestForgeryApprovalBinding(t *testing.T) {
 	}
 
 	// Another agent's key cannot act as bot-1, nor use bot-1's approval as itself.
-	requireError(t, run(bot2, "bot-1", nil), http.StatusForbidden, codeAgentMismatch)
+	requireError(t, run(bot2, "bot-1", nil), http.StatusForbidden, core.CodeAgentMismatch)
 	require.Equal(t, "approval_agent_mismatch", run(bot2, "bot-2", nil).Body["error"].(map[string]any)["code"])
 	require.Equal(t, "approval_agent_mismatch", run(bot2, "helper", nil).Body["error"].(map[string]any)["code"])
 	// Another domain is another call.
@@ -289,7 +290,7 @@ func TestForgeryApprovalBinding(t *testing.T) {
 
 	// Reported events: only under the key's own names, and marked as reported.
 	requireError(t, env.do("POST", "/api/v1/events", bot2, map[string]any{"agent": "bot-1", "tool_name": "refund",
-		"status": "allowed", "trust_level": "L4", "mode": "live", "approval_request_id": id}), http.StatusForbidden, codeAgentMismatch)
+		"status": "allowed", "trust_level": "L4", "mode": "live", "approval_request_id": id}), http.StatusForbidden, core.CodeAgentMismatch)
 	rep := env.do("POST", "/api/v1/events", bot2, map[string]any{"agent": "helper", "tool_name": "refund", "status": "allowed",
 		"trust_level": "L4", "approval_request_id": id})
 	require.Equal(t, http.StatusCreated, rep.Status, rep.Raw)
@@ -453,15 +454,15 @@ func TestForgeryJSONLIdentity(t *testing.T) {
 	requireError(t, env.do("POST", "/api/v1/keys", admin, map[string]any{"role": "approver", "subject": "alice"}),
 		http.StatusConflict, "subject_in_use")
 	requireError(t, env.do("POST", "/api/v1/keys", admin, map[string]any{"role": "approver", "subject": "carol", "agents": []string{"x"}}),
-		http.StatusBadRequest, codeValidation)
+		http.StatusBadRequest, core.CodeValidation)
 	bot := env.agentKey(admin, "bot", "planner")
 	other := env.key(admin, "agent", "other")
 	env.policy(admin, "read", map[string]any{"trust_level": "L0"})
-	requireError(t, env.execute(other, "bot", map[string]any{"tool": "read", "trust_level": "L0"}), http.StatusForbidden, codeAgentMismatch)
+	requireError(t, env.execute(other, "bot", map[string]any{"tool": "read", "trust_level": "L0"}), http.StatusForbidden, core.CodeAgentMismatch)
 	r := env.execute(bot, "planner", map[string]any{"tool": "read", "trust_level": "L0"})
 	require.Equal(t, http.StatusOK, r.Status, r.Raw)
 	requireError(t, env.do("POST", "/api/v1/events", other, map[string]any{"agent": "planner", "tool_name": "x", "status": "ok"}),
-		http.StatusForbidden, codeAgentMismatch)
+		http.StatusForbidden, core.CodeAgentMismatch)
 	rep := env.do("POST", "/api/v1/events", bot, map[string]any{"agent": "planner", "tool_name": "x", "status": "ok"})
 	require.Equal(t, http.StatusCreated, rep.Status, rep.Raw)
 	events := env.do("GET", "/api/v1/events", admin, nil)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -73,12 +74,12 @@ func TestPolicies(t *testing.T) {
 				{"trust_level": "L3", "endpoint_url": "/relative"},
 				{"trust_level": "L3", "approval_ttl_seconds": "soon"},
 			} {
-				requireError(t, env.do("PUT", "/api/v1/policies/tool", g.admin, bad), 400, codeValidation)
+				requireError(t, env.do("PUT", "/api/v1/policies/tool", g.admin, bad), 400, core.CodeValidation)
 			}
-			requireError(t, env.do("PUT", "/api/v1/policies", g.admin, map[string]any{"default_trust_level": "L5"}), 400, codeValidation)
-			requireError(t, env.do("PUT", "/api/v1/policies", g.admin, map[string]any{"default_trust_level": "L3", "allowed_domains": []string{"Bad Domain"}}), 400, codeValidation)
-			requireError(t, env.do("PUT", "/api/v1/policies/search", g.agent, map[string]any{"trust_level": "L0"}), 403, codeForbidden)
-			requireError(t, env.do("PUT", "/api/v1/policies/search", g.alice, map[string]any{"trust_level": "L0"}), 403, codeForbidden)
+			requireError(t, env.do("PUT", "/api/v1/policies", g.admin, map[string]any{"default_trust_level": "L5"}), 400, core.CodeValidation)
+			requireError(t, env.do("PUT", "/api/v1/policies", g.admin, map[string]any{"default_trust_level": "L3", "allowed_domains": []string{"Bad Domain"}}), 400, core.CodeValidation)
+			requireError(t, env.do("PUT", "/api/v1/policies/search", g.agent, map[string]any{"trust_level": "L0"}), 403, core.CodeForbidden)
+			requireError(t, env.do("PUT", "/api/v1/policies/search", g.alice, map[string]any{"trust_level": "L0"}), 403, core.CodeForbidden)
 		})
 	}
 }
@@ -132,7 +133,7 @@ func TestExecuteLowLevels(t *testing.T) {
 				require.Equal(t, http.StatusAccepted, r.Status, r.Raw)
 				require.Equal(t, "L3", r.str("trust_level"))
 			} else {
-				requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+				requireError(t, r, http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 			}
 			env.do("PUT", "/api/v1/policies", g.admin, map[string]any{"default_trust_level": "L1", "allowed_domains": []string{"travel"}})
 			r = env.execute(g.agent, "planner", map[string]any{"tool": "unknown", "domain": "travel"})
@@ -152,7 +153,7 @@ func TestExecuteLowLevels(t *testing.T) {
 			require.Equal(t, "live_disabled", denied.items()[0]["error"])
 
 			// Only agents call the gate.
-			requireError(t, env.execute(g.alice, "planner", map[string]any{"tool": "search"}), 403, codeForbidden)
+			requireError(t, env.execute(g.alice, "planner", map[string]any{"tool": "search"}), 403, core.CodeForbidden)
 		})
 	}
 }
@@ -169,18 +170,18 @@ func TestExecuteValidation(t *testing.T) {
 				body  map[string]any
 				code  string
 			}{
-				{"bot", map[string]any{}, codeValidation},
-				{"bot", map[string]any{"tool": "has space"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "args": []int{1}}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "args": "x"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "mode": "yolo"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "trust_level": "L9"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "stage": "deploy"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "trace_id": "bad trace"}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "idempotency_key": strings.Repeat("k", 201)}, codeValidation},
-				{"bot", map[string]any{"tool": "t", "agent": "other"}, codeValidation},
+				{"bot", map[string]any{}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "has space"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "args": []int{1}}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "args": "x"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "mode": "yolo"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "trust_level": "L9"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "stage": "deploy"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "trace_id": "bad trace"}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "idempotency_key": strings.Repeat("k", 201)}, core.CodeValidation},
+				{"bot", map[string]any{"tool": "t", "agent": "other"}, core.CodeValidation},
 				{"bot", map[string]any{"tool": "t", "unknown": 1}, "unknown_field"},
-				{"bot", map[string]any{"tool": "t", "tenant_id": "beta"}, codeTenantMismatch},
+				{"bot", map[string]any{"tool": "t", "tenant_id": "beta"}, core.CodeTenantMismatch},
 				{"bot", map[string]any{"tool": "t", "args": map[string]any{"x": "\u0000"}}, "invalid_text"},
 			} {
 				r := env.execute(g.agent, c.agent, c.body)
@@ -254,7 +255,7 @@ func TestApprovalLifeL3(t *testing.T) {
 
 	r = env.do("GET", "/api/v1/approvals?status=approved", g.alice, nil)
 	require.EqualValues(t, 1, r.Body["count"])
-	requireError(t, env.do("GET", "/api/v1/approvals?status=maybe", g.alice, nil), 400, codeValidation)
+	requireError(t, env.do("GET", "/api/v1/approvals?status=maybe", g.alice, nil), 400, core.CodeValidation)
 }
 
 // TestApprovalLifeL4 needs two distinct humans, neither the requester.
@@ -274,7 +275,7 @@ func TestApprovalLifeL4(t *testing.T) {
 	// The agent a request is for never gets a person's key: self-approval by
 	// name cannot be set up (the requesting key's own subject has one key only).
 	requireError(t, env.do("POST", "/api/v1/keys", g.admin, map[string]any{"role": "approver", "subject": "refunder"}),
-		http.StatusBadRequest, codeValidation)
+		http.StatusBadRequest, core.CodeValidation)
 
 	r := decide(g.alice, "APPROVE")
 	require.Equal(t, http.StatusCreated, r.Status, r.Raw)
@@ -285,8 +286,8 @@ func TestApprovalLifeL4(t *testing.T) {
 		http.StatusConflict, "approval_not_approved")
 
 	requireError(t, env.do("POST", "/api/v1/approvals/"+id+"/decisions", g.agent, map[string]any{"decision": "APPROVE"}),
-		http.StatusForbidden, codeForbidden)
-	requireError(t, decide(g.bob, "MAYBE"), 400, codeValidation)
+		http.StatusForbidden, core.CodeForbidden)
+	requireError(t, decide(g.bob, "MAYBE"), 400, core.CodeValidation)
 
 	r = decide(g.bob, "APPROVE")
 	require.Equal(t, "APPROVED", r.str("status"), r.Raw)
@@ -343,7 +344,7 @@ func TestApprovalRejectAndAutoApprove(t *testing.T) {
 
 	// No key may carry a system: subject.
 	requireError(t, env.do("POST", "/api/v1/keys", g.admin, map[string]any{"role": "approver", "subject": "system:auto-approve"}),
-		http.StatusBadRequest, codeValidation)
+		http.StatusBadRequest, core.CodeValidation)
 }
 
 func TestApprovalExpiry(t *testing.T) {
@@ -369,8 +370,8 @@ func TestApprovalExpiry(t *testing.T) {
 	requireError(t, env.do("POST", "/api/v1/approvals/"+id+"/decisions", g.alice, map[string]any{"decision": "APPROVE"}),
 		http.StatusConflict, "approval_not_pending")
 	require.EqualValues(t, 0, env.do("POST", "/api/v1/approvals/expire", g.admin, nil).Body["expired"])
-	requireError(t, env.do("POST", "/api/v1/approvals/expire", g.alice, nil), http.StatusForbidden, codeForbidden)
-	requireError(t, env.do("POST", "/api/v1/approvals/"+id, g.admin, nil), http.StatusMethodNotAllowed, codeMethodNotAllowed)
+	requireError(t, env.do("POST", "/api/v1/approvals/expire", g.alice, nil), http.StatusForbidden, core.CodeForbidden)
+	requireError(t, env.do("POST", "/api/v1/approvals/"+id, g.admin, nil), http.StatusMethodNotAllowed, core.CodeMethodNotAllowed)
 
 	r = env.do("GET", "/api/v1/approvals?status=EXPIRED", g.admin, nil)
 	require.EqualValues(t, 1, r.Body["count"])
@@ -393,7 +394,7 @@ func TestApprovalIsolation(t *testing.T) {
 		requireError(t, env.execute(g.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{}, "approval_request_id": probe}), 404, "approval_not_found")
 	}
 	require.Equal(t, "[]", fmt.Sprint(env.do("GET", "/api/v1/approvals", g.alice, nil).Body["items"]))
-	requireError(t, env.do("GET", "/api/v1/approvals?tenant_id=beta", g.alice, nil), 403, codeTenantMismatch)
+	requireError(t, env.do("GET", "/api/v1/approvals?tenant_id=beta", g.alice, nil), 403, core.CodeTenantMismatch)
 	// beta's approval is still usable by beta.
 	r := env.execute(other.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{}, "approval_request_id": id})
 	require.Equal(t, http.StatusOK, r.Status, r.Raw)
@@ -411,7 +412,7 @@ func TestApprovalRoutesNeedDatabase(t *testing.T) {
 		env.do("POST", "/api/v1/approvals/expire", g.admin, nil),
 		env.execute(g.agent, "bot", map[string]any{"tool": "unconfigured"}),
 	} {
-		requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 		require.Contains(t, r.Raw, "DATABASE_URL")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
@@ -40,7 +41,7 @@ func groupStore(t *testing.T, rows int) (*PGStore, *pgxpool.Pool, *batchLog) {
 	pool, _ := newPool(t)
 	store := NewPGStore(pool).WithTenantLimit(0, 0).WithGroupCommit(time.Hour, rows, 1)
 	log := &batchLog{}
-	store.group.observe = log.observe
+	store.group.Observe = log.observe
 	return store, pool, log
 }
 
@@ -64,7 +65,7 @@ func chainOK(t *testing.T, pool *pgxpool.Pool, tenant string) int {
 
 // groupTenant creates a tenant and returns its admin and an agent "bot", as
 // the keys authenticate (SQL takes the actor from the key).
-func groupTenant(t *testing.T, store *PGStore, id string) (admin, agent Principal) {
+func groupTenant(t *testing.T, store *PGStore, id string) (admin, agent core.Principal) {
 	t.Helper()
 	ctx := context.Background()
 	_, k, err := store.CreateTenant(ctx, id, id)
@@ -78,8 +79,8 @@ func groupTenant(t *testing.T, store *PGStore, id string) (admin, agent Principa
 	return admin, agent
 }
 
-func oneEvent(tool string) []Event {
-	return []Event{{Agent: "bot", ToolName: tool, Status: "ok", TraceID: "t"}}
+func oneEvent(tool string) []core.Event {
+	return []core.Event{{Agent: "bot", ToolName: tool, Status: "ok", TraceID: "t"}}
 }
 
 // TestGroupCommitBatches: concurrent writes of two tenants are committed in
@@ -91,23 +92,23 @@ func TestGroupCommitBatches(t *testing.T) {
 	store, pool, log := groupStore(t, 2*perTenant*2) // each request: one event + its audit row
 	ctx := context.Background()
 	tenants := []string{"acme", "beta"}
-	agents := map[string]Principal{}
+	agents := map[string]core.Principal{}
 	for _, id := range tenants {
 		_, agents[id] = groupTenant(t, store, id)
 	}
 
 	type answer struct {
 		tenant string
-		events []Event
-		audit  *AuditLog
+		events []core.Event
+		audit  *core.AuditLog
 		err    error
 	}
 	answers := make(chan answer, 2*perTenant)
 	for i := range 2 * perTenant {
 		tenant := tenants[i%2]
 		go func() {
-			audit := &AuditLog{TraceID: "t", Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok",
-				HTTPStatus: 201, started: time.Now()}
+			audit := &core.AuditLog{TraceID: "t", Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok",
+				HTTPStatus: 201, Started: time.Now()}
 			events, err := store.InsertEvents(ctx, agents[tenant], oneEvent(fmt.Sprintf("tool_%d", i)), audit)
 			answers <- answer{tenant, events, audit, err}
 		}()
@@ -141,12 +142,12 @@ func TestGroupCommitBadRowFailsAlone(t *testing.T) {
 	const requests = 8
 	store, pool, log := groupStore(t, requests*2)
 	ctx := context.Background()
-	admins, agents := map[string]Principal{}, map[string]Principal{}
+	admins, agents := map[string]core.Principal{}, map[string]core.Principal{}
 	for _, id := range []string{"acme", "beta"} {
 		admins[id], agents[id] = groupTenant(t, store, id)
 	}
 	_, err := store.PutTenantSettings(ctx, admins["acme"],
-		TenantSettings{DefaultTrustLevel: "L0", AllowedDomains: []string{"travel"}}, nil)
+		core.TenantSettings{DefaultTrustLevel: "L0", AllowedDomains: []string{"travel"}}, nil)
 	require.NoError(t, err)
 
 	errs := make([]error, requests)
@@ -164,8 +165,8 @@ func TestGroupCommitBadRowFailsAlone(t *testing.T) {
 			}
 			ev := oneEvent("t")
 			ev[0].Domain = domain
-			_, errs[i] = store.InsertEvents(ctx, agents[tenant], ev, &AuditLog{TraceID: "t",
-				Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok", HTTPStatus: 201, started: time.Now()})
+			_, errs[i] = store.InsertEvents(ctx, agents[tenant], ev, &core.AuditLog{TraceID: "t",
+				Route: "POST /api/v1/events", Mode: "dry_run", Status: "ok", HTTPStatus: 201, Started: time.Now()})
 		}()
 	}
 	wg.Wait()
@@ -191,10 +192,10 @@ func TestGroupCommitExecute(t *testing.T) {
 	store, pool, log := groupStore(t, calls*2)
 	ctx := context.Background()
 	admin, p := groupTenant(t, store, "acme")
-	_, err := store.PutPolicy(ctx, admin, PolicyInput{ToolName: "search", TrustLevel: "L0"}, nil)
+	_, err := store.PutPolicy(ctx, admin, core.PolicyInput{ToolName: "search", TrustLevel: "L0"}, nil)
 	require.NoError(t, err)
 
-	results := make([]GateResult, calls)
+	results := make([]core.GateResult, calls)
 	errs := make([]error, calls)
 	var wg sync.WaitGroup
 	for i := range calls {
@@ -202,7 +203,7 @@ func TestGroupCommitExecute(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			key := fmt.Sprintf("k%d", min(i, calls-2)) // the last two share a key
-			results[i], errs[i] = store.Execute(ctx, p, ExecuteInput{AgentID: "bot", Tool: "search",
+			results[i], errs[i] = store.Execute(ctx, p, core.ExecuteInput{AgentID: "bot", Tool: "search",
 				Args: json.RawMessage(`{"q":"x"}`), IdempotencyKey: key, Route: "POST /api/v1/agents/:agent_id/execute",
 				Started: time.Now()})
 		}()

@@ -25,13 +25,14 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/julienschmidt/httprouter"
 )
 
 const maxBodyBytes = 1 << 20
 
 var (
-	tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{1,62}$`)
 	subjectPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9@._:+-]{0,199}$`)
 	toolNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`)
 	domainPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
@@ -47,13 +48,13 @@ var trustLevels = []string{"L0", "L1", "L2", "L3", "L4"}
 
 // App holds what handlers share.
 type App struct {
-	store      Store
+	store      core.Store
 	log        *slog.Logger
 	adminToken string
 	origins    map[string]bool
 	live       bool
 	liveClient *http.Client
-	limiter    *rateLimiter
+	limiter    *limits.RateLimiter
 	version    string
 	started    time.Time
 	metrics    *metrics
@@ -66,7 +67,7 @@ type App struct {
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
-type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error
+type authedFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error
 
 // routes registers every route; read it top to bottom to see the API.
 func (a *App) routes() http.Handler {
@@ -124,14 +125,14 @@ func (a *App) routes() http.Handler {
 			a.consoleNotFound(w, r, nil)
 			return
 		}
-		writeError(w, newError(http.StatusNotFound, codeNotFound, "no such route"))
+		writeError(w, core.NewError(http.StatusNotFound, core.CodeNotFound, "no such route"))
 	})
 	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route"))
+		writeError(w, core.NewError(http.StatusMethodNotAllowed, core.CodeMethodNotAllowed, "method not allowed on this route"))
 	})
 	r.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
 		a.log.Error("panic", "route", r.URL.Path, "panic", fmt.Sprint(v))
-		writeError(w, newError(http.StatusInternalServerError, codeInternal, "internal error"))
+		writeError(w, core.NewError(http.StatusInternalServerError, core.CodeInternal, "internal error"))
 	}
 	r.HandleOPTIONS = false
 	return a.cors(a.logRequests(r))
@@ -155,12 +156,12 @@ func (a *App) operator(fn handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		if a.adminToken == "" {
 			// No token could pass: say so, rather than ask for one (still 401, as any refused operator call).
-			return newError(http.StatusUnauthorized, codeUnauthorized,
+			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized,
 				"the operator token is not configured on this server: start ATL with ATL_ADMIN_TOKEN set to use operator routes")
 		}
 		token, ok := bearer(r)
 		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(a.adminToken)) != 1 {
-			return newError(http.StatusUnauthorized, codeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
+			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized, "the operator token (ATL_ADMIN_TOKEN) is required")
 		}
 		return fn(w, r, ps)
 	}
@@ -172,22 +173,22 @@ func (a *App) authed(fn authedFunc, roles ...string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		key, ok := bearer(r)
 		if !ok || len(key) > 200 {
-			return errUnauthorized()
+			return core.ErrUnauthorized()
 		}
 		p, err := a.store.Authenticate(r.Context(), key)
 		if err != nil {
 			return err
 		}
-		if ok, wait := a.limiter.allow(p.KeyID); !ok {
-			return &Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
+		if ok, wait := a.limiter.Allow(p.KeyID); !ok {
+			return &core.Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
 				Message: "this key is over its request rate; retry later", RetryAfter: int(math.Ceil(wait.Seconds()))}
 		}
 		err = func() error {
 			if !slices.Contains(roles, p.Role) {
-				return errForbidden()
+				return core.ErrForbidden()
 			}
 			if t := r.URL.Query().Get("tenant_id"); t != "" && t != p.TenantID {
-				return errMismatch()
+				return core.ErrMismatch()
 			}
 			return fn(w, r, ps, p)
 		}()
@@ -217,9 +218,9 @@ func bearer(r *http.Request) (string, bool) {
 // newAudit starts the audit row of a request. Who acted comes from the key:
 // agents are recorded as agent_id, humans as user_id. X-User-ID is kept only
 // as claimed_user_id, a claim that attributes nothing.
-func newAudit(r *http.Request, p Principal, status string, httpStatus int) *AuditLog {
-	a := &AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
-		Status: status, HTTPStatus: httpStatus, started: requestStart(r)}
+func newAudit(r *http.Request, p core.Principal, status string, httpStatus int) *core.AuditLog {
+	a := &core.AuditLog{TraceID: traceID(r, ""), Route: r.Method + " " + routePattern(r), Mode: "dry_run",
+		Status: status, HTTPStatus: httpStatus, Started: requestStart(r)}
 	if p.Role == "agent" {
 		a.AgentID = &p.Subject
 	} else {
@@ -292,23 +293,23 @@ func requestStart(r *http.Request) time.Time {
 
 // decode reads one JSON object of at most maxBodyBytes into v, refusing unknown
 // fields, trailing data, invalid UTF-8 and a tenant_id other than the caller's.
-func decode(r *http.Request, v any, p *Principal) error {
+func decode(r *http.Request, v any, p *core.Principal) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return newError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "send the body as application/json")
+		return core.NewError(http.StatusUnsupportedMediaType, core.CodeUnsupportedMediaType, "send the body as application/json")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return newError(http.StatusRequestEntityTooLarge, codeBodyTooLarge, "the body is over %d bytes", maxBodyBytes)
+			return core.NewError(http.StatusRequestEntityTooLarge, core.CodeBodyTooLarge, "the body is over %d bytes", maxBodyBytes)
 		}
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body could not be read")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body could not be read")
 	}
 	if !utf8.Valid(body) {
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid UTF-8")
 	}
 	if hasEscapedNUL(body) {
-		return newError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
+		return core.NewError(http.StatusBadRequest, "invalid_text", "text contains a character PostgreSQL cannot store (such as \\u0000)")
 	}
 	if e := checkJSON(body); e != nil {
 		return e
@@ -318,7 +319,7 @@ func decode(r *http.Request, v any, p *Principal) error {
 			TenantID *string `json:"tenant_id"`
 		}
 		if json.Unmarshal(body, &probe) == nil && probe.TenantID != nil && *probe.TenantID != p.TenantID {
-			return errMismatch()
+			return core.ErrMismatch()
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -327,7 +328,7 @@ func decode(r *http.Request, v any, p *Principal) error {
 		return jsonError(err)
 	}
 	if dec.More() {
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body holds more than one JSON value")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body holds more than one JSON value")
 	}
 	return nil
 }
@@ -362,7 +363,7 @@ const maxNumberText = 64
 // (case-insensitive parsers, Go's among them, merge those), anywhere in body;
 // and numbers whose text is over maxNumberText characters or whose exponent
 // is over 64. It returns nil for malformed JSON, which the decoder reports.
-func checkJSON(body []byte) *Error {
+func checkJSON(body []byte) *core.Error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	type frame struct {
@@ -402,7 +403,7 @@ func checkJSON(body []byte) *Error {
 		if k, ok := tok.(string); ok && top != nil && top.object && top.expect {
 			folded := strings.ToLower(k)
 			if _, seen := top.keys[folded]; seen {
-				return newError(http.StatusBadRequest, codeDuplicateKey,
+				return core.NewError(http.StatusBadRequest, core.CodeDuplicateKey,
 					"the key %s appears twice in one object (letter case aside); send each key once", path(k))
 			}
 			top.keys[folded] = struct{}{}
@@ -414,7 +415,7 @@ func checkJSON(body []byte) *Error {
 			if top != nil && top.object {
 				where = top.last
 			}
-			return validation("%s: a number of at most %d characters and an exponent of at most 64", path(where), maxNumberText)
+			return core.Validation("%s: a number of at most %d characters and an exponent of at most 64", path(where), maxNumberText)
 		}
 		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
 			stack = stack[:len(stack)-1]
@@ -443,28 +444,28 @@ func smallNumber(n string) bool {
 	return err == nil && exp >= -64 && exp <= 64
 }
 
-func jsonError(err error) *Error {
+func jsonError(err error) *core.Error {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
-			return newError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
+			return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body must be a JSON object")
 		}
 		if strings.HasPrefix(typeErr.Value, "number") {
 			// A number that does not fit the field: a fraction for a whole number, or beyond float64.
 			return numberRangeError(field)
 		}
-		return newError(http.StatusBadRequest, codeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
+		return core.NewError(http.StatusBadRequest, core.CodeValidation, "field %q must be of type %s", field, jsonType(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF):
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid JSON")
 	case errors.Is(err, io.EOF):
-		return newError(http.StatusBadRequest, codeInvalidJSON, "the body is empty")
+		return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is empty")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return newError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
+		return core.NewError(http.StatusBadRequest, "unknown_field", "%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
-	return newError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid JSON")
+	return core.NewError(http.StatusBadRequest, core.CodeInvalidJSON, "the body is not valid JSON")
 }
 
 // numberRange is the accepted range of a numeric body field.
@@ -488,7 +489,7 @@ const maxApprovalTTLSeconds = 2592000
 
 // checkNumber refuses a value outside its field's range; path names the field
 // in the answer (events[3].latency_ms, results.case-1.score).
-func checkNumber(path string, v float64) *Error {
+func checkNumber(path string, v float64) *core.Error {
 	name := path[strings.LastIndexAny(path, ".]")+1:]
 	r, ok := numberRanges[name]
 	if !ok {
@@ -500,16 +501,16 @@ func checkNumber(path string, v float64) *Error {
 	return nil
 }
 
-func numberRangeError(path string) *Error {
+func numberRangeError(path string) *core.Error {
 	name := path[strings.LastIndexAny(path, ".]")+1:]
 	r, ok := numberRanges[name]
 	switch {
 	case !ok:
-		return validation("field %q is out of range", path)
+		return core.Validation("field %q is out of range", path)
 	case r.whole:
-		return validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
+		return core.Validation("%s must be a whole number from %d to %d", path, int64(r.min), int64(r.max))
 	}
-	return validation("%s must be a number from %g to %g", path, r.min, r.max)
+	return core.Validation("%s must be a number from %g to %g", path, r.min, r.max)
 }
 
 func jsonType(kind string) string {
@@ -533,7 +534,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, e *Error) {
+func writeError(w http.ResponseWriter, e *core.Error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
@@ -542,10 +543,6 @@ func writeError(w http.ResponseWriter, e *Error) {
 		body["events"] = e.Events
 	}
 	writeJSON(w, e.Status, map[string]any{"error": body})
-}
-
-func validation(format string, args ...any) *Error {
-	return newError(http.StatusBadRequest, codeValidation, format, args...)
 }
 
 // ---- health
@@ -588,7 +585,7 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 	// The request limits in force (0: off), so a client's test suite can tell what it may expect.
 	limits := map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0, "waiters_per_tenant": 0}
 	if a.limiter != nil {
-		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.rate, int(a.limiter.burst)
+		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.Rate, int(a.limiter.Burst)
 	}
 	if a.waits != nil {
 		limits["waiters_per_tenant"] = a.waits.perTenant
@@ -626,19 +623,19 @@ func (a *App) createTenant(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if err := decode(r, &req, nil); err != nil {
 		return err
 	}
-	if !tenantIDPattern.MatchString(req.ID) {
-		return validation("id must match ^[a-z0-9][a-z0-9_-]{1,62}$")
+	if !core.TenantIDPattern.MatchString(req.ID) {
+		return core.Validation("id must match ^[a-z0-9][a-z0-9_-]{1,62}$")
 	}
 	if req.Name == "" {
 		req.Name = req.ID
 	}
 	if utf8.RuneCountInString(req.Name) > 200 || strings.ContainsRune(req.Name, 0) {
-		return validation("name must be 1 to 200 characters")
+		return core.Validation("name must be 1 to 200 characters")
 	}
 	t, k, err := a.store.CreateTenant(r.Context(), req.ID, req.Name)
 	if err != nil {
 		if e := errorFor(err); e.Code == "already_exists" {
-			return newError(http.StatusConflict, "tenant_exists", "a tenant with this id already exists")
+			return core.NewError(http.StatusConflict, "tenant_exists", "a tenant with this id already exists")
 		}
 		return err
 	}
@@ -659,32 +656,32 @@ const maxKeyAgents = 20
 // validateKeyRequest checks a new key's role, subject and agents.
 func validateKeyRequest(role, subject string, agents []string) error {
 	if !slices.Contains([]string{"agent", "approver", "admin"}, role) {
-		return validation("role must be agent, approver or admin")
+		return core.Validation("role must be agent, approver or admin")
 	}
 	if !subjectPattern.MatchString(subject) {
-		return validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
+		return core.Validation("subject must be 1 to 200 characters of letters, digits and @._:+-")
 	}
 	if agents == nil {
 		return nil
 	}
 	if role != "agent" {
-		return validation("agents may only be listed on an agent key")
+		return core.Validation("agents may only be listed on an agent key")
 	}
 	if len(agents) == 0 || len(agents) > maxKeyAgents {
-		return validation("agents must list 1 to %d agent names", maxKeyAgents)
+		return core.Validation("agents must list 1 to %d agent names", maxKeyAgents)
 	}
 	for i, a := range agents {
 		if !subjectPattern.MatchString(a) {
-			return validation("agents[%d] must be 1 to 200 characters of letters, digits and @._:+-", i)
+			return core.Validation("agents[%d] must be 1 to 200 characters of letters, digits and @._:+-", i)
 		}
 		if slices.Contains(agents[:i], a) {
-			return validation("agents[%d] repeats %s", i, a)
+			return core.Validation("agents[%d] repeats %s", i, a)
 		}
 	}
 	return nil
 }
 
-func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req issueKeyRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -701,22 +698,22 @@ func (a *App) issueKey(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 	return nil
 }
 
-func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	keys, err := a.store.ListKeys(r.Context(), p)
 	if err != nil {
 		return err
 	}
 	if keys == nil {
-		keys = []APIKey{}
+		keys = []core.APIKey{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": keys, "count": len(keys)})
 	return nil
 }
 
-func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	audit := newAudit(r, p, "ok", http.StatusOK)
 	k, err := a.store.RevokeKey(r.Context(), p, strings.ToLower(id), audit)
@@ -735,10 +732,10 @@ type rotateKeyRequest struct {
 // maxRotationOverlap is how long a rotated key may keep working beside its replacement.
 const maxRotationOverlap = 24 * time.Hour
 
-func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
-		return newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	var req rotateKeyRequest
 	if r.ContentLength != 0 {
@@ -748,7 +745,7 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 	}
 	overlap := time.Duration(req.OverlapSeconds) * time.Second
 	if req.OverlapSeconds < 0 || overlap > maxRotationOverlap {
-		return validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
+		return core.Validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
 	}
 	out, err := a.store.RotateKey(r.Context(), p, strings.ToLower(id), overlap, newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -760,21 +757,21 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 
 // ---- audit logs
 
-func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	var f AuditFilter
+	var f core.AuditFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}
 	f.AgentID, f.TraceID, f.Status, f.Mode = q.Get("agent_id"), q.Get("trace_id"), q.Get("status"), q.Get("mode")
 	if f.Status != "" && !slices.Contains([]string{"ok", "pending_approval", "denied", "error"}, f.Status) {
-		return validation("status must be ok, pending_approval, denied or error")
+		return core.Validation("status must be ok, pending_approval, denied or error")
 	}
 	if f.Mode != "" && f.Mode != "dry_run" && f.Mode != "live" {
-		return validation("mode must be dry_run or live")
+		return core.Validation("mode must be dry_run or live")
 	}
 	limit := f.Limit
 	f.Limit++ // one more tells whether there is a next page
@@ -782,7 +779,7 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(l AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
+	writePage(w, rows, limit, func(l core.AuditLog) (time.Time, string) { return l.CreatedAt, l.ID })
 	return nil
 }
 
@@ -791,12 +788,12 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 func parseQuery(r *http.Request) (url.Values, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return nil, validation("the query string is malformed")
+		return nil, core.Validation("the query string is malformed")
 	}
 	for k, vs := range q {
 		for _, v := range vs {
 			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) || len(v) > 1000 {
-				return nil, validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
+				return nil, core.Validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
 			}
 		}
 	}
@@ -804,7 +801,7 @@ func parseQuery(r *http.Request) (url.Values, error) {
 }
 
 // pageParams reads limit (default 50, max 500), cursor, since and until.
-func pageParams(q map[string][]string) (limit int, before *Cursor, since, until *time.Time, err error) {
+func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, until *time.Time, err error) {
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
 			return v[0]
@@ -815,7 +812,7 @@ func pageParams(q map[string][]string) (limit int, before *Cursor, since, until 
 	if s := get("limit"); s != "" {
 		n, convErr := strconv.Atoi(s)
 		if convErr != nil || n < 1 || n > 500 {
-			return 0, nil, nil, nil, newError(http.StatusBadRequest, "invalid_limit", "limit must be a whole number from 1 to 500")
+			return 0, nil, nil, nil, core.NewError(http.StatusBadRequest, "invalid_limit", "limit must be a whole number from 1 to 500")
 		}
 		limit = n
 	}
@@ -831,7 +828,7 @@ func pageParams(q map[string][]string) (limit int, before *Cursor, since, until 
 		if s := get(t.name); s != "" {
 			v, perr := time.Parse(time.RFC3339Nano, s)
 			if perr != nil {
-				return 0, nil, nil, nil, validation("%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.name)
+				return 0, nil, nil, nil, core.Validation("%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.name)
 			}
 			*t.dst = &v
 		}
@@ -872,8 +869,8 @@ func encodeCursor(at time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
 }
 
-func decodeCursor(s string) (*Cursor, error) {
-	bad := newError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
+func decodeCursor(s string) (*core.Cursor, error) {
+	bad := core.NewError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
 	raw, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
 		return nil, bad
@@ -886,7 +883,7 @@ func decodeCursor(s string) (*Cursor, error) {
 	if err != nil {
 		return nil, bad
 	}
-	return &Cursor{CreatedAt: t, ID: id}, nil
+	return &core.Cursor{CreatedAt: t, ID: id}, nil
 }
 
 // ---- events
@@ -918,7 +915,7 @@ type reportEventsRequest struct {
 
 const maxEventsPerRequest = 1000
 
-func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req reportEventsRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -927,14 +924,14 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if inputs == nil {
 		inputs = []eventInput{req.eventInput}
 	} else if req.ToolName != "" || req.Status != "" {
-		return validation("send either one event or {\"events\": [...]}, not both")
+		return core.Validation("send either one event or {\"events\": [...]}, not both")
 	}
 	if len(inputs) == 0 || len(inputs) > maxEventsPerRequest {
-		return validation("events must hold 1 to %d events", maxEventsPerRequest)
+		return core.Validation("events must hold 1 to %d events", maxEventsPerRequest)
 	}
 	trace := traceID(r, "")
-	events := make([]Event, len(inputs))
-	var bad []EventError
+	events := make([]core.Event, len(inputs))
+	var bad []core.EventError
 	for i, in := range inputs {
 		e, err := in.toEvent(p, trace)
 		switch {
@@ -944,14 +941,14 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 			return err
 		case err.Status != http.StatusBadRequest:
 			// A forbidden event (another tenant's id) refuses the whole request as it is.
-			return err.withPrefix(fmt.Sprintf("events[%d]: ", i))
+			return err.WithPrefix(fmt.Sprintf("events[%d]: ", i))
 		default:
-			bad = append(bad, EventError{Index: i, Code: err.Code, Message: err.Message})
+			bad = append(bad, core.EventError{Index: i, Code: err.Code, Message: err.Message})
 		}
 	}
 	if bad != nil {
 		// All or nothing: a client resends the corrected batch without wondering what was kept.
-		return &Error{Status: http.StatusBadRequest, Code: codeInvalidEvents, Events: bad,
+		return &core.Error{Status: http.StatusBadRequest, Code: core.CodeInvalidEvents, Events: bad,
 			Message: fmt.Sprintf("%d of %d events are invalid (see events); none was stored", len(bad), len(inputs))}
 	}
 	audit := newAudit(r, p, "ok", http.StatusCreated)
@@ -967,14 +964,14 @@ func (a *App) reportEvents(w http.ResponseWriter, r *http.Request, _ httprouter.
 	return nil
 }
 
-func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
+func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.Error) {
 	if in.TenantID != nil && *in.TenantID != p.TenantID {
-		return Event{}, errMismatch()
+		return core.Event{}, core.ErrMismatch()
 	}
 	if in.Agent != "" && !p.MayActAs(in.Agent) {
-		return Event{}, agentMismatch(in.Agent)
+		return core.Event{}, agentMismatch(in.Agent)
 	}
-	e := Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
+	e := core.Event{Domain: in.Domain, WorkflowName: in.WorkflowName, Agent: in.Agent, TrustLevel: in.TrustLevel,
 		Stage: in.Stage, ToolName: in.ToolName, ToolArgs: in.ToolArgs, ToolResult: in.ToolResult, Status: in.Status,
 		ApprovalRequestID: in.ApprovalRequestID, SandboxID: in.SandboxID, TraceID: in.TraceID, Mode: in.Mode,
 		LatencyMS: in.LatencyMS, Error: in.Error}
@@ -986,48 +983,48 @@ func (in eventInput) toEvent(p Principal, trace string) (Event, *Error) {
 	}
 	switch {
 	case !toolNamePattern.MatchString(e.ToolName):
-		return e, validation("tool_name is required: 1 to 128 characters of letters, digits and _.:-")
+		return e, core.Validation("tool_name is required: 1 to 128 characters of letters, digits and _.:-")
 	case !statusPattern.MatchString(e.Status):
-		return e, validation("status is required: lower-case letters and _, up to 32")
+		return e, core.Validation("status is required: lower-case letters and _, up to 32")
 	case e.Domain != "" && !domainPattern.MatchString(e.Domain):
-		return e, validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+		return e, core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
 	case e.TrustLevel != "" && !slices.Contains(trustLevels, e.TrustLevel):
-		return e, validation("trust_level must be one of L0, L1, L2, L3, L4")
+		return e, core.Validation("trust_level must be one of L0, L1, L2, L3, L4")
 	case e.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, e.Stage):
-		return e, validation("stage must be plan, execute, review or commit")
+		return e, core.Validation("stage must be plan, execute, review or commit")
 	case e.Mode != "" && e.Mode != "dry_run" && e.Mode != "live":
-		return e, validation("mode must be dry_run or live")
+		return e, core.Validation("mode must be dry_run or live")
 	case !traceIDPattern.MatchString(e.TraceID):
-		return e, validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+		return e, core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case utf8.RuneCountInString(e.Agent) > 200 || strings.ContainsRune(e.Agent, 0):
-		return e, validation("agent must be at most 200 characters")
+		return e, core.Validation("agent must be at most 200 characters")
 	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
-		return e, validation("approval_request_id must be a UUID")
+		return e, core.Validation("approval_request_id must be a UUID")
 	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
 		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
 	case e.SandboxID != nil && utf8.RuneCountInString(*e.SandboxID) > 200:
-		return e, validation("sandbox_id must be at most 200 characters")
+		return e, core.Validation("sandbox_id must be at most 200 characters")
 	case e.WorkflowName != nil && utf8.RuneCountInString(*e.WorkflowName) > 200:
-		return e, validation("workflow_name must be at most 200 characters")
+		return e, core.Validation("workflow_name must be at most 200 characters")
 	}
 	if len(e.ToolArgs) > 0 && string(e.ToolArgs) != "null" && e.ToolArgs[0] != '{' {
-		return e, validation("tool_args must be an object")
+		return e, core.Validation("tool_args must be an object")
 	}
 	return e, nil
 }
 
-func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	var f EventFilter
+	var f core.EventFilter
 	if f.Limit, f.Before, f.Since, f.Until, err = pageParams(q); err != nil {
 		return err
 	}
 	f.Agent, f.TraceID, f.Status, f.ToolName = q.Get("agent"), q.Get("trace_id"), q.Get("status"), q.Get("tool_name")
 	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !uuidPattern.MatchString(f.ApprovalRequestID) {
-		return validation("approval_request_id must be a UUID")
+		return core.Validation("approval_request_id must be a UUID")
 	}
 	limit := f.Limit
 	f.Limit++
@@ -1035,7 +1032,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, func(e Event) (time.Time, string) { return e.CreatedAt, e.ID })
+	writePage(w, rows, limit, func(e core.Event) (time.Time, string) { return e.CreatedAt, e.ID })
 	return nil
 }
 
@@ -1099,26 +1096,26 @@ type policyRequest struct {
 	EndpointURL         *string `json:"endpoint_url"`
 }
 
-func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) putPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req policyRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
-	in := PolicyInput{ToolName: ps.ByName("tool"), TrustLevel: req.TrustLevel, AutoApproveEligible: req.AutoApproveEligible,
+	in := core.PolicyInput{ToolName: ps.ByName("tool"), TrustLevel: req.TrustLevel, AutoApproveEligible: req.AutoApproveEligible,
 		ApprovalTTLSeconds: req.ApprovalTTLSeconds, RequiredApprovals: req.RequiredApprovals, EndpointURL: req.EndpointURL}
 	switch {
 	case !toolNamePattern.MatchString(in.ToolName):
-		return validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
+		return core.Validation("the tool name must be 1 to 128 characters of letters, digits and _.:-")
 	case !slices.Contains(trustLevels, in.TrustLevel):
-		return validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
+		return core.Validation("trust_level is required and must be one of L0, L1, L2, L3, L4")
 	case in.ApprovalTTLSeconds != nil && checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds)) != nil:
 		return checkNumber("approval_ttl_seconds", float64(*in.ApprovalTTLSeconds))
 	case in.RequiredApprovals != nil && checkNumber("required_approvals", float64(*in.RequiredApprovals)) != nil:
 		return checkNumber("required_approvals", float64(*in.RequiredApprovals))
 	case in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible:
-		return validation("an L4 tool can never be auto-approved")
+		return core.Validation("an L4 tool can never be auto-approved")
 	case in.EndpointURL != nil && !validEndpoint(*in.EndpointURL):
-		return validation("endpoint_url must be an absolute http or https URL")
+		return core.Validation("endpoint_url must be an absolute http or https URL")
 	}
 	out, err := a.store.PutPolicy(r.Context(), p, in, newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
@@ -1133,7 +1130,7 @@ func validEndpoint(s string) bool {
 	return err == nil && len(s) <= 2000 && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil
 }
 
-func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	out, err := a.store.GetPolicy(r.Context(), p, ps.ByName("tool"))
 	if err != nil {
 		return err
@@ -1142,7 +1139,7 @@ func (a *App) getPolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 	return nil
 }
 
-func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.ListPolicies(r.Context(), p)
 	if err != nil {
 		return err
@@ -1151,7 +1148,7 @@ func (a *App) listPolicies(w http.ResponseWriter, r *http.Request, _ httprouter.
 	return nil
 }
 
-func (a *App) deletePolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) deletePolicy(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	out, err := a.store.DeletePolicy(r.Context(), p, ps.ByName("tool"), newAudit(r, p, "ok", http.StatusOK))
 	if err != nil {
 		return err
@@ -1168,20 +1165,20 @@ type tenantSettingsRequest struct {
 	AdminsDecideL4 bool `json:"admins_decide_l4"`
 }
 
-func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req tenantSettingsRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
 	if !slices.Contains(trustLevels, req.DefaultTrustLevel) {
-		return validation("default_trust_level is required and must be one of L0, L1, L2, L3, L4")
+		return core.Validation("default_trust_level is required and must be one of L0, L1, L2, L3, L4")
 	}
 	if req.AllowedDomains != nil && (len(req.AllowedDomains) == 0 || len(req.AllowedDomains) > 100) {
-		return validation("allowed_domains must hold 1 to 100 domains, or be null to accept any")
+		return core.Validation("allowed_domains must hold 1 to 100 domains, or be null to accept any")
 	}
 	for _, d := range req.AllowedDomains {
 		if !domainPattern.MatchString(d) {
-			return validation("allowed_domains: %q must match ^[a-z0-9][a-z0-9_.-]{0,62}$", d)
+			return core.Validation("allowed_domains: %q must match ^[a-z0-9][a-z0-9_.-]{0,62}$", d)
 		}
 	}
 	out, err := a.store.PutTenantSettings(r.Context(), p, req.toSettings(), newAudit(r, p, "ok", http.StatusOK))
@@ -1192,8 +1189,8 @@ func (a *App) putTenantSettings(w http.ResponseWriter, r *http.Request, _ httpro
 	return nil
 }
 
-func (req tenantSettingsRequest) toSettings() TenantSettings {
-	return TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains,
+func (req tenantSettingsRequest) toSettings() core.TenantSettings {
+	return core.TenantSettings{DefaultTrustLevel: req.DefaultTrustLevel, AllowedDomains: req.AllowedDomains,
 		AdminsDecideL4: req.AdminsDecideL4}
 }
 
@@ -1225,7 +1222,7 @@ type executeRequest struct {
 
 var idempotencyKeyPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,200}$`)
 
-func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req executeRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
@@ -1234,34 +1231,34 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	args := bytes.TrimSpace(req.Args)
 	switch {
 	case !subjectPattern.MatchString(agent):
-		return validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
+		return core.Validation("agent_id must be 1 to 200 characters of letters, digits and @._:+-")
 	case req.Agent != "" && req.Agent != agent:
-		return validation("agent in the body differs from the agent_id in the path")
+		return core.Validation("agent in the body differs from the agent_id in the path")
 	case !p.MayActAs(agent):
 		return agentMismatch(agent)
 	case !toolNamePattern.MatchString(req.Tool):
-		return validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
+		return core.Validation("tool is required: 1 to 128 characters of letters, digits and _.:-")
 	case len(args) > 0 && string(args) != "null" && args[0] != '{':
-		return validation("args must be a JSON object")
+		return core.Validation("args must be a JSON object")
 	case req.Mode != "" && req.Mode != "dry_run" && req.Mode != "live":
-		return validation("mode must be dry_run or live")
+		return core.Validation("mode must be dry_run or live")
 	case req.TrustLevel != "" && !slices.Contains(trustLevels, req.TrustLevel):
-		return validation("trust_level must be one of L0, L1, L2, L3, L4")
+		return core.Validation("trust_level must be one of L0, L1, L2, L3, L4")
 	case req.Stage != "" && !slices.Contains([]string{"plan", "execute", "review", "commit"}, req.Stage):
-		return validation("stage must be plan, execute, review or commit")
+		return core.Validation("stage must be plan, execute, review or commit")
 	case req.TraceID != "" && !traceIDPattern.MatchString(req.TraceID):
-		return validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
+		return core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
-		return validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
+		return core.Validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
 	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
-		return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+		return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
-		return validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
+		return core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
 	case utf8.RuneCountInString(req.Workflow) > 200:
-		return validation("workflow must be at most 200 characters")
+		return core.Validation("workflow must be at most 200 characters")
 	}
 	audit := newAudit(r, p, "", 0)
-	in := ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
+	in := core.ExecuteInput{AgentID: agent, Tool: req.Tool, Args: args, Workflow: req.Workflow, Stage: req.Stage,
 		TraceID: traceID(r, req.TraceID), Mode: req.Mode, IdempotencyKey: req.IdempotencyKey,
 		ApprovalRequestID: strings.ToLower(req.ApprovalRequestID), TrustLevel: req.TrustLevel, Domain: req.Domain,
 		Route: audit.Route, LiveEnabled: a.live, Started: requestStart(r)}
@@ -1280,7 +1277,7 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		// The dispatched event is committed before the call: a crash now leaves its trace.
 		// What runs is what was approved: the canonical text SQL stored, never the raw body.
 		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
-		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, OutcomeInput{EventID: res.Live.EventID,
+		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, core.OutcomeInput{EventID: res.Live.EventID,
 			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
 			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
 		if err != nil {
@@ -1295,14 +1292,14 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 }
 
 // agentMismatch refuses an agent name the key may not act as.
-func agentMismatch(agent string) *Error {
-	return newError(http.StatusForbidden, codeAgentMismatch,
+func agentMismatch(agent string) *core.Error {
+	return core.NewError(http.StatusForbidden, core.CodeAgentMismatch,
 		"this key may not act as agent %s: only as its own subject or the agents listed on it", agent)
 }
 
 // ---- approvals
 
-func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
@@ -1313,7 +1310,7 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	}
 	status := strings.ToUpper(q.Get("status"))
 	if status != "" && !slices.Contains([]string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}, status) {
-		return validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
+		return core.Validation("status must be PENDING, APPROVED, REJECTED or EXPIRED")
 	}
 	rows, err := a.store.ListApprovals(r.Context(), p, status, before, limit+1)
 	if err != nil {
@@ -1323,8 +1320,8 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	return nil
 }
 
-func errApprovalNotFound() *Error {
-	return newError(http.StatusNotFound, "approval_not_found", "approval request not found")
+func errApprovalNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 }
 
 type decisionRequest struct {
@@ -1333,7 +1330,7 @@ type decisionRequest struct {
 	Reason   *string `json:"reason"`
 }
 
-func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errApprovalNotFound()
@@ -1343,10 +1340,10 @@ func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprout
 		return err
 	}
 	if req.Decision != "APPROVE" && req.Decision != "REJECT" {
-		return validation("decision must be APPROVE or REJECT")
+		return core.Validation("decision must be APPROVE or REJECT")
 	}
 	if req.Reason != nil && utf8.RuneCountInString(*req.Reason) > 2000 {
-		return validation("reason must be at most 2000 characters")
+		return core.Validation("reason must be at most 2000 characters")
 	}
 	out, err := a.store.DecideApproval(r.Context(), p, strings.ToLower(id), req.Decision, req.Reason,
 		newAudit(r, p, "ok", http.StatusCreated))
@@ -1361,13 +1358,13 @@ func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprout
 func (a *App) approvalsPost(expire handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 		if ps.ByName("id") != "expire" {
-			return newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route")
+			return core.NewError(http.StatusMethodNotAllowed, core.CodeMethodNotAllowed, "method not allowed on this route")
 		}
 		return expire(w, r, ps)
 	}
 }
 
-func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) expireApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	// The body is optional; when sent it may only name the caller's own tenant.
 	if r.ContentLength != 0 {
 		var req struct {
@@ -1401,24 +1398,24 @@ func validName(s string) bool {
 	return n >= 1 && n <= 200
 }
 
-func errRunNotFound() *Error {
-	return newError(http.StatusNotFound, "run_not_found", "eval run not found")
+func errRunNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "run_not_found", "eval run not found")
 }
 
-func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	var req startEvalRunRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
 	switch {
 	case !validName(req.SuiteName) || !validName(req.ModelID) || !validName(req.Provider):
-		return validation("suite_name, model_id and provider are required, 1 to 200 characters each")
+		return core.Validation("suite_name, model_id and provider are required, 1 to 200 characters each")
 	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
 		return checkNumber("drift_threshold", *req.DriftThreshold)
 	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
-		return newError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
+		return core.NewError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
-	out, err := a.store.StartEvalRun(r.Context(), p, EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
+	out, err := a.store.StartEvalRun(r.Context(), p, core.EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
 		Provider: req.Provider, BaselineRunID: strings.ToLower(req.BaselineRunID), DriftThreshold: req.DriftThreshold},
 		newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -1435,7 +1432,7 @@ type completeEvalRunRequest struct {
 	Error    string          `json:"error"`
 }
 
-func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errRunNotFound()
@@ -1447,11 +1444,11 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 	results := bytes.TrimSpace(req.Results)
 	switch {
 	case req.Status != "" && req.Status != "error":
-		return validation("status may only be error; passed or failed is decided by drift")
+		return core.Validation("status may only be error; passed or failed is decided by drift")
 	case req.Status == "" && (len(results) == 0 || results[0] != '{'):
-		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+		return core.Validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
 	case utf8.RuneCountInString(req.Error) > 2000:
-		return validation("error must be at most 2000 characters")
+		return core.Validation("error must be at most 2000 characters")
 	}
 	if req.Status == "" {
 		if err := checkScores(results); err != nil {
@@ -1472,7 +1469,7 @@ func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprou
 func checkScores(results json.RawMessage) error {
 	var cases map[string]json.RawMessage
 	if json.Unmarshal(results, &cases) != nil {
-		return validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
+		return core.Validation(`results must be an object of {"case_id": {"passed": bool, "score": 0..1}}`)
 	}
 	for id, raw := range cases {
 		var c map[string]json.RawMessage
@@ -1494,7 +1491,7 @@ func checkScores(results json.RawMessage) error {
 	return nil
 }
 
-func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errRunNotFound()
@@ -1507,17 +1504,17 @@ func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.P
 	return nil
 }
 
-func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	q, err := parseQuery(r)
 	if err != nil {
 		return err
 	}
-	f := EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
+	f := core.EvalFilter{SuiteName: q.Get("suite_name"), ModelID: q.Get("model_id"), Provider: q.Get("provider"), Status: q.Get("status")}
 	if f.Limit, f.Before, _, _, err = pageParams(q); err != nil {
 		return err
 	}
 	if f.Status != "" && !slices.Contains([]string{"running", "passed", "failed", "error"}, f.Status) {
-		return validation("status must be running, passed, failed or error")
+		return core.Validation("status must be running, passed, failed or error")
 	}
 	limit := f.Limit
 	f.Limit++
@@ -1534,14 +1531,14 @@ type pinBaselineRequest struct {
 	RunID    string  `json:"run_id"`
 }
 
-func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	var req pinBaselineRequest
 	if err := decode(r, &req, &p); err != nil {
 		return err
 	}
 	suite := ps.ByName("suite")
 	if !validName(suite) {
-		return validation("the suite name must be 1 to 200 characters")
+		return core.Validation("the suite name must be 1 to 200 characters")
 	}
 	if !uuidPattern.MatchString(req.RunID) {
 		return errRunNotFound()
@@ -1556,7 +1553,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 
 // ---- the hash chain
 
-func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.VerifyAudit(r.Context(), p)
 	if err != nil {
 		return err
@@ -1565,7 +1562,7 @@ func (a *App) verifyAudit(w http.ResponseWriter, r *http.Request, _ httprouter.P
 	return nil
 }
 
-func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	out, err := a.store.AuditHead(r.Context(), p)
 	if err != nil {
 		return err

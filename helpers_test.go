@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -22,7 +24,7 @@ const testOperatorToken = "test-operator-token"
 type testEnv struct {
 	t     testing.TB
 	srv   *httptest.Server
-	store Store
+	store core.Store
 	dbURL string // empty in JSONL mode
 	dir   string // JSONL directory
 
@@ -54,7 +56,7 @@ func setup(t testing.TB, kind string, opts ...func(*testEnv)) *testEnv {
 		env.store, env.dbURL = NewPGStore(pool), url
 	case "jsonl":
 		env.dir = t.TempDir()
-		s, err := OpenJSONLStore(env.dir, testLogger())
+		s, err := jsonl.Open(env.dir, testLogger())
 		require.NoError(t, err)
 		t.Cleanup(s.Close)
 		env.store = s

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/stretchr/testify/require"
 )
 
@@ -63,7 +63,7 @@ func TestHostileInput(t *testing.T) {
 			for _, rt := range writeRoutes {
 				for name, body := range hostileBodies() {
 					r := env.do(rt.method, rt.path, keys[rt.role], body)
-					if kind == "jsonl" && r.Status == http.StatusServiceUnavailable && r.code() == codeRequiresDatabase {
+					if kind == "jsonl" && r.Status == http.StatusServiceUnavailable && r.code() == core.CodeRequiresDatabase {
 						continue // the route needs PostgreSQL; the JSONL answer is already the right one
 					}
 					require.True(t, r.Status >= 400 && r.Status < 500, "%s %s, %s: %d %s", rt.method, rt.path, name, r.Status, r.Raw)
@@ -146,13 +146,13 @@ func TestHostileNumbers(t *testing.T) {
 				for _, v := range values {
 					r := env.do(f.method, f.path, keys[f.role], f.body(v))
 					msg := r.Body["error"].(map[string]any)["message"]
-					if r.code() == codeInvalidEvents { // a batch says which event, and why
-						requireError(t, r, http.StatusBadRequest, codeInvalidEvents)
+					if r.code() == core.CodeInvalidEvents { // a batch says which event, and why
+						requireError(t, r, http.StatusBadRequest, core.CodeInvalidEvents)
 						bad := r.Body["error"].(map[string]any)["events"].([]any)[0].(map[string]any)
-						require.Equal(t, codeValidation, bad["code"], r.Raw)
+						require.Equal(t, core.CodeValidation, bad["code"], r.Raw)
 						msg = bad["message"]
 					} else {
-						requireError(t, r, http.StatusBadRequest, codeValidation)
+						requireError(t, r, http.StatusBadRequest, core.CodeValidation)
 					}
 					require.Contains(t, msg, f.field, "%s %s = %s: %s", f.path, f.field, v, r.Raw)
 				}
@@ -179,7 +179,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, v := range []any{&executeRequest{}, &reportEventsRequest{}, &policyRequest{}, &completeEvalRunRequest{}} {
 			r := httptest.NewRequest("POST", "/", strings.NewReader(string(body)))
-			p := Principal{TenantID: "acme"}
+			p := core.Principal{TenantID: "acme"}
 			if err := decode(r, v, &p); err != nil {
 				e := errorFor(err)
 				if e.Status < 400 || e.Status >= 500 {
@@ -190,70 +190,6 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzJSONLLoad: no file content makes loading fail or panic; lines that do
-// not parse are skipped; a tenant trail of any content verifies without error.
-func FuzzJSONLLoad(f *testing.F) {
-	tenant, _ := json.Marshal(jsonlRecord{Type: "tenant", Tenant: &Tenant{ID: "acme", Name: "Acme", DefaultTrustLevel: "L3"}})
-	f.Add(append(tenant, '\n'))
-	f.Add([]byte("{\"type\":\"tenant\",\"tenant\":{\"id\":\"../../x\"}}\n{\"type\":\"key\"}\nnot json\n{\"type\":"))
-	f.Add([]byte("\n\n\x00\xff{}\n"))
-	f.Add(chainedTrail(f))
-	f.Fuzz(func(t *testing.T, content []byte) {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "tenants.jsonl"), append(append(tenant, '\n'), content...), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Join(dir, "tenants", "acme"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "tenants", "acme", "trail.jsonl"), content, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		s, err := OpenJSONLStore(dir, testLogger())
-		if err != nil {
-			t.Fatalf("load failed on %q: %v", content, err)
-		}
-		defer s.Close()
-		for id := range s.tenants {
-			if !tenantIDPattern.MatchString(id) {
-				t.Fatalf("loaded an invalid tenant id %q", id)
-			}
-		}
-		p := Principal{TenantID: "acme"}
-		if _, err := s.VerifyAudit(context.Background(), p); err != nil {
-			t.Fatalf("verify failed on %q: %v", content, err)
-		}
-		if _, err := s.AuditHead(context.Background(), p); err != nil {
-			t.Fatalf("head failed on %q: %v", content, err)
-		}
-	})
-}
-
-// chainedTrail is a real tenant trail with chained audit and event lines, as a fuzz seed.
-func chainedTrail(f *testing.F) []byte {
-	dir := f.TempDir()
-	s, err := OpenJSONLStore(dir, testLogger())
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx := context.Background()
-	if _, _, err := s.CreateTenant(ctx, "acme", "Acme"); err != nil {
-		f.Fatal(err)
-	}
-	p := Principal{TenantID: "acme", Role: "agent", Subject: "bot"}
-	args := json.RawMessage(`{"q":"x"}`)
-	if _, err := s.InsertEvents(ctx, p, []Event{{Agent: "bot", ToolName: "t", Status: "ok", TraceID: "t1", ToolArgs: args}},
-		&AuditLog{TraceID: "t1", Route: "POST /api/v1/events", Status: "ok", HTTPStatus: 201}); err != nil {
-		f.Fatal(err)
-	}
-	s.Close()
-	b, err := os.ReadFile(filepath.Join(dir, "tenants", "acme", "trail.jsonl"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	return b
-}
-
 func TestRateLimitPerKey(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
@@ -261,8 +197,8 @@ func TestRateLimitPerKey(t *testing.T) {
 	noisy, quiet := env.key(admin, "agent", "noisy"), env.key(admin, "agent", "quiet")
 	// The limit is switched on after set-up; the clock stands still so no token refills.
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	limiter := newRateLimiter(1, 2)
-	limiter.now = func() time.Time { return at }
+	limiter := limits.NewRateLimiter(1, 2)
+	limiter.Now = func() time.Time { return at }
 	env.srv.Close()
 	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test", limiter: limiter}
 	env.srv = httptest.NewServer(app.routes())

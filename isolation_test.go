@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -61,13 +62,13 @@ func TestIsolationHTTP(t *testing.T) {
 			for _, rt := range tenantRoutes(kind) {
 				// A forged tenant_id in the query or the body is refused.
 				r := env.do(rt.method, rt.path+"?tenant_id=beta", acme[rt.role], rt.body)
-				requireError(t, r, http.StatusForbidden, codeTenantMismatch)
+				requireError(t, r, http.StatusForbidden, core.CodeTenantMismatch)
 				if rt.body != nil {
 					forged := map[string]any{"tenant_id": "beta"}
 					for k, v := range rt.body {
 						forged[k] = v
 					}
-					requireError(t, env.do(rt.method, rt.path, acme[rt.role], forged), http.StatusForbidden, codeTenantMismatch)
+					requireError(t, env.do(rt.method, rt.path, acme[rt.role], forged), http.StatusForbidden, core.CodeTenantMismatch)
 					// Naming one's own tenant is allowed.
 					forged["tenant_id"] = "acme"
 					r := env.do(rt.method, rt.path, acme[rt.role], forged)

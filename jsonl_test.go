@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/stretchr/testify/require"
 )
 
@@ -20,7 +22,7 @@ func (e *testEnv) reopen() {
 	e.t.Helper()
 	e.srv.Close()
 	e.store.Close()
-	s, err := OpenJSONLStore(e.dir, testLogger())
+	s, err := jsonl.Open(e.dir, testLogger())
 	require.NoError(e.t, err)
 	e.t.Cleanup(s.Close)
 	e.store = s
@@ -42,7 +44,7 @@ func TestJSONLRestartKeepsEverything(t *testing.T) {
 	env.reopen()
 
 	require.Equal(t, http.StatusOK, env.do("GET", "/api/v1/keys", admin, nil).Status, "keys survive a restart")
-	requireError(t, env.do("GET", "/api/v1/events", revoked.str("api_key"), nil), http.StatusUnauthorized, codeUnauthorized)
+	requireError(t, env.do("GET", "/api/v1/events", revoked.str("api_key"), nil), http.StatusUnauthorized, core.CodeUnauthorized)
 	after := env.do("GET", "/api/v1/events", agent, nil)
 	require.Equal(t, before.Raw, after.Raw, "events come back in the same order")
 	require.Equal(t, logsBefore.Raw, env.do("GET", "/api/v1/audit/logs", admin, nil).Raw)
@@ -87,7 +89,7 @@ func TestJSONLNeedsDatabaseRoutes(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
 	_, err := env.store.PingDB(context.Background())
-	require.ErrorIs(t, err, errNeedsDB())
+	require.ErrorIs(t, err, core.ErrNeedsDB())
 	r := env.do("GET", "/api/v1/health/db", "", nil)
 	require.Equal(t, http.StatusServiceUnavailable, r.Status)
 	require.Contains(t, r.Raw, "DATABASE_URL")
@@ -112,7 +114,7 @@ func TestJSONLFilesArePrivate(t *testing.T) {
 func TestJSONLDirectoryIsLocked(t *testing.T) {
 	t.Parallel()
 	env := setup(t, "jsonl")
-	_, err := OpenJSONLStore(env.dir, testLogger())
+	_, err := jsonl.Open(env.dir, testLogger())
 	require.Error(t, err)
 	require.Contains(t, err.Error(), env.dir)
 	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", os.Getpid()))
@@ -120,7 +122,7 @@ func TestJSONLDirectoryIsLocked(t *testing.T) {
 
 	// Closing lets the next store in, and the failed open did not release the lock.
 	env.reopen()
-	_, err = OpenJSONLStore(env.dir, testLogger())
+	_, err = jsonl.Open(env.dir, testLogger())
 	require.Error(t, err, "still held by the reopened store")
 }
 
@@ -166,7 +168,7 @@ func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
 		{"tool": "search", "trust_level": "L3"}, // the agent's floor
 	} {
 		r := env.execute(agent, "bot", call)
-		requireError(t, r, http.StatusServiceUnavailable, codeRequiresDatabase)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 		msg := r.Body["error"].(map[string]any)["message"].(string)
 		require.True(t, strings.HasPrefix(msg, "L3 and L4 calls need PostgreSQL"), msg)
 		require.Contains(t, msg, "set DATABASE_URL")
@@ -178,7 +180,7 @@ func TestJSONLRefusesL3AndL4Audited(t *testing.T) {
 	for _, l := range logs.items() {
 		require.Equal(t, "bot", l["agent_id"])
 		require.EqualValues(t, http.StatusServiceUnavailable, l["http_status"])
-		require.Equal(t, codeRequiresDatabase, l["error"])
+		require.Equal(t, core.CodeRequiresDatabase, l["error"])
 		require.Equal(t, "POST /api/v1/agents/bot/execute", l["route"])
 	}
 	events := env.do("GET", "/api/v1/events?status=refused", admin, nil)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/julienschmidt/httprouter"
 )
@@ -65,7 +66,7 @@ func (h *approvalHub) add(k waitKey) (chan struct{}, error) {
 		return nil, errHubClosed
 	}
 	if h.perTenant > 0 && h.byTenant[k.tenant] >= h.perTenant {
-		return nil, errTooManyWaits()
+		return nil, core.ErrTooManyWaits()
 	}
 	if !h.started {
 		h.started = true
@@ -188,7 +189,7 @@ func parseWait(r *http.Request) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 0 || d > maxApprovalWait {
-		return 0, newError(http.StatusBadRequest, codeValidation, "wait must be a duration from 0s to %s, such as 30s", maxApprovalWait)
+		return 0, core.NewError(http.StatusBadRequest, core.CodeValidation, "wait must be a duration from 0s to %s, such as 30s", maxApprovalWait)
 	}
 	return d, nil
 }
@@ -202,7 +203,7 @@ func isPending(raw json.RawMessage) bool {
 }
 
 // getApproval answers one approval request, waiting for a decision when asked.
-func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
 	if !uuidPattern.MatchString(id) {
 		return errApprovalNotFound()
@@ -221,7 +222,7 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return err
 	}
 	if a.waits == nil {
-		return errNeedsDB()
+		return core.ErrNeedsDB()
 	}
 	k := waitKey{tenant: p.TenantID, id: id}
 	deadline := time.Now().Add(wait)

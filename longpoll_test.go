@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -117,7 +118,7 @@ func TestApprovalWait(t *testing.T) {
 		r := waitGet(env, g.agent, id, "30s", 5*time.Second)
 		require.NoError(t, r.err)
 		require.Equal(t, http.StatusTooManyRequests, r.status)
-		require.Equal(t, codeTooManyWaits, r.body["error"].(map[string]any)["code"])
+		require.Equal(t, core.CodeTooManyWaits, r.body["error"].(map[string]any)["code"])
 		// Another tenant is not affected.
 		r = waitGet(env, other.agent, hold(other.agent), "100ms", 5*time.Second)
 		require.NoError(t, r.err)
@@ -141,7 +142,7 @@ func TestApprovalWait(t *testing.T) {
 	t.Run("bad waits are refused", func(t *testing.T) {
 		id := hold(g.agent)
 		for _, w := range []string{"soon", "-1s", "2m"} {
-			requireError(t, env.do("GET", "/api/v1/approvals/"+id+"?wait="+w, g.agent, nil), http.StatusBadRequest, codeValidation)
+			requireError(t, env.do("GET", "/api/v1/approvals/"+id+"?wait="+w, g.agent, nil), http.StatusBadRequest, core.CodeValidation)
 		}
 	})
 

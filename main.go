@@ -18,6 +18,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
+	"github.com/asi-labs/atl/internal/jsonl"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
@@ -102,22 +107,22 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.TenantWait, err = envDuration(getenv, "ATL_TENANT_QUEUE_WAIT", defaultTenantWait); err != nil {
 		return c, err
 	}
-	c.GroupWindow = defaultGroupWindow
+	c.GroupWindow = groupcommit.DefaultWindow
 	if v := getenv("ATL_GROUP_COMMIT_WINDOW"); v == "off" {
 		c.GroupWindow = -1
-	} else if c.GroupWindow, err = envDuration(getenv, "ATL_GROUP_COMMIT_WINDOW", defaultGroupWindow); err != nil {
+	} else if c.GroupWindow, err = envDuration(getenv, "ATL_GROUP_COMMIT_WINDOW", groupcommit.DefaultWindow); err != nil {
 		return c, err
 	}
-	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", defaultGroupMaxRows); err != nil {
+	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", groupcommit.DefaultMaxRows); err != nil {
 		return c, err
 	}
-	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", defaultGroupWorkers); err != nil {
+	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
 		return c, err
 	}
 	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {
 		return c, err
 	}
-	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", defaultAuthCacheTTL); err != nil {
+	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", authcache.DefaultTTL); err != nil {
 		return c, err
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
@@ -220,10 +225,10 @@ func healthcheck(port string) int {
 }
 
 // openStore picks PostgreSQL when DATABASE_URL is set, else the JSONL files.
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (core.Store, error) {
 	if cfg.DatabaseURL == "" {
 		log.Info("no DATABASE_URL: storing in JSONL files", "dir", cfg.DataDir)
-		return OpenJSONLStore(cfg.DataDir, log)
+		return jsonl.Open(cfg.DataDir, log)
 	}
 	if cfg.Migrate {
 		if err := migrateWithRetry(ctx, cfg, log); err != nil {
@@ -257,7 +262,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		origins[o] = true
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
-		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
 	if pg, ok := store.(*PGStore); ok {
 		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)

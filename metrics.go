@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/julienschmidt/httprouter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -22,7 +23,7 @@ type metrics struct {
 	rows     *prometheus.CounterVec
 }
 
-func newMetrics(store Store) *metrics {
+func newMetrics(store core.Store) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atl_http_requests_total",
@@ -38,7 +39,7 @@ func newMetrics(store Store) *metrics {
 	if pg, ok := store.(*PGStore); ok {
 		m.registry.MustRegister(poolCollector{pg})
 		if g := pg.group; g != nil {
-			m.registry.MustRegister(g.batchJobs, g.batchRows, g.fallbacks)
+			m.registry.MustRegister(g.Collectors()...)
 		}
 	}
 	return m
@@ -104,7 +105,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("acquires", float64(st.AcquireCount()))
 	counter("waits", float64(st.EmptyAcquireCount()))
 	counter("wait", st.AcquireDuration().Seconds())
-	slots := c.s.slots.stats()
+	slots := c.s.slots.Stats()
 	inUse, _ := slots["in_use"].(int)
 	queued, _ := slots["queued"].(int)
 	busy, _ := slots["refused_total"].(uint64)
@@ -116,7 +117,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 // countingStore counts the audit rows and events each successful write
 // committed, for atl_rows_written_total; reads pass through.
 type countingStore struct {
-	Store
+	core.Store
 	rows *prometheus.CounterVec
 }
 
@@ -138,37 +139,37 @@ func (s countingStore) Stats() map[string]any {
 }
 
 // audited counts the one audit row a write appends when it succeeds.
-func audited(s countingStore, audit *AuditLog, err error) {
+func audited(s countingStore, audit *core.AuditLog, err error) {
 	if err == nil && audit != nil {
 		s.wrote(1, 0)
 	}
 }
 
-func (s countingStore) IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
+func (s countingStore) IssueKey(ctx context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
 	k, err := s.Store.IssueKey(ctx, p, role, subject, agents, audit)
 	audited(s, audit, err)
 	return k, err
 }
 
-func (s countingStore) RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
+func (s countingStore) RevokeKey(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
 	k, err := s.Store.RevokeKey(ctx, p, id, audit)
 	audited(s, audit, err)
 	return k, err
 }
 
-func (s countingStore) RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
+func (s countingStore) RotateKey(ctx context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
 	r, err := s.Store.RotateKey(ctx, p, id, overlap, audit)
 	audited(s, audit, err)
 	return r, err
 }
 
-func (s countingStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {
+func (s countingStore) InsertAudit(ctx context.Context, p core.Principal, audit *core.AuditLog) error {
 	err := s.Store.InsertAudit(ctx, p, audit)
 	audited(s, audit, err)
 	return err
 }
 
-func (s countingStore) InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error) {
+func (s countingStore) InsertEvents(ctx context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
 	out, err := s.Store.InsertEvents(ctx, p, events, audit)
 	if err == nil {
 		s.wrote(0, len(out))
@@ -177,19 +178,19 @@ func (s countingStore) InsertEvents(ctx context.Context, p Principal, events []E
 	return out, err
 }
 
-func (s countingStore) PutPolicy(ctx context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) PutPolicy(ctx context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PutPolicy(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) DeletePolicy(ctx context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) DeletePolicy(ctx context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.DeletePolicy(ctx, p, tool, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) PutTenantSettings(ctx context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PutTenantSettings(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
@@ -197,7 +198,7 @@ func (s countingStore) PutTenantSettings(ctx context.Context, p Principal, in Te
 
 // Execute writes one event, and the audit row too unless a live call is
 // still to be made (RecordOutcome writes it then); a replay writes nothing.
-func (s countingStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error) {
+func (s countingStore) Execute(ctx context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
 	res, err := s.Store.Execute(ctx, p, in)
 	if err == nil && !res.Replayed {
 		if res.Live != nil {
@@ -209,7 +210,7 @@ func (s countingStore) Execute(ctx context.Context, p Principal, in ExecuteInput
 	return res, err
 }
 
-func (s countingStore) RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error) {
+func (s countingStore) RecordOutcome(ctx context.Context, p core.Principal, in core.OutcomeInput) (core.GateResult, error) {
 	res, err := s.Store.RecordOutcome(ctx, p, in)
 	if err == nil && !res.Replayed {
 		s.wrote(1, 1)
@@ -217,31 +218,31 @@ func (s countingStore) RecordOutcome(ctx context.Context, p Principal, in Outcom
 	return res, err
 }
 
-func (s countingStore) DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) DecideApproval(ctx context.Context, p core.Principal, id, decision string, reason *string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.DecideApproval(ctx, p, id, decision, reason, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error) {
+func (s countingStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {
 	n, err := s.Store.ExpireApprovals(ctx, p, audit)
 	audited(s, audit, err)
 	return n, err
 }
 
-func (s countingStore) StartEvalRun(ctx context.Context, p Principal, in EvalRunInput, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) StartEvalRun(ctx context.Context, p core.Principal, in core.EvalRunInput, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.StartEvalRun(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) CompleteEvalRun(ctx context.Context, p Principal, id string, results json.RawMessage, status, errText string, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) CompleteEvalRun(ctx context.Context, p core.Principal, id string, results json.RawMessage, status, errText string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.CompleteEvalRun(ctx, p, id, results, status, errText, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error) {
+func (s countingStore) PinEvalBaseline(ctx context.Context, p core.Principal, suite, runID string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PinEvalBaseline(ctx, p, suite, runID, audit)
 	audited(s, audit, err)
 	return out, err

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
 
@@ -38,9 +39,9 @@ func TestMetrics(t *testing.T) {
 			call := map[string]any{"tool": "search", "args": map[string]any{}, "idempotency_key": "k1"}
 			require.Equal(t, http.StatusOK, env.execute(g.agent, "booking-bot", call).Status)
 			require.Equal(t, http.StatusOK, env.execute(g.agent, "booking-bot", call).Status, "a replay writes nothing")
-			requireError(t, env.do("GET", "/api/v1/nowhere", g.admin, nil), http.StatusNotFound, codeNotFound)
+			requireError(t, env.do("GET", "/api/v1/nowhere", g.admin, nil), http.StatusNotFound, core.CodeNotFound)
 
-			requireError(t, env.do("GET", "/metrics", g.admin, nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("GET", "/metrics", g.admin, nil), http.StatusUnauthorized, core.CodeUnauthorized)
 			req, err := http.NewRequest("GET", env.srv.URL+"/metrics", nil)
 			require.NoError(t, err)
 			req.Header.Set("Authorization", "Bearer "+testOperatorToken)

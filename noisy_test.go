@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/stretchr/testify/require"
 )
 
@@ -114,39 +116,39 @@ func TestNoisyTenant(t *testing.T) {
 func TestTenantSlots(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	impatient := newTenantSlots(1, 20*time.Millisecond)
-	held, err := impatient.acquire(ctx, "a")
+	impatient := limits.NewTenantSlots(1, 20*time.Millisecond)
+	held, err := impatient.Acquire(ctx, "a")
 	require.NoError(t, err)
-	_, err = impatient.acquire(ctx, "a")
+	_, err = impatient.Acquire(ctx, "a")
 	e := errorFor(err)
 	require.Equal(t, [3]any{http.StatusTooManyRequests, "tenant_busy", 1}, [3]any{e.Status, e.Code, e.RetryAfter})
-	other, err := impatient.acquire(ctx, "b")
+	other, err := impatient.Acquire(ctx, "b")
 	require.NoError(t, err, "another tenant has its own slots")
 	other()
 	held()
 	require.Equal(t, map[string]any{"max_per_tenant": 1, "wait_ms": int64(20), "tenants_active": 0,
-		"in_use": 0, "queued": 0, "refused_total": uint64(1)}, impatient.stats(), "idle tenants are forgotten")
+		"in_use": 0, "queued": 0, "refused_total": uint64(1)}, impatient.Stats(), "idle tenants are forgotten")
 
-	patient := newTenantSlots(2, time.Minute)
-	r1, err := patient.acquire(ctx, "a")
+	patient := limits.NewTenantSlots(2, time.Minute)
+	r1, err := patient.Acquire(ctx, "a")
 	require.NoError(t, err)
-	r2, err := patient.acquire(ctx, "a")
+	r2, err := patient.Acquire(ctx, "a")
 	require.NoError(t, err)
 	got := make(chan error, 1)
 	go func() {
-		r, err := patient.acquire(ctx, "a")
+		r, err := patient.Acquire(ctx, "a")
 		if err == nil {
 			r()
 		}
 		got <- err
 	}()
-	require.Eventually(t, func() bool { return patient.stats()["queued"] == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return patient.Stats()["queued"] == 1 }, 5*time.Second, time.Millisecond)
 	r1()
 	require.NoError(t, <-got, "the freed slot goes to the waiter")
 	r2()
 
-	var none *tenantSlots
-	release, err := none.acquire(ctx, "a")
+	var none *limits.TenantSlots
+	release, err := none.Acquire(ctx, "a")
 	require.NoError(t, err, "no bound: everything passes")
 	release()
 }
@@ -160,8 +162,8 @@ func TestStatsRoute(t *testing.T) {
 			t.Parallel()
 			env := setup(t, kind)
 			admin := env.tenant("acme")
-			requireError(t, env.do("GET", "/api/v1/stats", admin, nil), http.StatusUnauthorized, codeUnauthorized)
-			requireError(t, env.do("GET", "/api/v1/stats", "", nil), http.StatusUnauthorized, codeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/stats", admin, nil), http.StatusUnauthorized, core.CodeUnauthorized)
+			requireError(t, env.do("GET", "/api/v1/stats", "", nil), http.StatusUnauthorized, core.CodeUnauthorized)
 
 			r := env.do("GET", "/api/v1/stats", testOperatorToken, nil)
 			require.Equal(t, http.StatusOK, r.Status, r.Raw)

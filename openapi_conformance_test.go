@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/require"
 )
@@ -74,13 +75,13 @@ func TestOpenAPIConformance(t *testing.T) {
 	}
 	spare := want(e.do("POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "spare"}), 201)
 	want(e.do("DELETE", "/api/v1/keys/"+spare.str("id"), admin, nil), 200)
-	want(e.do("DELETE", "/api/v1/keys/"+newUUID(), admin, nil), 404)
+	want(e.do("DELETE", "/api/v1/keys/"+jsonl.NewUUID(), admin, nil), 404)
 	rotated := e.do("POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "rotating", "agents": []string{"r2"}})
 	want(rotated, 201)
 	want(e.do("POST", "/api/v1/keys/"+rotated.str("id")+"/rotate", admin, map[string]any{"overlap_seconds": 60}), 201)
 	want(e.do("POST", "/api/v1/keys/"+rotated.str("id")+"/rotate", admin, nil), 409)
-	want(e.do("POST", "/api/v1/keys/"+newUUID()+"/rotate", admin, nil), 404)
-	want(e.do("POST", "/api/v1/keys/"+newUUID()+"/rotate", admin, map[string]any{"overlap_seconds": 86401}), 400)
+	want(e.do("POST", "/api/v1/keys/"+jsonl.NewUUID()+"/rotate", admin, nil), 404)
+	want(e.do("POST", "/api/v1/keys/"+jsonl.NewUUID()+"/rotate", admin, map[string]any{"overlap_seconds": 86401}), 400)
 	want(e.do("DELETE", "/api/v1/keys/"+adminKeyID, admin, nil), 409)
 
 	// Policies.
@@ -116,7 +117,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(exec(map[string]any{"tool": "read_file", "mode": "live"}), 409) // no endpoint_url: a recorded refusal
 	want(exec(map[string]any{"tool": "bad tool"}), 400)
 	want(exec(map[string]any{"tool": "read_file", "domain": "elsewhere"}), 400)
-	want(exec(map[string]any{"tool": "deploy", "approval_request_id": newUUID()}), 404)
+	want(exec(map[string]any{"tool": "deploy", "approval_request_id": jsonl.NewUUID()}), 404)
 	want(e.execute(admin, "bot-1", map[string]any{"tool": "read_file"}), 403)
 	held := want(exec(map[string]any{"tool": "deploy", "args": map[string]any{"env": "prod"}, "trust_level": "L1"}), 202)
 	reqID := held.str("approval_request_id")
@@ -127,7 +128,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("GET", "/api/v1/approvals?status=pending&limit=1", approver, nil), 200)
 	want(e.do("GET", "/api/v1/approvals?status=maybe", approver, nil), 400)
 	want(e.do("GET", "/api/v1/approvals/"+reqID, agent, nil), 200)
-	want(e.do("GET", "/api/v1/approvals/"+newUUID(), agent, nil), 404)
+	want(e.do("GET", "/api/v1/approvals/"+jsonl.NewUUID(), agent, nil), 404)
 	want(e.do("GET", "/api/v1/approvals/"+reqID+"?wait=forever", agent, nil), 400)
 	// One waiter is allowed per tenant here: a second one is refused while the first waits.
 	waited := make(chan response, 1)
@@ -155,7 +156,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(decide(late, reqID, map[string]any{"decision": "APPROVE"}), 403) // decider_key_too_new
 	want(decide(agent, reqID, map[string]any{"decision": "APPROVE"}), 403)
 	want(decide(approver, reqID, map[string]any{"decision": "MAYBE"}), 400)
-	want(decide(approver, newUUID(), map[string]any{"decision": "APPROVE"}), 404)
+	want(decide(approver, jsonl.NewUUID(), map[string]any{"decision": "APPROVE"}), 404)
 	want(decide(approver, reqID, map[string]any{"decision": "APPROVE", "reason": "ok"}), 201)
 	want(decide(approver2, reqID, map[string]any{"decision": "APPROVE"}), 409)
 	want(exec(map[string]any{"tool": "deploy", "args": map[string]any{"env": "prod"}, "approval_request_id": reqID}), 200)
@@ -190,12 +191,12 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?cursor="+first.str("next_cursor"), admin, nil), 200)
 	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?limit=0", admin, nil), 400)
 	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries?cursor=bad", admin, nil), 400)
-	want(e.do("GET", "/api/v1/webhooks/"+newUUID()+"/deliveries", admin, nil), 404)
+	want(e.do("GET", "/api/v1/webhooks/"+jsonl.NewUUID()+"/deliveries", admin, nil), 404)
 	want(e.do("GET", "/api/v1/webhooks/"+hook.str("id")+"/deliveries", approver, nil), 403)
 	want(e.do("DELETE", "/api/v1/webhooks/"+failing.str("id"), admin, nil), 200)
 	want(e.do("DELETE", "/api/v1/webhooks/"+failing.str("id"), admin, nil), 200)
 	want(e.do("GET", "/api/v1/webhooks/"+failing.str("id")+"/deliveries", admin, nil), 200)
-	want(e.do("DELETE", "/api/v1/webhooks/"+newUUID(), admin, nil), 404)
+	want(e.do("DELETE", "/api/v1/webhooks/"+jsonl.NewUUID(), admin, nil), 404)
 	want(e.do("DELETE", "/api/v1/webhooks/not-a-uuid", admin, nil), 404)
 	want(e.do("DELETE", "/api/v1/webhooks/"+hook.str("id"), agent, nil), 403)
 
@@ -223,15 +224,15 @@ func TestOpenAPIConformance(t *testing.T) {
 	// Evals.
 	run := want(e.do("POST", "/api/v1/evals/runs", agent, map[string]any{"suite_name": "s", "model_id": "m", "provider": "p"}), 201)
 	want(e.do("POST", "/api/v1/evals/runs", agent, map[string]any{"suite_name": "s"}), 400)
-	want(e.do("POST", "/api/v1/evals/runs", agent, map[string]any{"suite_name": "s", "model_id": "m", "provider": "p", "baseline_run_id": newUUID()}), 404)
+	want(e.do("POST", "/api/v1/evals/runs", agent, map[string]any{"suite_name": "s", "model_id": "m", "provider": "p", "baseline_run_id": jsonl.NewUUID()}), 404)
 	want(e.do("PUT", "/api/v1/evals/baselines/s", agent, map[string]any{"run_id": run.str("id")}), 409)
 	results := map[string]any{"c1": map[string]any{"passed": true, "score": 0.9}, "c2": map[string]any{"passed": false, "score": 0.1}}
 	want(e.do("POST", "/api/v1/evals/runs/"+run.str("id")+"/complete", agent, map[string]any{"results": results}), 200)
 	want(e.do("POST", "/api/v1/evals/runs/"+run.str("id")+"/complete", agent, map[string]any{"results": results}), 409)
-	want(e.do("POST", "/api/v1/evals/runs/"+newUUID()+"/complete", agent, map[string]any{"results": results}), 404)
+	want(e.do("POST", "/api/v1/evals/runs/"+jsonl.NewUUID()+"/complete", agent, map[string]any{"results": results}), 404)
 	want(e.do("POST", "/api/v1/evals/runs/"+run.str("id")+"/complete", agent, map[string]any{"status": "passed"}), 400)
 	want(e.do("PUT", "/api/v1/evals/baselines/s", agent, map[string]any{"run_id": run.str("id")}), 200)
-	want(e.do("PUT", "/api/v1/evals/baselines/s", agent, map[string]any{"run_id": newUUID()}), 404)
+	want(e.do("PUT", "/api/v1/evals/baselines/s", agent, map[string]any{"run_id": jsonl.NewUUID()}), 404)
 	want(e.do("PUT", "/api/v1/evals/baselines/s", agent, map[string]any{}), 404)
 	run2 := want(e.do("POST", "/api/v1/evals/runs", admin, map[string]any{"suite_name": "s", "model_id": "m2", "provider": "p",
 		"baseline_run_id": run.str("id"), "drift_threshold": 5}), 201)
@@ -242,7 +243,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	want(e.do("GET", "/api/v1/evals/runs?suite_name=s&limit=1", approver, nil), 200)
 	want(e.do("GET", "/api/v1/evals/runs?status=odd", approver, nil), 400)
 	want(e.do("GET", "/api/v1/evals/runs/"+run2.str("id"), approver, nil), 200)
-	want(e.do("GET", "/api/v1/evals/runs/"+newUUID(), approver, nil), 404)
+	want(e.do("GET", "/api/v1/evals/runs/"+jsonl.NewUUID(), approver, nil), 404)
 
 	// What only the JSONL store answers: no database behind it.
 	j := setup(t, "jsonl")

@@ -551,11 +551,11 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 	}
 	enum := doc.Components.Schemas.ErrorCode.Enum
 	patterns := map[string]*regexp.Regexp{
-		".go":  regexp.MustCompile(`(?:code[A-Z]\w* += |Code: +|newError\(http\.Status\w+, |v_refusal|code := )"([a-z0-9_]+)"`),
+		".go":  regexp.MustCompile(`(?:[cC]ode[A-Z]\w* += |Code: +|NewError\(http\.Status\w+, |v_refusal|code := )"([a-z0-9_]+)"`),
 		".sql": regexp.MustCompile(`(?:hint = |v_refusal := )'([a-z0-9_]+)'`),
 	}
 	found := map[string]bool{}
-	for _, glob := range []string{"*.go", "sql/*.sql"} {
+	for _, glob := range []string{"*.go", "internal/*/*.go", "sql/*.sql"} {
 		files, err := filepath.Glob(glob)
 		if err != nil {
 			t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -170,7 +171,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 				code, _ = e["code"].(string)
 			}
 			switch {
-			case status != http.StatusServiceUnavailable || code != codeDatabaseUnavailable:
+			case status != http.StatusServiceUnavailable || code != core.CodeDatabaseUnavailable:
 				failures = append(failures, fmt.Sprintf("answer %d %v", status, out))
 			case header.Get("Retry-After") == "":
 				failures = append(failures, "a 503 without Retry-After")

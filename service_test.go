@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
+	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -103,7 +106,7 @@ func TestDatabaseOutage(t *testing.T) {
 	} {
 		start := time.Now()
 		r := call()
-		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeDatabaseUnavailable)
 		require.Equal(t, "1", r.Header.Get("Retry-After"))
 		require.Less(t, time.Since(start), 4*time.Second, "an outage fails fast")
 	}
@@ -165,7 +168,7 @@ func TestShutdownDrainsInFlight(t *testing.T) {
 		t.Fatal("run did not return after shutdown")
 	}
 	// The acknowledged tenant is on disk.
-	s, err := OpenJSONLStore(dir, testLogger())
+	s, err := jsonl.Open(dir, testLogger())
 	require.NoError(t, err)
 	defer s.Close()
 	_, _, err = s.CreateTenant(context.Background(), "acme", "again")
@@ -197,7 +200,7 @@ func TestConfigFromEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, c.TenantConc, "0: no bound")
 	require.Equal(t, 250*time.Millisecond, c.TenantWait)
-	require.Equal(t, [3]any{defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers},
+	require.Equal(t, [3]any{groupcommit.DefaultWindow, groupcommit.DefaultMaxRows, groupcommit.DefaultWorkers},
 		[3]any{c.GroupWindow, c.GroupMaxRows, c.GroupWorkers}, "group commit on by default")
 
 	c, err = configFromEnv(env(map[string]string{"ATL_GROUP_COMMIT_WINDOW": "off"}))
@@ -257,7 +260,7 @@ func TestStatementTimeoutFreesThePool(t *testing.T) {
 	}
 	wg.Wait()
 	for _, r := range answers {
-		requireError(t, r, http.StatusServiceUnavailable, codeDatabaseUnavailable)
+		requireError(t, r, http.StatusServiceUnavailable, core.CodeDatabaseUnavailable)
 		require.Contains(t, r.Raw, "did not answer in time", "ended by statement_timeout")
 		require.NotEmpty(t, r.Header.Get("Retry-After"))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -179,11 +180,11 @@ func seedTwoTenants(t *testing.T, pool *pgxpool.Pool) (betaKeyID, betaAuditID, b
 		require.NoError(t, err)
 		var admin, keyID, agentKey, auditID, eventID string
 		require.NoError(t, tx.QueryRow(ctx, "select api_key from atl.tenant_create($1, $1)", tenant).Scan(&admin))
-		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", keyHash(admin))
+		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", core.KeyHash(admin))
 		require.NoError(t, err)
 		require.NoError(t, tx.QueryRow(ctx, "select k ->> 'id', k ->> 'api_key' from atl.api_key_issue('agent', 'bot') k").
 			Scan(&keyID, &agentKey))
-		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", keyHash(agentKey))
+		_, err = tx.Exec(ctx, "select set_config('app.key_hash', $1, true)", core.KeyHash(agentKey))
 		require.NoError(t, err)
 		require.NoError(t, tx.QueryRow(ctx,
 			"select id::text from atl.audit_log_insert('t', 'bot', 'POST /x', 'dry_run', 'ok', 201, 1, null, null)").Scan(&auditID))

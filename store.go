@@ -2,15 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/authcache"
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/groupcommit"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -18,247 +19,6 @@ import (
 
 // runtimeRole is the role every tenant transaction switches to; it cannot bypass RLS.
 const runtimeRole = "atl_app"
-
-// Principal is who a request acts as: the key's tenant, role and subject.
-type Principal struct {
-	TenantID string
-	KeyID    string
-	Role     string
-	Subject  string
-	// Agents are the names besides Subject an agent key may act as.
-	Agents []string
-	// KeyHash is the hex SHA-256 of the key; SQL finds the acting key by it (app.key_hash).
-	KeyHash string
-}
-
-// MayActAs reports whether the key may act as the named agent: its own
-// subject, or one of the agents listed on it when it was issued.
-func (p Principal) MayActAs(agent string) bool {
-	return agent == p.Subject || slices.Contains(p.Agents, agent)
-}
-
-// keyHash is the hex SHA-256 of an API key, as SQL's app.key_hash expects it.
-func keyHash(apiKey string) string {
-	h := sha256.Sum256([]byte(apiKey))
-	return hex.EncodeToString(h[:])
-}
-
-type Tenant struct {
-	ID                string    `json:"id"`
-	Name              string    `json:"name"`
-	DefaultTrustLevel string    `json:"default_trust_level"`
-	AllowedDomains    []string  `json:"allowed_domains,omitempty"`
-	AdminsDecideL4    bool      `json:"admins_decide_l4,omitempty"`
-	CreatedAt         time.Time `json:"created_at"`
-}
-
-type APIKey struct {
-	ID        string     `json:"id"`
-	TenantID  string     `json:"tenant_id"`
-	Role      string     `json:"role"`
-	Subject   string     `json:"subject"`
-	Agents    []string   `json:"agents"`
-	KeyPrefix string     `json:"key_prefix"`
-	CreatedAt time.Time  `json:"created_at"`
-	RevokedAt *time.Time `json:"revoked_at"`
-	// Who issued and revoked the key: the acting admin key's subject and id.
-	IssuedBy        *string `json:"issued_by"`
-	IssuedByKeyID   *string `json:"issued_by_key_id"`
-	RevokedBy       *string `json:"revoked_by"`
-	RevokedByKeyID  *string `json:"revoked_by_key_id"`
-	ReplacedByKeyID *string `json:"replaced_by_key_id"`
-	// APIKey is the secret, present only in the answer that issues it.
-	APIKey string `json:"api_key,omitempty"`
-}
-
-type AuditLog struct {
-	ID         string    `json:"id"`
-	TenantID   string    `json:"tenant_id"`
-	TraceID    string    `json:"trace_id"`
-	AgentID    *string   `json:"agent_id"`
-	Route      string    `json:"route"`
-	Mode       string    `json:"mode"`
-	Status     string    `json:"status"`
-	HTTPStatus int       `json:"http_status"`
-	LatencyMS  int       `json:"latency_ms"`
-	UserID     *string   `json:"user_id"`
-	Error      *string   `json:"error"`
-	CreatedAt  time.Time `json:"created_at"`
-	// ActorKeyID and ActorSubject name the authenticated key; ClaimedUserID is
-	// X-User-ID as sent, an untrusted claim that attributes nothing. Omitted
-	// when empty, so JSONL lines written before them hash as they did.
-	ActorKeyID    *string `json:"actor_key_id,omitempty"`
-	ActorSubject  *string `json:"actor_subject,omitempty"`
-	ClaimedUserID *string `json:"claimed_user_id,omitempty"`
-
-	// started is when the request arrived; latency is measured up to the write.
-	started time.Time
-}
-
-type Event struct {
-	ID                string          `json:"id"`
-	TenantID          string          `json:"tenant_id"`
-	Domain            string          `json:"domain"`
-	WorkflowName      *string         `json:"workflow_name"`
-	Agent             string          `json:"agent"`
-	TrustLevel        string          `json:"trust_level"`
-	Stage             string          `json:"stage"`
-	ToolName          string          `json:"tool_name"`
-	ToolArgs          json.RawMessage `json:"tool_args"`
-	ToolResult        json.RawMessage `json:"tool_result"`
-	Status            string          `json:"status"`
-	ApprovalRequestID *string         `json:"approval_request_id"`
-	SandboxID         *string         `json:"sandbox_id"`
-	TraceID           string          `json:"trace_id"`
-	Mode              string          `json:"mode"`
-	LatencyMS         *int            `json:"latency_ms"`
-	Error             *string         `json:"error"`
-	CreatedAt         time.Time       `json:"created_at"`
-	// Source is gate (written by the gate) or agent (reported by an agent);
-	// ActorKeyID the key that wrote it. Omitted when empty, as for AuditLog.
-	Source     *string `json:"source,omitempty"`
-	ActorKeyID *string `json:"actor_key_id,omitempty"`
-}
-
-// Event sources; pointers because Event.Source is optional on older rows.
-var sourceGate, sourceAgent = "gate", "agent"
-
-// Cursor is a keyset position: rows strictly older than (CreatedAt, ID).
-type Cursor struct {
-	CreatedAt time.Time
-	ID        string
-}
-
-type AuditFilter struct {
-	AgentID, TraceID, Status, Mode string
-	Since, Until                   *time.Time
-	Before                         *Cursor
-	Limit                          int
-}
-
-type EventFilter struct {
-	Agent, TraceID, Status, ToolName, ApprovalRequestID string
-	Since, Until                                        *time.Time
-	Before                                              *Cursor
-	Limit                                               int
-}
-
-// Store is what handlers need from storage; PostgreSQL and JSONL implement it.
-// Every write method takes the audit row to append in the same transaction.
-type Store interface {
-	Kind() string
-	PingDB(ctx context.Context) (time.Duration, error)
-	CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error)
-	Authenticate(ctx context.Context, apiKey string) (Principal, error)
-	// Console sessions: the cookie holds a random session id, storage only its
-	// SHA-256. ConsoleSession answers errUnauthorized unless the session is
-	// live and its key active; p.KeyID is the key a session is started with.
-	StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error)
-	ConsoleSession(ctx context.Context, session string) (Principal, error)
-	EndConsoleSession(ctx context.Context, p Principal, session string) error
-	IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error)
-	ListKeys(ctx context.Context, p Principal) ([]APIKey, error)
-	RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error)
-	// RotateKey issues a key's replacement and revokes it after overlap.
-	RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error)
-	InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error
-	QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error)
-	InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error)
-	QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error)
-
-	PutPolicy(ctx context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error)
-	GetPolicy(ctx context.Context, p Principal, tool string) (json.RawMessage, error)
-	ListPolicies(ctx context.Context, p Principal) (json.RawMessage, error)
-	DeletePolicy(ctx context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error)
-	PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error)
-
-	// Execute decides a tool call and writes its own audit row and events.
-	Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error)
-	// RecordOutcome records what a live call dispatched by Execute returned.
-	RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error)
-
-	ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error)
-	GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error)
-	// DecideApproval records a decision by the principal's key.
-	DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error)
-	ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error)
-
-	StartEvalRun(ctx context.Context, p Principal, in EvalRunInput, audit *AuditLog) (json.RawMessage, error)
-	CompleteEvalRun(ctx context.Context, p Principal, id string, results json.RawMessage, status, errText string, audit *AuditLog) (json.RawMessage, error)
-	GetEvalRun(ctx context.Context, p Principal, id string) (json.RawMessage, error)
-	ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error)
-	PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error)
-
-	VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error)
-	AuditHead(ctx context.Context, p Principal) (json.RawMessage, error)
-	Close()
-}
-
-type EvalRunInput struct {
-	SuiteName, ModelID, Provider, BaselineRunID string
-	DriftThreshold                              *float64
-}
-
-type EvalFilter struct {
-	SuiteName, ModelID, Provider, Status string
-	Before                               *Cursor
-	Limit                                int
-}
-
-type PolicyInput struct {
-	ToolName            string
-	TrustLevel          string
-	AutoApproveEligible *bool
-	ApprovalTTLSeconds  *int
-	RequiredApprovals   *int
-	EndpointURL         *string
-}
-
-type TenantSettings struct {
-	DefaultTrustLevel string
-	AllowedDomains    []string
-	AdminsDecideL4    bool
-}
-
-// KeyRotation is a rotated key's replacement (with its secret) and the old key.
-type KeyRotation struct {
-	Key      APIKey `json:"key"`
-	Replaced APIKey `json:"replaced"`
-}
-
-// ExecuteInput is one call to the gate, already validated.
-type ExecuteInput struct {
-	AgentID, Tool, Workflow, Stage, TraceID, Mode, IdempotencyKey string
-	Args                                                          json.RawMessage
-	ApprovalRequestID, TrustLevel, Domain, ClaimedUserID, Route   string
-	LiveEnabled                                                   bool
-	Started                                                       time.Time
-}
-
-// GateResult is the gate's answer: a status and a body to send as is.
-type GateResult struct {
-	HTTPStatus int             `json:"http_status"`
-	Body       json.RawMessage `json:"body"`
-	Replayed   bool            `json:"replayed"`
-	// Live is set when the service must now make the live call.
-	Live *struct {
-		EndpointURL string `json:"endpoint_url"`
-		EventID     string `json:"event_id"`
-		// Args is the canonical jsonb text of the args, the only form forwarded.
-		Args json.RawMessage `json:"args"`
-	} `json:"live"`
-}
-
-type OutcomeInput struct {
-	EventID              string
-	Succeeded            bool
-	UpstreamStatus       int
-	Result               json.RawMessage
-	Error                string
-	LatencyMS            int
-	IdempotencyKey       string
-	Route, ClaimedUserID string
-}
 
 // querier is satisfied by a pool, a connection and a transaction.
 type querier interface {
@@ -270,9 +30,9 @@ type querier interface {
 // PGStore keeps everything in PostgreSQL and calls the atl.* functions.
 type PGStore struct {
 	pool  *pgxpool.Pool
-	slots *tenantSlots
-	group *groupCommitter // nil: every write in a transaction of its own
-	auth  *authCache      // nil: every request looks its key up
+	slots *limits.TenantSlots
+	group *groupcommit.Committer // nil: every write in a transaction of its own
+	auth  *authcache.Cache       // nil: every request looks its key up
 }
 
 // defaultTenantWait is how long a request waits for one of its tenant's slots.
@@ -281,14 +41,14 @@ const defaultTenantWait = 5 * time.Second
 // NewPGStore lets each tenant use a quarter of the pool at once and writes
 // events and executes with group commit (defaults in groupcommit.go).
 func NewPGStore(pool *pgxpool.Pool) *PGStore {
-	return &PGStore{pool: pool, slots: newTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
-		group: newGroupCommitter(pool, defaultGroupWindow, defaultGroupMaxRows, defaultGroupWorkers),
-		auth:  newAuthCache(defaultAuthCacheTTL, defaultAuthCacheKeys)}
+	return &PGStore{pool: pool, slots: limits.NewTenantSlots(max(1, int(pool.Config().MaxConns)/4), defaultTenantWait),
+		group: groupcommit.New(pool, runtimeRole, groupcommit.DefaultWindow, groupcommit.DefaultMaxRows, groupcommit.DefaultWorkers),
+		auth:  authcache.New(authcache.DefaultTTL, authcache.DefaultKeys)}
 }
 
 // WithAuthCache sets how long a successful key lookup is reused (0: never).
 func (s *PGStore) WithAuthCache(ttl time.Duration) *PGStore {
-	s.auth = newAuthCache(ttl, defaultAuthCacheKeys)
+	s.auth = authcache.New(ttl, authcache.DefaultKeys)
 	return s
 }
 
@@ -298,7 +58,7 @@ func (s *PGStore) WithGroupCommit(window time.Duration, maxRows, workers int) *P
 	if window < 0 {
 		s.group = nil
 	} else {
-		s.group = newGroupCommitter(s.pool, window, maxRows, workers)
+		s.group = groupcommit.New(s.pool, runtimeRole, window, maxRows, workers)
 	}
 	return s
 }
@@ -306,7 +66,7 @@ func (s *PGStore) WithGroupCommit(window time.Duration, maxRows, workers int) *P
 // WithTenantLimit sets how many transactions one tenant may have open at once
 // (0: no bound) and how long a request waits for one.
 func (s *PGStore) WithTenantLimit(n int, wait time.Duration) *PGStore {
-	s.slots = newTenantSlots(n, wait)
+	s.slots = limits.NewTenantSlots(n, wait)
 	return s
 }
 
@@ -320,7 +80,7 @@ func (s *PGStore) Stats() map[string]any {
 		"acquired_conns": st.AcquiredConns(), "idle_conns": st.IdleConns(), "constructing_conns": st.ConstructingConns(),
 		"acquire_count": st.AcquireCount(), "empty_acquire_count": st.EmptyAcquireCount(),
 		"canceled_acquire_count": st.CanceledAcquireCount(), "acquire_wait_ms": st.AcquireDuration().Milliseconds()},
-		"tenant_slots": s.slots.stats()}
+		"tenant_slots": s.slots.Stats()}
 }
 
 func (s *PGStore) PingDB(ctx context.Context) (time.Duration, error) {
@@ -338,8 +98,8 @@ const setTenantSQL = `select set_config('role', $1::text, true), set_config('app
 // inTenant runs fn in one transaction as the runtime role with app.tenant_id
 // and app.key_hash set, appends the audit row (when given) in the same
 // transaction, and commits.
-func (s *PGStore) inTenant(ctx context.Context, p Principal, audit *AuditLog, fn func(tx pgx.Tx) error) error {
-	release, err := s.slots.acquire(ctx, p.TenantID)
+func (s *PGStore) inTenant(ctx context.Context, p core.Principal, audit *core.AuditLog, fn func(tx pgx.Tx) error) error {
+	release, err := s.slots.Acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
@@ -348,7 +108,7 @@ func (s *PGStore) inTenant(ctx context.Context, p Principal, audit *AuditLog, fn
 }
 
 // tx is inTenant without the tenant's slot: the caller holds it.
-func (s *PGStore) tx(ctx context.Context, p Principal, audit *AuditLog, fn func(tx pgx.Tx) error) error {
+func (s *PGStore) tx(ctx context.Context, p core.Principal, audit *core.AuditLog, fn func(tx pgx.Tx) error) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -371,41 +131,41 @@ func (s *PGStore) tx(ctx context.Context, p Principal, audit *AuditLog, fn func(
 const createTenantSQL = `select id, name, default_trust_level, created_at, api_key_id::text, api_key
 from atl.tenant_create($1::text, $2::text)`
 
-func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (Tenant, APIKey, error) {
-	var t Tenant
-	var k APIKey
-	err := s.inTenant(ctx, Principal{TenantID: id}, nil, func(tx pgx.Tx) error {
+func (s *PGStore) CreateTenant(ctx context.Context, id, name string) (core.Tenant, core.APIKey, error) {
+	var t core.Tenant
+	var k core.APIKey
+	err := s.inTenant(ctx, core.Principal{TenantID: id}, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, createTenantSQL, id, name).
 			Scan(&t.ID, &t.Name, &t.DefaultTrustLevel, &t.CreatedAt, &k.ID, &k.APIKey)
 	})
 	if err != nil {
-		return Tenant{}, APIKey{}, err
+		return core.Tenant{}, core.APIKey{}, err
 	}
-	k.TenantID, k.Role, k.Subject, k.KeyPrefix, k.CreatedAt = t.ID, "admin", "admin", keyPrefix(k.APIKey), t.CreatedAt
+	k.TenantID, k.Role, k.Subject, k.KeyPrefix, k.CreatedAt = t.ID, "admin", "admin", core.KeyPrefix(k.APIKey), t.CreatedAt
 	return t, k, nil
 }
 
 const authenticateSQL = `select tenant_id, key_id::text, role, subject, agents from atl.api_key_authenticate($1::text)`
 
-func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (Principal, error) {
-	p, gen, ok := s.auth.get(apiKey)
+func (s *PGStore) Authenticate(ctx context.Context, apiKey string) (core.Principal, error) {
+	p, gen, ok := s.auth.Get(apiKey)
 	if ok {
 		return p, nil
 	}
 	err := s.pool.QueryRow(ctx, authenticateSQL, apiKey).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject, &p.Agents)
-	p.KeyHash = keyHash(apiKey)
+	p.KeyHash = core.KeyHash(apiKey)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Principal{}, errUnauthorized()
+		return core.Principal{}, core.ErrUnauthorized()
 	}
 	if err == nil {
-		s.auth.put(apiKey, p, gen)
+		s.auth.Put(apiKey, p, gen)
 	}
 	return p, err
 }
 
 const startConsoleSessionSQL = `select expires_at from atl.console_session_start($1::text, $2::float8 * interval '1 second')`
 
-func (s *PGStore) StartConsoleSession(ctx context.Context, p Principal, session string, ttl time.Duration) (time.Time, error) {
+func (s *PGStore) StartConsoleSession(ctx context.Context, p core.Principal, session string, ttl time.Duration) (time.Time, error) {
 	var expires time.Time
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, startConsoleSessionSQL, session, ttl.Seconds()).Scan(&expires)
@@ -416,18 +176,18 @@ func (s *PGStore) StartConsoleSession(ctx context.Context, p Principal, session 
 const consoleSessionSQL = `select tenant_id, key_id::text, role, subject, key_hash from atl.console_session_authenticate($1::text)`
 
 // ConsoleSession reads the database on every call (no cache), so an ended session is refused at once.
-func (s *PGStore) ConsoleSession(ctx context.Context, session string) (Principal, error) {
-	var p Principal
+func (s *PGStore) ConsoleSession(ctx context.Context, session string) (core.Principal, error) {
+	var p core.Principal
 	err := s.pool.QueryRow(ctx, consoleSessionSQL, session).Scan(&p.TenantID, &p.KeyID, &p.Role, &p.Subject, &p.KeyHash)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Principal{}, errUnauthorized()
+		return core.Principal{}, core.ErrUnauthorized()
 	}
 	return p, err
 }
 
 const endConsoleSessionSQL = `select atl.console_session_end($1::text)`
 
-func (s *PGStore) EndConsoleSession(ctx context.Context, p Principal, session string) error {
+func (s *PGStore) EndConsoleSession(ctx context.Context, p core.Principal, session string) error {
 	return s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, endConsoleSessionSQL, session)
 		return err
@@ -436,8 +196,8 @@ func (s *PGStore) EndConsoleSession(ctx context.Context, p Principal, session st
 
 const issueKeySQL = `select atl.api_key_issue($1::text, $2::text, $3::text[])`
 
-func (s *PGStore) IssueKey(ctx context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
-	var k APIKey
+func (s *PGStore) IssueKey(ctx context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
+	var k core.APIKey
 	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, issueKeySQL, role, subject, agents).Scan(&k)
 	})
@@ -446,14 +206,14 @@ func (s *PGStore) IssueKey(ctx context.Context, p Principal, role, subject strin
 
 const listKeysSQL = `select atl.api_key_list()`
 
-func (s *PGStore) ListKeys(ctx context.Context, p Principal) ([]APIKey, error) {
-	var keys []APIKey
+func (s *PGStore) ListKeys(ctx context.Context, p core.Principal) ([]core.APIKey, error) {
+	var keys []core.APIKey
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, listKeysSQL)
 		if err != nil {
 			return err
 		}
-		keys, err = pgx.CollectRows(rows, pgx.RowTo[APIKey])
+		keys, err = pgx.CollectRows(rows, pgx.RowTo[core.APIKey])
 		return err
 	})
 	return keys, err
@@ -461,26 +221,26 @@ func (s *PGStore) ListKeys(ctx context.Context, p Principal) ([]APIKey, error) {
 
 const revokeKeySQL = `select atl.api_key_revoke($1::uuid)`
 
-func (s *PGStore) RevokeKey(ctx context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
-	var k APIKey
+func (s *PGStore) RevokeKey(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
+	var k core.APIKey
 	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, revokeKeySQL, id).Scan(&k)
 	})
 	if err == nil {
-		s.auth.forget(p.TenantID, k.ID)
+		s.auth.Forget(p.TenantID, k.ID)
 	}
 	return k, err
 }
 
 const rotateKeySQL = `select atl.api_key_rotate($1::uuid, $2::integer)`
 
-func (s *PGStore) RotateKey(ctx context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
-	var r KeyRotation
+func (s *PGStore) RotateKey(ctx context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
+	var r core.KeyRotation
 	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, rotateKeySQL, id, int(overlap/time.Second)).Scan(&r)
 	})
 	if err == nil && overlap == 0 {
-		s.auth.forget(p.TenantID, id)
+		s.auth.Forget(p.TenantID, id)
 	}
 	return r, err
 }
@@ -488,8 +248,8 @@ func (s *PGStore) RotateKey(ctx context.Context, p Principal, id string, overlap
 const insertAuditSQL = `select id::text, created_at from atl.audit_log_insert(
   $1::text, $2::text, $3::text, $4::text, $5::text, $6::integer, $7::integer, $8::text, $9::text)`
 
-func insertAudit(ctx context.Context, q querier, a *AuditLog) error {
-	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+func insertAudit(ctx context.Context, q querier, a *core.AuditLog) error {
+	a.LatencyMS = int(time.Since(a.Started).Milliseconds())
 	return q.QueryRow(ctx, insertAuditSQL, a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
 		a.HTTPStatus, a.LatencyMS, a.ClaimedUserID, a.Error).Scan(&a.ID, &a.CreatedAt)
 }
@@ -527,8 +287,8 @@ func (st stmt) queue(b *pgx.Batch) {
 	}
 }
 
-func auditStmt(a *AuditLog) stmt {
-	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+func auditStmt(a *core.AuditLog) stmt {
+	a.LatencyMS = int(time.Since(a.Started).Milliseconds())
 	return stmt{sql: insertAuditSQL, args: []any{a.TraceID, a.AgentID, a.Route, a.Mode, a.Status,
 		a.HTTPStatus, a.LatencyMS, a.ClaimedUserID, a.Error}, row: func(r pgx.Row) error { return r.Scan(&a.ID, &a.CreatedAt) }}
 }
@@ -537,8 +297,8 @@ func auditStmt(a *AuditLog) stmt {
 // group commit when it is on, else in a transaction of their own. build is
 // called for every attempt, so its answers start afresh. The tenant's slot is
 // held until the write is answered, grouped or not.
-func (s *PGStore) write(ctx context.Context, p Principal, rows int, audit *AuditLog, build func() []stmt) error {
-	release, err := s.slots.acquire(ctx, p.TenantID)
+func (s *PGStore) write(ctx context.Context, p core.Principal, rows int, audit *core.AuditLog, build func() []stmt) error {
+	release, err := s.slots.Acquire(ctx, p.TenantID)
 	if err != nil {
 		return err
 	}
@@ -566,14 +326,14 @@ func (s *PGStore) write(ctx context.Context, p Principal, rows int, audit *Audit
 	if audit != nil {
 		rows++
 	}
-	return s.group.submit(ctx, &groupJob{tenant: p.TenantID, keyHash: p.KeyHash, rows: rows, alone: alone, queue: func(b *pgx.Batch) {
+	return s.group.Submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: rows, Alone: alone, Queue: func(b *pgx.Batch) {
 		for _, st := range all() {
 			st.queue(b)
 		}
 	}})
 }
 
-func (s *PGStore) InsertAudit(ctx context.Context, p Principal, audit *AuditLog) error {
+func (s *PGStore) InsertAudit(ctx context.Context, p core.Principal, audit *core.AuditLog) error {
 	return s.inTenant(ctx, p, audit, func(pgx.Tx) error { return nil })
 }
 
@@ -582,17 +342,17 @@ const queryAuditSQL = `select tenant_id, id::text, trace_id, agent_id, route, mo
 from atl.audit_log_query($1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz,
   $7::timestamptz, $8::uuid, $9::integer)`
 
-func (s *PGStore) QueryAudit(ctx context.Context, p Principal, f AuditFilter) ([]AuditLog, error) {
-	var out []AuditLog
+func (s *PGStore) QueryAudit(ctx context.Context, p core.Principal, f core.AuditFilter) ([]core.AuditLog, error) {
+	var out []core.AuditLog
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryAuditSQL, nullable(f.AgentID), nullable(f.TraceID), nullable(f.Status),
-			nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, queryAuditSQL, core.Nullable(f.AgentID), core.Nullable(f.TraceID), core.Nullable(f.Status),
+			core.Nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}
-		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (AuditLog, error) {
-			var a AuditLog
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (core.AuditLog, error) {
+			var a core.AuditLog
 			err := row.Scan(&a.TenantID, &a.ID, &a.TraceID, &a.AgentID, &a.Route, &a.Mode, &a.Status,
 				&a.HTTPStatus, &a.LatencyMS, &a.UserID, &a.Error, &a.CreatedAt, &a.ActorKeyID, &a.ActorSubject, &a.ClaimedUserID)
 			return a, err
@@ -610,27 +370,27 @@ const eventColumns = `tenant_id, id::text, domain, workflow_name, agent, trust_l
   tool_args, tool_result, status, approval_request_id::text, sandbox_id, trace_id, mode, latency_ms, error, created_at,
   source, actor_key_id::text`
 
-func scanEvent(row pgx.CollectableRow) (Event, error) {
-	var e Event
+func scanEvent(row pgx.CollectableRow) (core.Event, error) {
+	var e core.Event
 	err := row.Scan(&e.TenantID, &e.ID, &e.Domain, &e.WorkflowName, &e.Agent, &e.TrustLevel, &e.Stage, &e.ToolName,
 		&e.ToolArgs, &e.ToolResult, &e.Status, &e.ApprovalRequestID, &e.SandboxID, &e.TraceID, &e.Mode,
 		&e.LatencyMS, &e.Error, &e.CreatedAt, &e.Source, &e.ActorKeyID)
 	return e, err
 }
 
-func (s *PGStore) InsertEvents(ctx context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error) {
+func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
 	n := len(events)
 	domain, workflow, agent, level, stage := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n), make([]*string, n)
 	tool, args, result, status := make([]string, n), make([]*string, n), make([]*string, n), make([]string, n)
 	request, sandbox, trace, mode := make([]*string, n), make([]*string, n), make([]string, n), make([]*string, n)
 	latency, errText := make([]*int, n), make([]*string, n)
 	for i, e := range events {
-		domain[i], workflow[i], agent[i], level[i], stage[i] = nullable(e.Domain), e.WorkflowName, e.Agent, nullable(e.TrustLevel), nullable(e.Stage)
+		domain[i], workflow[i], agent[i], level[i], stage[i] = core.Nullable(e.Domain), e.WorkflowName, e.Agent, core.Nullable(e.TrustLevel), core.Nullable(e.Stage)
 		tool[i], args[i], result[i], status[i] = e.ToolName, rawText(e.ToolArgs), rawText(e.ToolResult), e.Status
-		request[i], sandbox[i], trace[i], mode[i] = e.ApprovalRequestID, e.SandboxID, e.TraceID, nullable(e.Mode)
+		request[i], sandbox[i], trace[i], mode[i] = e.ApprovalRequestID, e.SandboxID, e.TraceID, core.Nullable(e.Mode)
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
-	var out []Event
+	var out []core.Event
 	err := s.write(ctx, p, n, audit, func() []stmt {
 		out = nil
 		return []stmt{{sql: insertEventsSQL, args: []any{domain, workflow, agent, level, stage, tool, args, result,
@@ -646,12 +406,12 @@ func (s *PGStore) InsertEvents(ctx context.Context, p Principal, events []Event,
 const queryEventsSQL = `select ` + eventColumns + ` from atl.event_query($1::text, $2::text, $3::text, $4::text,
   $5::uuid, $6::timestamptz, $7::timestamptz, $8::timestamptz, $9::uuid, $10::integer)`
 
-func (s *PGStore) QueryEvents(ctx context.Context, p Principal, f EventFilter) ([]Event, error) {
-	var out []Event
+func (s *PGStore) QueryEvents(ctx context.Context, p core.Principal, f core.EventFilter) ([]core.Event, error) {
+	var out []core.Event
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryEventsSQL, nullable(f.Agent), nullable(f.TraceID), nullable(f.Status),
-			nullable(f.ToolName), nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, queryEventsSQL, core.Nullable(f.Agent), core.Nullable(f.TraceID), core.Nullable(f.Status),
+			core.Nullable(f.ToolName), core.Nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}
@@ -661,19 +421,11 @@ func (s *PGStore) QueryEvents(ctx context.Context, p Principal, f EventFilter) (
 	return out, err
 }
 
-func cursorArgs(c *Cursor) (*time.Time, *string) {
+func cursorArgs(c *core.Cursor) (*time.Time, *string) {
 	if c == nil {
 		return nil, nil
 	}
 	return &c.CreatedAt, &c.ID
-}
-
-// nullable turns "" into SQL NULL so the function applies its default or skips the filter.
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 func rawText(m json.RawMessage) *string {
@@ -682,13 +434,6 @@ func rawText(m json.RawMessage) *string {
 	}
 	s := string(m)
 	return &s
-}
-
-func keyPrefix(key string) string {
-	if len(key) < 12 {
-		return key
-	}
-	return key[:12]
 }
 
 // connectPool opens a pool whose every connection has a statement timeout,
@@ -715,7 +460,7 @@ func connectPool(ctx context.Context, url string, statementTimeout time.Duration
 }
 
 // jsonCall runs one SQL function returning jsonb in a tenant transaction.
-func (s *PGStore) jsonCall(ctx context.Context, p Principal, audit *AuditLog, sql string, args ...any) (json.RawMessage, error) {
+func (s *PGStore) jsonCall(ctx context.Context, p core.Principal, audit *core.AuditLog, sql string, args ...any) (json.RawMessage, error) {
 	var out json.RawMessage
 	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, sql, args...).Scan(&out)
@@ -725,36 +470,36 @@ func (s *PGStore) jsonCall(ctx context.Context, p Principal, audit *AuditLog, sq
 
 const putPolicySQL = `select atl.policy_put($1::text, $2::text, $3::boolean, $4::integer, $5::integer, $6::text)`
 
-func (s *PGStore) PutPolicy(ctx context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) PutPolicy(ctx context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, putPolicySQL, in.ToolName, in.TrustLevel, in.AutoApproveEligible,
 		in.ApprovalTTLSeconds, in.RequiredApprovals, in.EndpointURL)
 }
 
 const getPolicySQL = `select atl.policy_get($1::text)`
 
-func (s *PGStore) GetPolicy(ctx context.Context, p Principal, tool string) (json.RawMessage, error) {
+func (s *PGStore) GetPolicy(ctx context.Context, p core.Principal, tool string) (json.RawMessage, error) {
 	out, err := s.jsonCall(ctx, p, nil, getPolicySQL, tool)
 	if err == nil && (out == nil || string(out) == "null") {
-		return nil, errPolicyNotFound()
+		return nil, core.ErrPolicyNotFound()
 	}
 	return out, err
 }
 
 const listPoliciesSQL = `select atl.policy_list()`
 
-func (s *PGStore) ListPolicies(ctx context.Context, p Principal) (json.RawMessage, error) {
+func (s *PGStore) ListPolicies(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, listPoliciesSQL)
 }
 
 const deletePolicySQL = `select atl.policy_delete($1::text)`
 
-func (s *PGStore) DeletePolicy(ctx context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) DeletePolicy(ctx context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, deletePolicySQL, tool)
 }
 
 const putTenantSettingsSQL = `select atl.tenant_settings_put($1::text, $2::text[], $3::boolean)`
 
-func (s *PGStore) PutTenantSettings(ctx context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) PutTenantSettings(ctx context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, putTenantSettingsSQL, in.DefaultTrustLevel, in.AllowedDomains, in.AdminsDecideL4)
 }
 
@@ -764,13 +509,13 @@ const gateExecuteSQL = `select atl.gate_execute(p_agent_id => $1::text, p_tool =
   p_domain => $11::text, p_user_id => $12::text, p_live_enabled => $13::boolean,
   p_route => $14::text, p_latency_ms => $15::integer)`
 
-func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (GateResult, error) {
-	var res GateResult
+func (s *PGStore) Execute(ctx context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
+	var res core.GateResult
 	err := s.write(ctx, p, 2, nil, func() []stmt {
-		res = GateResult{}
-		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), nullable(in.Workflow),
-			nullable(in.Stage), nullable(in.TraceID), nullable(in.Mode), nullable(in.IdempotencyKey),
-			nullable(in.ApprovalRequestID), nullable(in.TrustLevel), nullable(in.Domain), nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
+		res = core.GateResult{}
+		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), core.Nullable(in.Workflow),
+			core.Nullable(in.Stage), core.Nullable(in.TraceID), core.Nullable(in.Mode), core.Nullable(in.IdempotencyKey),
+			core.Nullable(in.ApprovalRequestID), core.Nullable(in.TrustLevel), core.Nullable(in.Domain), core.Nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
 			row: func(r pgx.Row) error { return r.Scan(&res) }}}
 	})
 	return res, err
@@ -779,22 +524,22 @@ func (s *PGStore) Execute(ctx context.Context, p Principal, in ExecuteInput) (Ga
 const recordOutcomeSQL = `select atl.gate_record_outcome($1::uuid, $2::boolean, $3::integer, $4::jsonb, $5::text,
   $6::integer, $7::text, $8::text, $9::text)`
 
-func (s *PGStore) RecordOutcome(ctx context.Context, p Principal, in OutcomeInput) (GateResult, error) {
-	var res GateResult
+func (s *PGStore) RecordOutcome(ctx context.Context, p core.Principal, in core.OutcomeInput) (core.GateResult, error) {
+	var res core.GateResult
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, recordOutcomeSQL, in.EventID, in.Succeeded, in.UpstreamStatus, rawText(in.Result),
-			nullable(in.Error), in.LatencyMS, nullable(in.IdempotencyKey), in.Route, nullable(in.ClaimedUserID)).Scan(&res)
+			core.Nullable(in.Error), in.LatencyMS, core.Nullable(in.IdempotencyKey), in.Route, core.Nullable(in.ClaimedUserID)).Scan(&res)
 	})
 	return res, err
 }
 
 const listApprovalsSQL = `select atl.approval_list($1::text, $2::timestamptz, $3::uuid, $4::integer)`
 
-func (s *PGStore) ListApprovals(ctx context.Context, p Principal, status string, before *Cursor, limit int) ([]json.RawMessage, error) {
+func (s *PGStore) ListApprovals(ctx context.Context, p core.Principal, status string, before *core.Cursor, limit int) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listApprovalsSQL, nullable(status), bTime, bID, limit)
+		rows, err := tx.Query(ctx, listApprovalsSQL, core.Nullable(status), bTime, bID, limit)
 		if err != nil {
 			return err
 		}
@@ -806,13 +551,13 @@ func (s *PGStore) ListApprovals(ctx context.Context, p Principal, status string,
 
 const getApprovalSQL = `select atl.approval_get($1::uuid)`
 
-func (s *PGStore) GetApproval(ctx context.Context, p Principal, id string) (json.RawMessage, error) {
+func (s *PGStore) GetApproval(ctx context.Context, p core.Principal, id string) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, getApprovalSQL, id)
 }
 
 const decideApprovalSQL = `select atl.approval_decide($1::uuid, $2::text, $3::text)`
 
-func (s *PGStore) DecideApproval(ctx context.Context, p Principal, id, decision string, reason *string, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) DecideApproval(ctx context.Context, p core.Principal, id, decision string, reason *string, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, decideApprovalSQL, id, decision, reason)
 }
 
@@ -839,7 +584,7 @@ func (s *PGStore) ExpireAllApprovals(ctx context.Context) (int, error) {
 	return n, tx.Commit(ctx)
 }
 
-func (s *PGStore) ExpireApprovals(ctx context.Context, p Principal, audit *AuditLog) (int, error) {
+func (s *PGStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {
 	var n int
 	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n)
@@ -849,30 +594,30 @@ func (s *PGStore) ExpireApprovals(ctx context.Context, p Principal, audit *Audit
 
 const startEvalRunSQL = `select atl.eval_run_start($1::text, $2::text, $3::text, $4::uuid, $5::numeric)`
 
-func (s *PGStore) StartEvalRun(ctx context.Context, p Principal, in EvalRunInput, audit *AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, startEvalRunSQL, in.SuiteName, in.ModelID, in.Provider, nullable(in.BaselineRunID), in.DriftThreshold)
+func (s *PGStore) StartEvalRun(ctx context.Context, p core.Principal, in core.EvalRunInput, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, startEvalRunSQL, in.SuiteName, in.ModelID, in.Provider, core.Nullable(in.BaselineRunID), in.DriftThreshold)
 }
 
 const completeEvalRunSQL = `select atl.eval_run_complete($1::uuid, $2::jsonb, $3::text, $4::text)`
 
-func (s *PGStore) CompleteEvalRun(ctx context.Context, p Principal, id string, results json.RawMessage, status, errText string, audit *AuditLog) (json.RawMessage, error) {
-	return s.jsonCall(ctx, p, audit, completeEvalRunSQL, id, rawText(results), nullable(status), nullable(errText))
+func (s *PGStore) CompleteEvalRun(ctx context.Context, p core.Principal, id string, results json.RawMessage, status, errText string, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, completeEvalRunSQL, id, rawText(results), core.Nullable(status), core.Nullable(errText))
 }
 
 const getEvalRunSQL = `select atl.eval_run_get($1::uuid)`
 
-func (s *PGStore) GetEvalRun(ctx context.Context, p Principal, id string) (json.RawMessage, error) {
+func (s *PGStore) GetEvalRun(ctx context.Context, p core.Principal, id string) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, getEvalRunSQL, id)
 }
 
 const listEvalRunsSQL = `select atl.eval_run_list($1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::uuid, $7::integer)`
 
-func (s *PGStore) ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) ([]json.RawMessage, error) {
+func (s *PGStore) ListEvalRuns(ctx context.Context, p core.Principal, f core.EvalFilter) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(f.Before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listEvalRunsSQL, nullable(f.SuiteName), nullable(f.ModelID), nullable(f.Provider),
-			nullable(f.Status), bTime, bID, f.Limit)
+		rows, err := tx.Query(ctx, listEvalRunsSQL, core.Nullable(f.SuiteName), core.Nullable(f.ModelID), core.Nullable(f.Provider),
+			core.Nullable(f.Status), bTime, bID, f.Limit)
 		if err != nil {
 			return err
 		}
@@ -884,7 +629,7 @@ func (s *PGStore) ListEvalRuns(ctx context.Context, p Principal, f EvalFilter) (
 
 const pinEvalBaselineSQL = `select atl.eval_baseline_pin($1::text, $2::uuid)`
 
-func (s *PGStore) PinEvalBaseline(ctx context.Context, p Principal, suite, runID string, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) PinEvalBaseline(ctx context.Context, p core.Principal, suite, runID string, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, pinEvalBaselineSQL, suite, runID)
 }
 
@@ -896,7 +641,7 @@ const verifyTimeout = 55 * time.Second
 
 const verifyTimeoutSQL = `select set_config('statement_timeout', $1::text, true)`
 
-func (s *PGStore) VerifyAudit(ctx context.Context, p Principal) (json.RawMessage, error) {
+func (s *PGStore) VerifyAudit(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	var out json.RawMessage
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, verifyTimeoutSQL, fmt.Sprint(verifyTimeout.Milliseconds())); err != nil {
@@ -909,6 +654,6 @@ func (s *PGStore) VerifyAudit(ctx context.Context, p Principal) (json.RawMessage
 
 const auditHeadSQL = `select to_jsonb(h) from atl.audit_head() h`
 
-func (s *PGStore) AuditHead(ctx context.Context, p Principal) (json.RawMessage, error) {
+func (s *PGStore) AuditHead(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, auditHeadSQL)
 }

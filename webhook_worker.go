@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -289,7 +290,7 @@ func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
 	}
 	var state string
 	err := w.workerTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, nullable(out.err),
+		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, core.Nullable(out.err),
 			out.latencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/julienschmidt/httprouter"
 )
@@ -16,8 +17,8 @@ import (
 
 const maxWebhookURL = 2048
 
-func errWebhookNotFound() *Error {
-	return newError(http.StatusNotFound, "webhook_not_found", "webhook not found")
+func errWebhookNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "webhook_not_found", "webhook not found")
 }
 
 type webhookRequest struct {
@@ -41,12 +42,12 @@ func (a *App) webhookStore() (*PGStore, error) {
 	}
 	pg, ok := s.(*PGStore)
 	if !ok {
-		return nil, errNeedsDB()
+		return nil, core.ErrNeedsDB()
 	}
 	return pg, nil
 }
 
-func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	pg, err := a.webhookStore()
 	if err != nil {
 		return err
@@ -60,9 +61,9 @@ func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter
 	}
 	switch {
 	case !validWebhookURL(req.URL):
-		return validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
+		return core.Validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
 	case req.Format != "json" && req.Format != "slack":
-		return validation("format must be json or slack")
+		return core.Validation("format must be json or slack")
 	}
 	out, err := pg.CreateWebhook(r.Context(), p, req.URL, req.Format, newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
@@ -72,7 +73,7 @@ func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter
 	return nil
 }
 
-func (a *App) listWebhooks(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p Principal) error {
+func (a *App) listWebhooks(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
 	pg, err := a.webhookStore()
 	if err != nil {
 		return err
@@ -89,7 +90,7 @@ func (a *App) listWebhooks(w http.ResponseWriter, r *http.Request, _ httprouter.
 	return nil
 }
 
-func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	pg, err := a.webhookStore()
 	if err != nil {
 		return err
@@ -106,7 +107,7 @@ func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httproute
 	return nil
 }
 
-func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p Principal) error {
+func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	pg, err := a.webhookStore()
 	if err != nil {
 		return err
@@ -124,7 +125,7 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 		return err
 	}
 	if since != nil || until != nil {
-		return validation("since and until are not filters of this list; page with limit and cursor")
+		return core.Validation("since and until are not filters of this list; page with limit and cursor")
 	}
 	rows, err := pg.ListWebhookDeliveries(r.Context(), p, strings.ToLower(id), before, limit+1)
 	if err != nil {
@@ -136,25 +137,25 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 
 const createWebhookSQL = `select atl.webhook_create($1::text, $2::text, $3::text)`
 
-func (s *PGStore) CreateWebhook(ctx context.Context, p Principal, rawURL, format string, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) CreateWebhook(ctx context.Context, p core.Principal, rawURL, format string, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, createWebhookSQL, rawURL, format, p.Subject)
 }
 
 const listWebhooksSQL = `select atl.webhook_list()`
 
-func (s *PGStore) ListWebhooks(ctx context.Context, p Principal) (json.RawMessage, error) {
+func (s *PGStore) ListWebhooks(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, listWebhooksSQL)
 }
 
 const deleteWebhookSQL = `select atl.webhook_delete($1::uuid)`
 
-func (s *PGStore) DeleteWebhook(ctx context.Context, p Principal, id string, audit *AuditLog) (json.RawMessage, error) {
+func (s *PGStore) DeleteWebhook(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, audit, deleteWebhookSQL, id)
 }
 
 const listWebhookDeliveriesSQL = `select atl.webhook_delivery_list($1::uuid, $2::timestamptz, $3::uuid, $4::integer)`
 
-func (s *PGStore) ListWebhookDeliveries(ctx context.Context, p Principal, webhookID string, before *Cursor, limit int) ([]json.RawMessage, error) {
+func (s *PGStore) ListWebhookDeliveries(ctx context.Context, p core.Principal, webhookID string, before *core.Cursor, limit int) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
 	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {

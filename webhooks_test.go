@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -380,14 +381,14 @@ func TestWebhookRoutes(t *testing.T) {
 		{"url": "https://example.com/hook", "format": "xml"},
 		{"format": "json"},
 	} {
-		requireError(t, e.do("POST", "/api/v1/webhooks", admin, body), http.StatusBadRequest, codeValidation)
+		requireError(t, e.do("POST", "/api/v1/webhooks", admin, body), http.StatusBadRequest, core.CodeValidation)
 	}
 	requireError(t, e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://example.com/hook", "extra": 1}),
 		http.StatusBadRequest, "unknown_field")
 	for _, key := range []string{agent, alice} {
 		requireError(t, e.do("POST", "/api/v1/webhooks", key, map[string]any{"url": "https://example.com/hook"}),
-			http.StatusForbidden, codeForbidden)
-		requireError(t, e.do("GET", "/api/v1/webhooks", key, nil), http.StatusForbidden, codeForbidden)
+			http.StatusForbidden, core.CodeForbidden)
+		requireError(t, e.do("GET", "/api/v1/webhooks", key, nil), http.StatusForbidden, core.CodeForbidden)
 	}
 
 	r := e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "https://example.com/hook"})
@@ -442,7 +443,7 @@ func TestWebhookRoutes(t *testing.T) {
 		if c.method == "POST" {
 			body = map[string]any{"url": "https://example.com/hook"}
 		}
-		requireError(t, j.do(c.method, c.path, jadmin, body), http.StatusServiceUnavailable, codeRequiresDatabase)
+		requireError(t, j.do(c.method, c.path, jadmin, body), http.StatusServiceUnavailable, core.CodeRequiresDatabase)
 	}
 }
 
@@ -465,7 +466,7 @@ func TestWebhookIsolation(t *testing.T) {
 	require.Equal(t, betaHook, r.items()[0]["id"])
 	requireError(t, e.do("GET", "/api/v1/webhooks/"+acmeHook+"/deliveries", beta, nil), http.StatusNotFound, "webhook_not_found")
 	requireError(t, e.do("DELETE", "/api/v1/webhooks/"+acmeHook, beta, nil), http.StatusNotFound, "webhook_not_found")
-	requireError(t, e.do("GET", "/api/v1/webhooks?tenant_id=acme", beta, nil), http.StatusForbidden, codeTenantMismatch)
+	requireError(t, e.do("GET", "/api/v1/webhooks?tenant_id=acme", beta, nil), http.StatusForbidden, core.CodeTenantMismatch)
 	require.Len(t, e.do("GET", "/api/v1/webhooks", acme, nil).items(), 1, "beta's delete did nothing")
 
 	pool := e.store.(*PGStore).pool
@@ -516,7 +517,7 @@ func TestWebhookOutboxTransaction(t *testing.T) {
 		tx, err := pool.Begin(ctx)
 		require.NoError(t, err)
 		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme", keyHash(agent))
+		_, err = tx.Exec(ctx, setTenantSQL, runtimeRole, "acme", core.KeyHash(agent))
 		require.NoError(t, err)
 		_, err = tx.Exec(ctx, "select atl.gate_execute(p_agent_id => 'bot', p_tool => 'deploy')")
 		require.NoError(t, err)

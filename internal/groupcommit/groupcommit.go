@@ -1,4 +1,4 @@
-package main
+package groupcommit
 
 import (
 	"cmp"
@@ -14,46 +14,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Group commit: concurrent writes are gathered for a short window and written
-// in one transaction, so that many requests share one commit (one WAL flush)
-// and each tenant's chain head is locked once per batch instead of once per
-// request. Within the transaction the jobs are ordered by tenant, and each
-// tenant's jobs follow a set_config of app.tenant_id, so RLS checks every row
-// as it would in a transaction of its own; ordering by tenant also means two
-// batches lock chain heads in the same order and cannot deadlock on them.
-//
-// A request is answered only after its batch commits. When any statement of a
-// batch fails, the transaction is rolled back (nothing of it was written) and
-// every job is written again on its own, in its own transaction: a bad row
-// fails only its own request, and no request is failed or written twice
-// because of a neighbour. A commit whose outcome is unknown (the connection
-// broke while COMMIT was in flight) is not retried: its jobs get the error,
-// as a single request's commit would.
-
-// groupJob is one request's writes waiting for a shared commit.
-type groupJob struct {
-	tenant string
-	// keyHash names the acting key (app.key_hash) for this job's statements.
-	keyHash string
-	rows    int
-	// queue adds the job's statements to a batch; their callbacks fill the
+// Job is one request's writes waiting for a shared commit.
+type Job struct {
+	Tenant string
+	// KeyHash names the acting key (app.key_hash) for this job's statements.
+	KeyHash string
+	Rows    int
+	// Queue adds the job's statements to a batch; their callbacks fill the
 	// request's results. It may be called more than once.
-	queue func(b *pgx.Batch)
-	// alone writes the same rows in a transaction of their own.
-	alone func(ctx context.Context) error
+	Queue func(b *pgx.Batch)
+	// Alone writes the same rows in a transaction of their own.
+	Alone func(ctx context.Context) error
 	done  chan error
 }
 
-// groupCommitter gathers jobs into batches and commits them, at most
+// Committer gathers jobs into batches and commits them, at most
 // `workers` batches at once.
-type groupCommitter struct {
+type Committer struct {
 	pool    *pgxpool.Pool
+	role    string // the role each tenant's statements run as (SET LOCAL ROLE)
 	window  time.Duration
 	maxRows int
-	jobs    chan *groupJob
+	jobs    chan *Job
 	workers chan struct{}
-	// observe, when set, is told the size of every batch and whether it fell back.
-	observe func(jobs, rows int, fellBack bool)
+	// Observe, when set, is told the size of every batch and whether it fell back.
+	Observe func(jobs, rows int, fellBack bool)
 	start   sync.Once
 
 	batchJobs, batchRows prometheus.Histogram
@@ -65,15 +50,15 @@ type groupCommitter struct {
 // commits), up to 2,000 rows (two full batch requests), two batches written at
 // once (more made batches of the same tenants wait on each other's chain heads).
 const (
-	defaultGroupWindow  time.Duration = 0
-	defaultGroupMaxRows               = 2000
-	defaultGroupWorkers               = 2
+	DefaultWindow  time.Duration = 0
+	DefaultMaxRows               = 2000
+	DefaultWorkers               = 2
 )
 
-func newGroupCommitter(pool *pgxpool.Pool, window time.Duration, maxRows, workers int) *groupCommitter {
+func New(pool *pgxpool.Pool, role string, window time.Duration, maxRows, workers int) *Committer {
 	sizes := prometheus.ExponentialBuckets(1, 2, 12) // 1 … 2048
-	return &groupCommitter{pool: pool, window: window, maxRows: max(1, maxRows),
-		jobs: make(chan *groupJob, 4096), workers: make(chan struct{}, max(1, workers)),
+	return &Committer{pool: pool, role: role, window: window, maxRows: max(1, maxRows),
+		jobs: make(chan *Job, 4096), workers: make(chan struct{}, max(1, workers)),
 		batchJobs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atl_group_commit_batch_requests",
 			Help: "Requests written together in one group-commit transaction.", Buckets: sizes}),
 		batchRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atl_group_commit_batch_rows",
@@ -83,10 +68,15 @@ func newGroupCommitter(pool *pgxpool.Pool, window time.Duration, maxRows, worker
 	}
 }
 
-// submit queues a job and waits until its batch committed or failed. A job
+// Collectors are the committer's batch-size histograms and fallback counter.
+func (g *Committer) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{g.batchJobs, g.batchRows, g.fallbacks}
+}
+
+// Submit queues a job and waits until its batch committed or failed. A job
 // that was queued is waited for even when ctx ends, so that what the caller
 // reports matches what was written.
-func (g *groupCommitter) submit(ctx context.Context, j *groupJob) error {
+func (g *Committer) Submit(ctx context.Context, j *Job) error {
 	j.done = make(chan error, 1)
 	g.start.Do(func() { go g.run() })
 	select {
@@ -100,15 +90,15 @@ func (g *groupCommitter) submit(ctx context.Context, j *groupJob) error {
 // run forms batches for the life of the process: it takes the first job,
 // gathers more for the window, then goes on gathering until a worker is free
 // or the batch is full, and hands the batch to that worker.
-func (g *groupCommitter) run() {
-	var pending *groupJob // a job that did not fit the previous batch
+func (g *Committer) run() {
+	var pending *Job // a job that did not fit the previous batch
 	for {
 		first := pending
 		pending = nil
 		if first == nil {
 			first = <-g.jobs
 		}
-		batch, rows := []*groupJob{first}, first.rows
+		batch, rows := []*Job{first}, first.Rows
 		var windowC <-chan time.Time
 		var timer *time.Timer
 		if g.window > 0 {
@@ -124,10 +114,10 @@ func (g *groupCommitter) run() {
 			}
 			select {
 			case j := <-g.jobs:
-				if rows+j.rows > g.maxRows {
+				if rows+j.Rows > g.maxRows {
 					pending = j
 				} else {
-					batch, rows = append(batch, j), rows+j.rows
+					batch, rows = append(batch, j), rows+j.Rows
 				}
 			case <-windowC:
 				windowC = nil
@@ -142,7 +132,7 @@ func (g *groupCommitter) run() {
 		if !haveWorker {
 			g.workers <- struct{}{}
 		}
-		go func(batch []*groupJob, rows int) {
+		go func(batch []*Job, rows int) {
 			defer func() { <-g.workers }()
 			g.commit(batch, rows)
 		}(batch, rows)
@@ -152,15 +142,15 @@ func (g *groupCommitter) run() {
 // groupTimeout bounds one batch transaction; the statement timeout bounds each statement.
 const groupTimeout = 30 * time.Second
 
-func (g *groupCommitter) commit(batch []*groupJob, rows int) {
+func (g *Committer) commit(batch []*Job, rows int) {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
 	if len(batch) == 1 {
-		batch[0].done <- batch[0].alone(ctx)
+		batch[0].done <- batch[0].Alone(ctx)
 		g.report(1, rows, false)
 		return
 	}
-	slices.SortStableFunc(batch, func(a, b *groupJob) int { return cmp.Compare(a.tenant, b.tenant) })
+	slices.SortStableFunc(batch, func(a, b *Job) int { return cmp.Compare(a.Tenant, b.Tenant) })
 	err := g.together(ctx, batch)
 	if err == nil {
 		for _, j := range batch {
@@ -179,18 +169,18 @@ func (g *groupCommitter) commit(batch []*groupJob, rows int) {
 	// Rolled back: each job again, on its own.
 	g.report(len(batch), rows, true)
 	for _, j := range batch {
-		j.done <- j.alone(ctx)
+		j.done <- j.Alone(ctx)
 	}
 }
 
-func (g *groupCommitter) report(jobs, rows int, fellBack bool) {
+func (g *Committer) report(jobs, rows int, fellBack bool) {
 	g.batchJobs.Observe(float64(jobs))
 	g.batchRows.Observe(float64(rows))
 	if fellBack {
 		g.fallbacks.Inc()
 	}
-	if g.observe != nil {
-		g.observe(jobs, rows, fellBack)
+	if g.Observe != nil {
+		g.Observe(jobs, rows, fellBack)
 	}
 }
 
@@ -201,23 +191,23 @@ func (e *commitUnknownError) Error() string { return e.err.Error() }
 func (e *commitUnknownError) Unwrap() error { return e.err }
 
 // together writes a batch in one transaction: the runtime role, then for each
-// tenant its app.tenant_id and its jobs' statements, all in one round trip.
-func (g *groupCommitter) together(ctx context.Context, batch []*groupJob) error {
+// Tenant its app.tenant_id and its jobs' statements, all in one round trip.
+func (g *Committer) together(ctx context.Context, batch []*Job) error {
 	tx, err := g.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	b := &pgx.Batch{}
-	b.Queue(`select set_config('role', $1::text, true)`, runtimeRole)
+	b.Queue(`select set_config('role', $1::text, true)`, g.role)
 	for i, j := range batch {
-		if i == 0 || batch[i-1].tenant != j.tenant {
-			b.Queue(`select set_config('app.tenant_id', $1::text, true)`, j.tenant)
+		if i == 0 || batch[i-1].Tenant != j.Tenant {
+			b.Queue(`select set_config('app.tenant_id', $1::text, true)`, j.Tenant)
 		}
-		if i == 0 || batch[i-1].tenant != j.tenant || batch[i-1].keyHash != j.keyHash {
-			b.Queue(`select set_config('app.key_hash', $1::text, true)`, j.keyHash)
+		if i == 0 || batch[i-1].Tenant != j.Tenant || batch[i-1].KeyHash != j.KeyHash {
+			b.Queue(`select set_config('app.key_hash', $1::text, true)`, j.KeyHash)
 		}
-		j.queue(b)
+		j.Queue(b)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err

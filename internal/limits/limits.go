@@ -1,4 +1,4 @@
-package main
+package limits
 
 import (
 	"context"
@@ -6,13 +6,15 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/asi-labs/atl/internal/core"
 )
 
-// rateLimiter is a token bucket per API key: rate tokens a second, up to
+// RateLimiter is a token bucket per API key: rate tokens a second, up to
 // burst. A nil limiter lets everything through.
-type rateLimiter struct {
-	rate, burst float64
-	now         func() time.Time
+type RateLimiter struct {
+	Rate, Burst float64
+	Now         func() time.Time
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -23,54 +25,54 @@ type bucket struct {
 	last   time.Time
 }
 
-func newRateLimiter(rate float64, burst int) *rateLimiter {
+func NewRateLimiter(rate float64, burst int) *RateLimiter {
 	if rate <= 0 {
 		return nil
 	}
 	if burst < 1 {
 		burst = int(math.Ceil(rate))
 	}
-	return &rateLimiter{rate: rate, burst: float64(burst), now: time.Now, buckets: map[string]*bucket{}}
+	return &RateLimiter{Rate: rate, Burst: float64(burst), Now: time.Now, buckets: map[string]*bucket{}}
 }
 
-// allow takes a token for key, or says how long until one is there.
-func (l *rateLimiter) allow(key string) (bool, time.Duration) {
+// Allow takes a token for key, or says how long until one is there.
+func (l *RateLimiter) Allow(key string) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	now := l.Now()
 	b, ok := l.buckets[key]
 	if !ok {
 		if len(l.buckets) >= 100_000 {
 			l.evictFull(now)
 		}
-		b = &bucket{tokens: l.burst, last: now}
+		b = &bucket{tokens: l.Burst, last: now}
 		l.buckets[key] = b
 	}
-	b.tokens = math.Min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.tokens = math.Min(l.Burst, b.tokens+now.Sub(b.last).Seconds()*l.Rate)
 	b.last = now
 	if b.tokens >= 1 {
 		b.tokens--
 		return true, 0
 	}
-	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return false, time.Duration((1 - b.tokens) / l.Rate * float64(time.Second))
 }
 
 // evictFull forgets buckets that have refilled: they hold nothing a new one would not.
-func (l *rateLimiter) evictFull(now time.Time) {
+func (l *RateLimiter) evictFull(now time.Time) {
 	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+		if b.tokens+now.Sub(b.last).Seconds()*l.Rate >= l.Burst {
 			delete(l.buckets, k)
 		}
 	}
 }
 
-// tenantSlots bounds the database transactions one tenant may have open at
+// TenantSlots bounds the database transactions one tenant may have open at
 // once, so a tenant that floods the service queues on its own slots instead of
 // holding every pooled connection. A nil bound lets everything through.
-type tenantSlots struct {
+type TenantSlots struct {
 	max  int
 	wait time.Duration
 
@@ -84,21 +86,21 @@ type tenantSem struct {
 	refs int // holders and waiters; the entry goes when it falls to 0
 }
 
-func newTenantSlots(max int, wait time.Duration) *tenantSlots {
+func NewTenantSlots(max int, wait time.Duration) *TenantSlots {
 	if max <= 0 {
 		return nil
 	}
-	return &tenantSlots{max: max, wait: wait, tenants: map[string]*tenantSem{}}
+	return &TenantSlots{max: max, wait: wait, tenants: map[string]*tenantSem{}}
 }
 
 // errTenantBusy answers a request that waited too long for one of its tenant's slots.
-func errTenantBusy() *Error {
-	return &Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
+func errTenantBusy() *core.Error {
+	return &core.Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
 		Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
 }
 
-// acquire takes one of tenant's slots, waiting at most l.wait; release gives it back.
-func (l *tenantSlots) acquire(ctx context.Context, tenant string) (release func(), err error) {
+// Acquire takes one of tenant's slots, waiting at most l.wait; release gives it back.
+func (l *TenantSlots) Acquire(ctx context.Context, tenant string) (release func(), err error) {
 	if l == nil {
 		return func() {}, nil
 	}
@@ -139,9 +141,9 @@ func (l *tenantSlots) acquire(ctx context.Context, tenant string) (release func(
 	}
 }
 
-// stats reports the bound, how many tenants are in the database now, how
+// Stats reports the bound, how many tenants are in the database now, how
 // many requests hold or wait for a slot, and how many were refused.
-func (l *tenantSlots) stats() map[string]any {
+func (l *TenantSlots) Stats() map[string]any {
 	if l == nil {
 		return map[string]any{"max_per_tenant": 0}
 	}

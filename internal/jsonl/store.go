@@ -1,4 +1,4 @@
-package main
+package jsonl
 
 import (
 	"bufio"
@@ -21,26 +21,28 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/asi-labs/atl/internal/core"
 )
 
-// JSONLStore is the embedded default: append-only JSONL files under one
+// Store is the embedded default: append-only JSONL files under one
 // directory, loaded into memory at start. Every acknowledged write is fsynced.
 //
 //	tenants.jsonl              tenants
 //	keys.jsonl                 key issues and revocations (hashes only)
 //	tenants/<id>/trail.jsonl   the tenant's audit rows and events
 //	atl.lock                   flocked by the one process that has the directory open
-type JSONLStore struct {
+type Store struct {
 	dir  string
 	log  *slog.Logger
 	lock *os.File // atl.lock, flocked while the store is open
 
 	mu      sync.Mutex
-	tenants map[string]Tenant
+	tenants map[string]core.Tenant
 	keys    map[string]*jsonlKey // by id
 	byHash  map[[32]byte]*jsonlKey
-	audit   map[string][]AuditLog // by tenant, oldest first
-	events  map[string][]Event
+	audit   map[string][]core.AuditLog // by tenant, oldest first
+	events  map[string][]core.Event
 	files   map[string]*os.File
 
 	policies map[string]map[string]jsonlPolicy // by tenant, then tool
@@ -87,7 +89,7 @@ type jsonlIdem struct {
 }
 
 type jsonlKey struct {
-	APIKey
+	core.APIKey
 	Hash []byte `json:"key_hash"`
 }
 
@@ -101,17 +103,17 @@ type jsonlRevoke struct {
 	ReplacedByKeyID *string   `json:"replaced_by_key_id,omitempty"`
 }
 
-// jsonlRecord is one line of any file; Type says which field is set.
-type jsonlRecord struct {
-	Type     string       `json:"type"`
-	Tenant   *Tenant      `json:"tenant,omitempty"`
-	Key      *jsonlKey    `json:"key,omitempty"`
-	Revoke   *jsonlRevoke `json:"revoke,omitempty"`
-	Audit    *AuditLog    `json:"audit,omitempty"`
-	Event    *Event       `json:"event,omitempty"`
-	Policy   *jsonlPolicy `json:"policy,omitempty"`
-	Settings *Tenant      `json:"settings,omitempty"`
-	Idem     *jsonlIdem   `json:"idem,omitempty"`
+// Record is one line of any file; Type says which field is set.
+type Record struct {
+	Type     string         `json:"type"`
+	Tenant   *core.Tenant   `json:"tenant,omitempty"`
+	Key      *jsonlKey      `json:"key,omitempty"`
+	Revoke   *jsonlRevoke   `json:"revoke,omitempty"`
+	Audit    *core.AuditLog `json:"audit,omitempty"`
+	Event    *core.Event    `json:"event,omitempty"`
+	Policy   *jsonlPolicy   `json:"policy,omitempty"`
+	Settings *core.Tenant   `json:"settings,omitempty"`
+	Idem     *jsonlIdem     `json:"idem,omitempty"`
 
 	// The hash chain, on audit and event lines: as in SQL, a gap-free seq
 	// shared by both, the previous row's hash and this row's, in hex.
@@ -120,12 +122,12 @@ type jsonlRecord struct {
 	RowHash  string `json:"row_hash,omitempty"`
 }
 
-func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
+func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tenants"), 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	s := &JSONLStore{dir: dir, log: log, tenants: map[string]Tenant{}, keys: map[string]*jsonlKey{},
-		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]AuditLog{}, events: map[string][]Event{},
+	s := &Store{dir: dir, log: log, tenants: map[string]core.Tenant{}, keys: map[string]*jsonlKey{},
+		byHash: map[[32]byte]*jsonlKey{}, audit: map[string][]core.AuditLog{}, events: map[string][]core.Event{},
 		files: map[string]*os.File{}, policies: map[string]map[string]jsonlPolicy{}, idem: map[string]map[string]jsonlIdem{},
 		chains: map[string]*jsonlChain{}}
 	lock, err := lockDataDir(dir)
@@ -141,7 +143,7 @@ func OpenJSONLStore(dir string, log *slog.Logger) (*JSONLStore, error) {
 }
 
 // loadAll reads every file into memory; the caller holds the directory's lock.
-func (s *JSONLStore) loadAll() error {
+func (s *Store) loadAll() error {
 	if err := s.load(filepath.Join(s.dir, "tenants.jsonl")); err != nil {
 		return err
 	}
@@ -152,20 +154,20 @@ func (s *JSONLStore) loadAll() error {
 		if err := s.load(s.trailPath(id)); err != nil {
 			return err
 		}
-		slices.SortStableFunc(s.events[id], func(a, b Event) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
-		slices.SortStableFunc(s.audit[id], func(a, b AuditLog) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
+		slices.SortStableFunc(s.events[id], func(a, b core.Event) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
+		slices.SortStableFunc(s.audit[id], func(a, b core.AuditLog) int { return keysetCompare(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	}
 	return nil
 }
 
-func (s *JSONLStore) trailPath(tenant string) string {
+func (s *Store) trailPath(tenant string) string {
 	// tenant ids match ^[a-z0-9][a-z0-9_-]{1,62}$, so they are safe as a directory name.
 	return filepath.Join(s.dir, "tenants", tenant, "trail.jsonl")
 }
 
 // load replays one file. A line that does not parse is skipped with a warning;
 // a torn last line (a crash mid-write) is cut off so the next append starts clean.
-func (s *JSONLStore) load(path string) error {
+func (s *Store) load(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if os.IsNotExist(err) {
 		return nil
@@ -192,7 +194,7 @@ func (s *JSONLStore) load(path string) error {
 			return err
 		}
 		good += int64(len(line))
-		var rec jsonlRecord
+		var rec Record
 		if err := json.Unmarshal(bytes.TrimSpace(line), &rec); err != nil {
 			s.log.Warn("jsonl: skipping unreadable line", "file", path, "line", lineNo)
 			continue
@@ -201,9 +203,9 @@ func (s *JSONLStore) load(path string) error {
 	}
 }
 
-func (s *JSONLStore) apply(rec jsonlRecord) {
+func (s *Store) apply(rec Record) {
 	switch {
-	case rec.Type == "tenant" && rec.Tenant != nil && tenantIDPattern.MatchString(rec.Tenant.ID):
+	case rec.Type == "tenant" && rec.Tenant != nil && core.TenantIDPattern.MatchString(rec.Tenant.ID):
 		s.tenants[rec.Tenant.ID] = *rec.Tenant
 	case rec.Type == "key" && rec.Key != nil && len(rec.Key.Hash) == sha256.Size:
 		k := *rec.Key
@@ -236,7 +238,7 @@ func (s *JSONLStore) apply(rec jsonlRecord) {
 
 // appendRecords writes records to one file in a single write and fsyncs it.
 // The caller holds s.mu.
-func (s *JSONLStore) appendRecords(path string, recs ...jsonlRecord) error {
+func (s *Store) appendRecords(path string, recs ...Record) error {
 	var buf bytes.Buffer
 	for _, r := range recs {
 		b, err := json.Marshal(r)
@@ -264,9 +266,9 @@ func (s *JSONLStore) appendRecords(path string, recs ...jsonlRecord) error {
 	return f.Sync()
 }
 
-func (s *JSONLStore) Kind() string { return "jsonl" }
+func (s *Store) Kind() string { return "jsonl" }
 
-func (s *JSONLStore) Close() {
+func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range s.files {
@@ -279,32 +281,32 @@ func (s *JSONLStore) Close() {
 	}
 }
 
-func (s *JSONLStore) PingDB(context.Context) (time.Duration, error) { return 0, errNeedsDB() }
+func (s *Store) PingDB(context.Context) (time.Duration, error) { return 0, core.ErrNeedsDB() }
 
-func (s *JSONLStore) CreateTenant(_ context.Context, id, name string) (Tenant, APIKey, error) {
+func (s *Store) CreateTenant(_ context.Context, id, name string) (core.Tenant, core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.tenants[id]; ok {
-		return Tenant{}, APIKey{}, newError(http.StatusConflict, "already_exists", "an object with this identity already exists")
+		return core.Tenant{}, core.APIKey{}, core.NewError(http.StatusConflict, "already_exists", "an object with this identity already exists")
 	}
-	t := Tenant{ID: id, Name: name, DefaultTrustLevel: "L3", CreatedAt: now()}
-	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "tenant", Tenant: &t}); err != nil {
-		return Tenant{}, APIKey{}, err
+	t := core.Tenant{ID: id, Name: name, DefaultTrustLevel: "L3", CreatedAt: now()}
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), Record{Type: "tenant", Tenant: &t}); err != nil {
+		return core.Tenant{}, core.APIKey{}, err
 	}
 	s.tenants[id] = t
-	k, err := s.issueKeyLocked(id, "admin", "admin", nil, Principal{Subject: "system:operator"})
+	k, err := s.issueKeyLocked(id, "admin", "admin", nil, core.Principal{Subject: "system:operator"})
 	return t, k, err
 }
 
-func (s *JSONLStore) Authenticate(_ context.Context, apiKey string) (Principal, error) {
+func (s *Store) Authenticate(_ context.Context, apiKey string) (core.Principal, error) {
 	h := sha256.Sum256([]byte(apiKey))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.byHash[h]
 	if !ok || !k.active(now()) {
-		return Principal{}, errUnauthorized()
+		return core.Principal{}, core.ErrUnauthorized()
 	}
-	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, Agents: k.Agents,
+	return core.Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, Agents: k.Agents,
 		KeyHash: hex.EncodeToString(h[:])}, nil
 }
 
@@ -314,15 +316,15 @@ type jsonlSession struct {
 	ended           bool
 }
 
-func (s *JSONLStore) StartConsoleSession(_ context.Context, p Principal, session string, ttl time.Duration) (time.Time, error) {
+func (s *Store) StartConsoleSession(_ context.Context, p core.Principal, session string, ttl time.Duration) (time.Time, error) {
 	if len(session) < 43 || ttl <= 0 {
-		return time.Time{}, validation("a session id has at least 43 characters and a session a positive lifetime")
+		return time.Time{}, core.Validation("a session id has at least 43 characters and a session a positive lifetime")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, ok := s.keys[p.KeyID]
 	if !ok || k.TenantID != p.TenantID || !k.active(now()) || (k.Role != "approver" && k.Role != "admin") {
-		return time.Time{}, newError(http.StatusForbidden, codeForbidden,
+		return time.Time{}, core.NewError(http.StatusForbidden, core.CodeForbidden,
 			"only an active approver or admin key of this tenant can start a console session")
 	}
 	t := now()
@@ -339,21 +341,21 @@ func (s *JSONLStore) StartConsoleSession(_ context.Context, p Principal, session
 	return expires, nil
 }
 
-func (s *JSONLStore) ConsoleSession(_ context.Context, session string) (Principal, error) {
+func (s *Store) ConsoleSession(_ context.Context, session string) (core.Principal, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ses, ok := s.sessions[sha256.Sum256([]byte(session))]
 	if !ok || ses.ended || !now().Before(ses.expires) {
-		return Principal{}, errUnauthorized()
+		return core.Principal{}, core.ErrUnauthorized()
 	}
 	k, ok := s.keys[ses.keyID]
 	if !ok || !k.active(now()) || (k.Role != "approver" && k.Role != "admin") {
-		return Principal{}, errUnauthorized()
+		return core.Principal{}, core.ErrUnauthorized()
 	}
-	return Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, KeyHash: hex.EncodeToString(k.Hash)}, nil
+	return core.Principal{TenantID: k.TenantID, KeyID: k.ID, Role: k.Role, Subject: k.Subject, KeyHash: hex.EncodeToString(k.Hash)}, nil
 }
 
-func (s *JSONLStore) EndConsoleSession(_ context.Context, p Principal, session string) error {
+func (s *Store) EndConsoleSession(_ context.Context, p core.Principal, session string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ses, ok := s.sessions[sha256.Sum256([]byte(session))]; ok && ses.tenantID == p.TenantID {
@@ -376,22 +378,22 @@ func (k *jsonlKey) applyRevoke(r jsonlRevoke) {
 }
 
 // issueKeyLocked issues a key for a subject that has no active key; by is the acting admin.
-func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []string, by Principal) (APIKey, error) {
+func (s *Store) issueKeyLocked(tenant, role, subject string, agents []string, by core.Principal) (core.APIKey, error) {
 	for _, o := range s.keys {
 		if o.TenantID == tenant && o.Subject == subject && o.RevokedAt == nil {
-			return APIKey{}, newError(http.StatusConflict, "subject_in_use",
+			return core.APIKey{}, core.NewError(http.StatusConflict, "subject_in_use",
 				"subject %s already has an active key; rotate or revoke it first", subject)
 		}
 	}
 	secret, err := newAPIKey()
 	if err != nil {
-		return APIKey{}, err
+		return core.APIKey{}, err
 	}
 	h := sha256.Sum256([]byte(secret))
-	k := &jsonlKey{APIKey: APIKey{ID: newUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
-		KeyPrefix: keyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: nullable(by.KeyID)}, Hash: h[:]}
-	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), jsonlRecord{Type: "key", Key: k}); err != nil {
-		return APIKey{}, err
+	k := &jsonlKey{APIKey: core.APIKey{ID: NewUUID(), TenantID: tenant, Role: role, Subject: subject, Agents: agents,
+		KeyPrefix: core.KeyPrefix(secret), CreatedAt: now(), IssuedBy: &by.Subject, IssuedByKeyID: core.Nullable(by.KeyID)}, Hash: h[:]}
+	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), Record{Type: "key", Key: k}); err != nil {
+		return core.APIKey{}, err
 	}
 	s.keys[k.ID] = k
 	s.byHash[h] = k
@@ -400,20 +402,20 @@ func (s *JSONLStore) issueKeyLocked(tenant, role, subject string, agents []strin
 	return out, nil
 }
 
-func (s *JSONLStore) IssueKey(_ context.Context, p Principal, role, subject string, agents []string, audit *AuditLog) (APIKey, error) {
+func (s *Store) IssueKey(_ context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.issueKeyLocked(p.TenantID, role, subject, agents, p)
 	if err != nil {
-		return APIKey{}, err
+		return core.APIKey{}, err
 	}
 	return k, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) ListKeys(_ context.Context, p Principal) ([]APIKey, error) {
+func (s *Store) ListKeys(_ context.Context, p core.Principal) ([]core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []APIKey
+	var out []core.APIKey
 	for _, k := range s.keys {
 		if k.TenantID == p.TenantID {
 			out = append(out, k.APIKey)
@@ -424,10 +426,10 @@ func (s *JSONLStore) ListKeys(_ context.Context, p Principal) ([]APIKey, error) 
 }
 
 // revokeLocked stops a key at at, as atl._key_revoke does.
-func (s *JSONLStore) revokeLocked(p Principal, id string, at time.Time, replacedBy *string) (APIKey, error) {
+func (s *Store) revokeLocked(p core.Principal, id string, at time.Time, replacedBy *string) (core.APIKey, error) {
 	k, ok := s.keys[id]
 	if !ok || k.TenantID != p.TenantID {
-		return APIKey{}, newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.APIKey{}, core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	if k.RevokedAt != nil && !k.RevokedAt.After(at) {
 		return k.APIKey, nil
@@ -440,38 +442,38 @@ func (s *JSONLStore) revokeLocked(p Principal, id string, at time.Time, replaced
 			}
 		}
 		if others == 0 {
-			return APIKey{}, newError(http.StatusConflict, "last_admin_key",
+			return core.APIKey{}, core.NewError(http.StatusConflict, "last_admin_key",
 				"the last active admin key cannot be revoked; issue another admin key first")
 		}
 	}
-	rec := jsonlRecord{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
-		RevokedBy: &p.Subject, RevokedByKeyID: nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
+	rec := Record{Type: "revoke", Revoke: &jsonlRevoke{TenantID: p.TenantID, ID: id, RevokedAt: at,
+		RevokedBy: &p.Subject, RevokedByKeyID: core.Nullable(p.KeyID), ReplacedByKeyID: replacedBy}}
 	if err := s.appendRecords(filepath.Join(s.dir, "keys.jsonl"), rec); err != nil {
-		return APIKey{}, err
+		return core.APIKey{}, err
 	}
 	k.applyRevoke(*rec.Revoke)
 	return k.APIKey, nil
 }
 
-func (s *JSONLStore) RevokeKey(_ context.Context, p Principal, id string, audit *AuditLog) (APIKey, error) {
+func (s *Store) RevokeKey(_ context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.revokeLocked(p, id, now(), nil)
 	if err != nil {
-		return APIKey{}, err
+		return core.APIKey{}, err
 	}
 	return k, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) RotateKey(_ context.Context, p Principal, id string, overlap time.Duration, audit *AuditLog) (KeyRotation, error) {
+func (s *Store) RotateKey(_ context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.keys[id]
 	if !ok || old.TenantID != p.TenantID {
-		return KeyRotation{}, newError(http.StatusNotFound, "key_not_found", "api key not found")
+		return core.KeyRotation{}, core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	if old.RevokedAt != nil {
-		return KeyRotation{}, newError(http.StatusConflict, "key_revoked", "this key is revoked or already rotated")
+		return core.KeyRotation{}, core.NewError(http.StatusConflict, "key_revoked", "this key is revoked or already rotated")
 	}
 	// The old key leaves the one-active-key-per-subject slot before the new one takes it.
 	at := now().Add(overlap)
@@ -479,47 +481,47 @@ func (s *JSONLStore) RotateKey(_ context.Context, p Principal, id string, overla
 	k, err := s.issueKeyLocked(p.TenantID, old.Role, old.Subject, old.Agents, p)
 	if err != nil {
 		old.RevokedAt = nil
-		return KeyRotation{}, err
+		return core.KeyRotation{}, err
 	}
 	replaced, err := s.revokeLocked(p, id, at, &k.ID)
 	if err != nil {
-		return KeyRotation{}, err
+		return core.KeyRotation{}, err
 	}
-	return KeyRotation{Key: k, Replaced: replaced}, s.appendAuditLocked(p, audit)
+	return core.KeyRotation{Key: k, Replaced: replaced}, s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) fillAudit(p Principal, a *AuditLog) {
-	a.ID, a.TenantID, a.CreatedAt = newUUID(), p.TenantID, now()
-	a.ActorKeyID, a.ActorSubject = nullable(p.KeyID), nullable(p.Subject)
-	a.LatencyMS = int(time.Since(a.started).Milliseconds())
+func (s *Store) fillAudit(p core.Principal, a *core.AuditLog) {
+	a.ID, a.TenantID, a.CreatedAt = NewUUID(), p.TenantID, now()
+	a.ActorKeyID, a.ActorSubject = core.Nullable(p.KeyID), core.Nullable(p.Subject)
+	a.LatencyMS = int(time.Since(a.Started).Milliseconds())
 	if a.Mode == "" {
 		a.Mode = "dry_run"
 	}
 }
 
-func (s *JSONLStore) appendAuditLocked(p Principal, a *AuditLog) error {
+func (s *Store) appendAuditLocked(p core.Principal, a *core.AuditLog) error {
 	if a == nil {
 		return nil
 	}
 	s.fillAudit(p, a)
-	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "audit", Audit: a}); err != nil {
+	if err := s.appendTrail(p.TenantID, Record{Type: "audit", Audit: a}); err != nil {
 		return err
 	}
 	s.audit[p.TenantID] = append(s.audit[p.TenantID], *a)
 	return nil
 }
 
-func (s *JSONLStore) InsertAudit(_ context.Context, p Principal, a *AuditLog) error {
+func (s *Store) InsertAudit(_ context.Context, p core.Principal, a *core.AuditLog) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.appendAuditLocked(p, a)
 }
 
-func (s *JSONLStore) QueryAudit(_ context.Context, p Principal, f AuditFilter) ([]AuditLog, error) {
+func (s *Store) QueryAudit(_ context.Context, p core.Principal, f core.AuditFilter) ([]core.AuditLog, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rows := s.audit[p.TenantID]
-	var out []AuditLog
+	var out []core.AuditLog
 	for i := len(rows) - 1; i >= 0 && len(out) < f.Limit; i-- {
 		a := rows[i]
 		if (f.AgentID != "" && (a.AgentID == nil || *a.AgentID != f.AgentID)) || (f.TraceID != "" && a.TraceID != f.TraceID) ||
@@ -532,15 +534,15 @@ func (s *JSONLStore) QueryAudit(_ context.Context, p Principal, f AuditFilter) (
 	return out, nil
 }
 
-func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event, audit *AuditLog) ([]Event, error) {
+func (s *Store) InsertEvents(_ context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	recs := make([]jsonlRecord, 0, len(events)+1)
-	out := make([]Event, len(events))
+	recs := make([]Record, 0, len(events)+1)
+	out := make([]core.Event, len(events))
 	at := now()
 	for i, e := range events {
-		e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, at
-		e.Source, e.ActorKeyID = &sourceAgent, nullable(p.KeyID)
+		e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, at
+		e.Source, e.ActorKeyID = &core.SourceAgent, core.Nullable(p.KeyID)
 		if e.Domain == "" {
 			e.Domain = "default"
 		}
@@ -554,11 +556,11 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 			e.Mode = "dry_run"
 		}
 		out[i] = e
-		recs = append(recs, jsonlRecord{Type: "event", Event: &out[i]})
+		recs = append(recs, Record{Type: "event", Event: &out[i]})
 	}
 	if audit != nil {
 		s.fillAudit(p, audit)
-		recs = append(recs, jsonlRecord{Type: "audit", Audit: audit})
+		recs = append(recs, Record{Type: "audit", Audit: audit})
 	}
 	// Events and their audit row go out in one write, so a crash keeps both or the torn tail is dropped.
 	if err := s.appendTrail(p.TenantID, recs...); err != nil {
@@ -566,7 +568,7 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 	}
 	// Memory is kept in keyset order (created_at, id), so a batch that shares a timestamp goes in by id.
 	sorted := slices.Clone(out)
-	slices.SortFunc(sorted, func(a, b Event) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(sorted, func(a, b core.Event) int { return strings.Compare(a.ID, b.ID) })
 	s.events[p.TenantID] = append(s.events[p.TenantID], sorted...)
 	if audit != nil {
 		s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
@@ -574,11 +576,11 @@ func (s *JSONLStore) InsertEvents(_ context.Context, p Principal, events []Event
 	return out, nil
 }
 
-func (s *JSONLStore) QueryEvents(_ context.Context, p Principal, f EventFilter) ([]Event, error) {
+func (s *Store) QueryEvents(_ context.Context, p core.Principal, f core.EventFilter) ([]core.Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rows := s.events[p.TenantID]
-	var out []Event
+	var out []core.Event
 	for i := len(rows) - 1; i >= 0 && len(out) < f.Limit; i-- {
 		e := rows[i]
 		if (f.Agent != "" && e.Agent != f.Agent) || (f.TraceID != "" && e.TraceID != f.TraceID) ||
@@ -592,7 +594,7 @@ func (s *JSONLStore) QueryEvents(_ context.Context, p Principal, f EventFilter) 
 	return out, nil
 }
 
-func inWindow(at time.Time, id string, since, until *time.Time, before *Cursor) bool {
+func inWindow(at time.Time, id string, since, until *time.Time, before *core.Cursor) bool {
 	if since != nil && at.Before(*since) {
 		return false
 	}
@@ -621,7 +623,7 @@ func newerThan(aAt time.Time, aID string, bAt time.Time, bID string) bool {
 // now is truncated to microseconds, PostgreSQL's precision, so cursors agree in both stores.
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-func newUUID() string {
+func NewUUID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand does not fail on Linux
@@ -640,7 +642,7 @@ func newAPIKey() (string, error) {
 	return "atl_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
+func (s *Store) applyPolicy(p jsonlPolicy) {
 	if s.policies[p.TenantID] == nil {
 		s.policies[p.TenantID] = map[string]jsonlPolicy{}
 	}
@@ -651,9 +653,9 @@ func (s *JSONLStore) applyPolicy(p jsonlPolicy) {
 	s.policies[p.TenantID][p.ToolName] = p
 }
 
-func (s *JSONLStore) PutPolicy(_ context.Context, p Principal, in PolicyInput, audit *AuditLog) (json.RawMessage, error) {
+func (s *Store) PutPolicy(_ context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	if in.TrustLevel == "L4" && in.AutoApproveEligible != nil && *in.AutoApproveEligible {
-		return nil, validation("an L4 tool can never be auto-approved")
+		return nil, core.Validation("an L4 tool can never be auto-approved")
 	}
 	pol := jsonlPolicy{TenantID: p.TenantID, ToolName: in.ToolName, TrustLevel: in.TrustLevel, ApprovalTTLSeconds: 3600,
 		RequiredApprovals: in.RequiredApprovals, EndpointURL: in.EndpointURL, UpdatedAt: now()}
@@ -665,24 +667,24 @@ func (s *JSONLStore) PutPolicy(_ context.Context, p Principal, in PolicyInput, a
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &pol}); err != nil {
+	if err := s.appendRecords(s.trailPath(p.TenantID), Record{Type: "policy", Policy: &pol}); err != nil {
 		return nil, err
 	}
 	s.applyPolicy(pol)
 	return pol.view(), s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) GetPolicy(_ context.Context, p Principal, tool string) (json.RawMessage, error) {
+func (s *Store) GetPolicy(_ context.Context, p core.Principal, tool string) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound()
+		return nil, core.ErrPolicyNotFound()
 	}
 	return pol.view(), nil
 }
 
-func (s *JSONLStore) ListPolicies(_ context.Context, p Principal) (json.RawMessage, error) {
+func (s *Store) ListPolicies(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	items := []json.RawMessage{}
@@ -694,28 +696,28 @@ func (s *JSONLStore) ListPolicies(_ context.Context, p Principal) (json.RawMessa
 	return json.Marshal(map[string]any{"default_trust_level": t.DefaultTrustLevel, "allowed_domains": t.AllowedDomains, "items": items})
 }
 
-func (s *JSONLStore) DeletePolicy(_ context.Context, p Principal, tool string, audit *AuditLog) (json.RawMessage, error) {
+func (s *Store) DeletePolicy(_ context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	pol, ok := s.policies[p.TenantID][tool]
 	if !ok {
-		return nil, errPolicyNotFound()
+		return nil, core.ErrPolicyNotFound()
 	}
 	gone := pol
 	gone.Deleted = true
-	if err := s.appendRecords(s.trailPath(p.TenantID), jsonlRecord{Type: "policy", Policy: &gone}); err != nil {
+	if err := s.appendRecords(s.trailPath(p.TenantID), Record{Type: "policy", Policy: &gone}); err != nil {
 		return nil, err
 	}
 	s.applyPolicy(gone)
 	return pol.view(), s.appendAuditLocked(p, audit)
 }
 
-func (s *JSONLStore) PutTenantSettings(_ context.Context, p Principal, in TenantSettings, audit *AuditLog) (json.RawMessage, error) {
+func (s *Store) PutTenantSettings(_ context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.tenants[p.TenantID]
 	t.DefaultTrustLevel, t.AllowedDomains, t.AdminsDecideL4 = in.DefaultTrustLevel, in.AllowedDomains, in.AdminsDecideL4
-	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), jsonlRecord{Type: "settings", Settings: &t}); err != nil {
+	if err := s.appendRecords(filepath.Join(s.dir, "tenants.jsonl"), Record{Type: "settings", Settings: &t}); err != nil {
 		return nil, err
 	}
 	s.tenants[t.ID] = t
@@ -726,20 +728,20 @@ func (s *JSONLStore) PutTenantSettings(_ context.Context, p Principal, in Tenant
 
 // Execute is the JSONL gate: L0-L2 in dry-run only, with the same level rule,
 // answers and records as atl.gate_execute; the rest needs PostgreSQL.
-func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (GateResult, error) {
+func (s *Store) Execute(_ context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	args := in.Args
 	if len(args) == 0 || string(args) == "null" {
 		args = json.RawMessage(`{}`)
 	}
-	e := Event{Source: &sourceGate, ActorKeyID: nullable(p.KeyID), Domain: or(in.Domain, "default"), Agent: in.AgentID, Stage: or(in.Stage, "execute"), ToolName: in.Tool,
-		ToolArgs: args, TraceID: in.TraceID, Mode: or(in.Mode, "dry_run")}
+	e := core.Event{Source: &core.SourceGate, ActorKeyID: core.Nullable(p.KeyID), Domain: cmp.Or(in.Domain, "default"), Agent: in.AgentID, Stage: cmp.Or(in.Stage, "execute"), ToolName: in.Tool,
+		ToolArgs: args, TraceID: in.TraceID, Mode: cmp.Or(in.Mode, "dry_run")}
 	if in.Workflow != "" {
 		e.WorkflowName = &in.Workflow
 	}
 	if e.TraceID == "" {
-		e.TraceID = strings.ReplaceAll(newUUID(), "-", "")
+		e.TraceID = strings.ReplaceAll(NewUUID(), "-", "")
 	}
 	var hash string
 	if in.IdempotencyKey != "" {
@@ -747,16 +749,16 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		hash = fmt.Sprintf("%x", sha256.Sum256(b))
 		if prev, ok := s.idem[p.TenantID][in.IdempotencyKey]; ok {
 			if prev.Hash != hash {
-				return GateResult{}, newError(http.StatusConflict, "idempotency_key_reused", "this idempotency_key was used for a different call")
+				return core.GateResult{}, core.NewError(http.StatusConflict, "idempotency_key_reused", "this idempotency_key was used for a different call")
 			}
-			return GateResult{HTTPStatus: prev.HTTPStatus, Body: prev.Response, Replayed: true}, nil
+			return core.GateResult{HTTPStatus: prev.HTTPStatus, Body: prev.Response, Replayed: true}, nil
 		}
 	}
 	t := s.tenants[p.TenantID]
 	if t.AllowedDomains != nil && !slices.Contains(t.AllowedDomains, e.Domain) {
-		return GateResult{}, newError(http.StatusBadRequest, "domain_not_allowed", "domain %s is not accepted by this tenant", e.Domain)
+		return core.GateResult{}, core.NewError(http.StatusBadRequest, "domain_not_allowed", "domain %s is not accepted by this tenant", e.Domain)
 	}
-	level := or(t.DefaultTrustLevel, "L3")
+	level := cmp.Or(t.DefaultTrustLevel, "L3")
 	if pol, ok := s.policies[p.TenantID][in.Tool]; ok {
 		level = pol.TrustLevel
 	}
@@ -764,7 +766,7 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		level = in.TrustLevel
 	}
 	e.TrustLevel = level
-	audit := &AuditLog{TraceID: e.TraceID, AgentID: &e.Agent, Route: in.Route, Mode: e.Mode, started: in.Started}
+	audit := &core.AuditLog{TraceID: e.TraceID, AgentID: &e.Agent, Route: in.Route, Mode: e.Mode, Started: in.Started}
 	if in.ClaimedUserID != "" {
 		audit.ClaimedUserID = &in.ClaimedUserID
 	}
@@ -778,53 +780,53 @@ func (s *JSONLStore) Execute(_ context.Context, p Principal, in ExecuteInput) (G
 		answer["status"] = "refused"
 		answer["error"] = map[string]string{"code": code, "message": "live mode is switched off (LIVE_ENABLED=false); use dry_run"}
 	case e.Mode == "live" || level == "L3" || level == "L4":
-		return GateResult{}, s.refuseNeedsDB(p, e, audit)
+		return core.GateResult{}, s.refuseNeedsDB(p, e, audit)
 	default:
 		e.Status, audit.Status, answer["status"] = "allowed", "ok", "allowed"
 		if level == "L2" {
-			sandbox := "sbx_" + strings.ReplaceAll(newUUID(), "-", "")
+			sandbox := "sbx_" + strings.ReplaceAll(NewUUID(), "-", "")
 			e.SandboxID = &sandbox
 			answer["sandbox_id"] = sandbox
 		}
 	}
 	audit.HTTPStatus = status
-	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, now()
 	answer["event_id"] = e.ID
 	body, _ := json.Marshal(answer)
 	s.fillAudit(p, audit)
-	recs := []jsonlRecord{{Type: "event", Event: &e}, {Type: "audit", Audit: audit}}
+	recs := []Record{{Type: "event", Event: &e}, {Type: "audit", Audit: audit}}
 	var idem *jsonlIdem
 	if in.IdempotencyKey != "" && status < 300 {
 		idem = &jsonlIdem{TenantID: p.TenantID, Key: in.IdempotencyKey, Hash: hash, HTTPStatus: status, Response: body}
-		recs = append(recs, jsonlRecord{Type: "idem", Idem: idem})
+		recs = append(recs, Record{Type: "idem", Idem: idem})
 	}
 	if err := s.appendTrail(p.TenantID, recs...); err != nil {
-		return GateResult{}, err
+		return core.GateResult{}, err
 	}
 	s.events[p.TenantID] = append(s.events[p.TenantID], e)
 	s.audit[p.TenantID] = append(s.audit[p.TenantID], *audit)
 	if idem != nil {
-		s.apply(jsonlRecord{Type: "idem", Idem: idem})
+		s.apply(Record{Type: "idem", Idem: idem})
 	}
-	return GateResult{HTTPStatus: status, Body: body}, nil
+	return core.GateResult{HTTPStatus: status, Body: body}, nil
 }
 
 // refuseNeedsDB answers an L3/L4 or live call in JSONL mode, and records the
 // refusal as the gate records any other: an event and an audit row, denied.
 // The caller holds s.mu.
-func (s *JSONLStore) refuseNeedsDB(p Principal, e Event, audit *AuditLog) error {
+func (s *Store) refuseNeedsDB(p core.Principal, e core.Event, audit *core.AuditLog) error {
 	what := "L3 and L4 calls need PostgreSQL"
 	if e.TrustLevel != "L3" && e.TrustLevel != "L4" {
 		what = "live calls need PostgreSQL"
 	}
-	refusal := newError(http.StatusServiceUnavailable, codeRequiresDatabase,
+	refusal := core.NewError(http.StatusServiceUnavailable, core.CodeRequiresDatabase,
 		"%s (they wait for approvals, which JSONL mode cannot hold): set DATABASE_URL (for example postgres://user@127.0.0.1:5432/atl) and restart ATL", what)
-	code := codeRequiresDatabase
+	code := core.CodeRequiresDatabase
 	e.Status, e.Error = "refused", &code
 	audit.Status, audit.HTTPStatus, audit.Error = "denied", refusal.Status, &code
-	e.ID, e.TenantID, e.CreatedAt = newUUID(), p.TenantID, now()
+	e.ID, e.TenantID, e.CreatedAt = NewUUID(), p.TenantID, now()
 	s.fillAudit(p, audit)
-	if err := s.appendTrail(p.TenantID, jsonlRecord{Type: "event", Event: &e}, jsonlRecord{Type: "audit", Audit: audit}); err != nil {
+	if err := s.appendTrail(p.TenantID, Record{Type: "event", Event: &e}, Record{Type: "audit", Audit: audit}); err != nil {
 		return err
 	}
 	s.events[p.TenantID] = append(s.events[p.TenantID], e)
@@ -832,54 +834,54 @@ func (s *JSONLStore) refuseNeedsDB(p Principal, e Event, audit *AuditLog) error 
 	return refusal
 }
 
-func (s *JSONLStore) RecordOutcome(context.Context, Principal, OutcomeInput) (GateResult, error) {
-	return GateResult{}, errNeedsDB()
+func (s *Store) RecordOutcome(context.Context, core.Principal, core.OutcomeInput) (core.GateResult, error) {
+	return core.GateResult{}, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ListApprovals(context.Context, Principal, string, *Cursor, int) ([]json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) ListApprovals(context.Context, core.Principal, string, *core.Cursor, int) ([]json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) GetApproval(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) GetApproval(context.Context, core.Principal, string) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) DecideApproval(context.Context, Principal, string, string, *string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) DecideApproval(context.Context, core.Principal, string, string, *string, *core.AuditLog) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ExpireApprovals(context.Context, Principal, *AuditLog) (int, error) {
-	return 0, errNeedsDB()
+func (s *Store) ExpireApprovals(context.Context, core.Principal, *core.AuditLog) (int, error) {
+	return 0, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) StartEvalRun(context.Context, Principal, EvalRunInput, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) StartEvalRun(context.Context, core.Principal, core.EvalRunInput, *core.AuditLog) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) CompleteEvalRun(context.Context, Principal, string, json.RawMessage, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) CompleteEvalRun(context.Context, core.Principal, string, json.RawMessage, string, string, *core.AuditLog) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) GetEvalRun(context.Context, Principal, string) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) GetEvalRun(context.Context, core.Principal, string) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) ListEvalRuns(context.Context, Principal, EvalFilter) ([]json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) ListEvalRuns(context.Context, core.Principal, core.EvalFilter) ([]json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
-func (s *JSONLStore) PinEvalBaseline(context.Context, Principal, string, string, *AuditLog) (json.RawMessage, error) {
-	return nil, errNeedsDB()
+func (s *Store) PinEvalBaseline(context.Context, core.Principal, string, string, *core.AuditLog) (json.RawMessage, error) {
+	return nil, core.ErrNeedsDB()
 }
 
 // VerifyAudit recomputes the tenant's chain as atl.audit_verify() does, with the same answers.
-func (s *JSONLStore) VerifyAudit(_ context.Context, p Principal) (json.RawMessage, error) {
+func (s *Store) VerifyAudit(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return json.Marshal(s.chain(p.TenantID).verify())
 }
 
-func (s *JSONLStore) AuditHead(_ context.Context, p Principal) (json.RawMessage, error) {
+func (s *Store) AuditHead(_ context.Context, p core.Principal) (json.RawMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.chain(p.TenantID)
@@ -906,7 +908,7 @@ type jsonlLink struct {
 	hashesParsed, wellFormed bool
 }
 
-func (s *JSONLStore) chain(tenant string) *jsonlChain {
+func (s *Store) chain(tenant string) *jsonlChain {
 	c, ok := s.chains[tenant]
 	if !ok {
 		c = &jsonlChain{}
@@ -915,9 +917,9 @@ func (s *JSONLStore) chain(tenant string) *jsonlChain {
 	return c
 }
 
-// chainHash is row_hash: SHA-256 of the previous hash and the record's canonical
+// ChainHash is row_hash: SHA-256 of the previous hash and the record's canonical
 // bytes, which are its JSON line as encoding/json writes it with row_hash empty.
-func chainHash(prev [32]byte, rec jsonlRecord) ([32]byte, error) {
+func ChainHash(prev [32]byte, rec Record) ([32]byte, error) {
 	rec.RowHash = ""
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -927,14 +929,14 @@ func chainHash(prev [32]byte, rec jsonlRecord) ([32]byte, error) {
 }
 
 // add records a line read from a file or just written.
-func (c *jsonlChain) add(rec jsonlRecord, at time.Time) {
+func (c *jsonlChain) add(rec Record, at time.Time) {
 	l := jsonlLink{seq: rec.Seq}
 	prev, perr := hex.DecodeString(rec.PrevHash)
 	row, rerr := hex.DecodeString(rec.RowHash)
 	l.hashesParsed = perr == nil && rerr == nil && len(prev) == 32 && len(row) == 32
 	if l.hashesParsed {
 		l.prev, l.row = [32]byte(prev), [32]byte(row)
-		computed, err := chainHash(l.prev, rec)
+		computed, err := ChainHash(l.prev, rec)
 		l.computed, l.wellFormed = computed, err == nil
 	}
 	c.links = append(c.links, l)
@@ -945,7 +947,7 @@ func (c *jsonlChain) add(rec jsonlRecord, at time.Time) {
 
 // appendTrail links the tenant's audit and event records into its chain, in
 // order, and writes them with anything else to its trail file. The caller holds s.mu.
-func (s *JSONLStore) appendTrail(tenant string, recs ...jsonlRecord) error {
+func (s *Store) appendTrail(tenant string, recs ...Record) error {
 	c := s.chain(tenant)
 	prev, seq := c.head, c.headSeq
 	for i := range recs {
@@ -954,7 +956,7 @@ func (s *JSONLStore) appendTrail(tenant string, recs ...jsonlRecord) error {
 		}
 		seq++
 		recs[i].Seq, recs[i].PrevHash = seq, hex.EncodeToString(prev[:])
-		h, err := chainHash(prev, recs[i])
+		h, err := ChainHash(prev, recs[i])
 		if err != nil {
 			return err
 		}

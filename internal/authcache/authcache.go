@@ -1,21 +1,23 @@
-package main
+package authcache
 
 import (
 	"crypto/sha256"
 	"sync"
 	"time"
+
+	"github.com/asi-labs/atl/internal/core"
 )
 
-// authCache remembers, for a short time, which principal an API key
+// Cache remembers, for a short time, which principal an API key
 // authenticated as, so that a busy agent does not cost a database round trip
 // per request. It is keyed by the key's SHA-256 (the secret itself is not
 // kept), holds only successful lookups, and forgets a key at once when it is
 // revoked through this process. A key revoked elsewhere (another replica, or a
 // DBA in SQL) keeps working here for at most the TTL.
-type authCache struct {
+type Cache struct {
 	ttl time.Duration
 	max int
-	now func() time.Time
+	Now func() time.Time // the clock; a test may replace it
 
 	mu  sync.Mutex
 	m   map[[32]byte]authEntry
@@ -23,43 +25,43 @@ type authCache struct {
 }
 
 type authEntry struct {
-	p       Principal
+	p       core.Principal
 	expires time.Time
 }
 
-// defaultAuthCacheTTL bounds how long a key revoked outside this process still works here.
+// DefaultTTL bounds how long a key revoked outside this process still works here.
 const (
-	defaultAuthCacheTTL  = 2 * time.Second
-	defaultAuthCacheKeys = 10000
+	DefaultTTL  = 2 * time.Second
+	DefaultKeys = 10000
 )
 
-// newAuthCache returns nil (no caching) when ttl is 0.
-func newAuthCache(ttl time.Duration, maxKeys int) *authCache {
+// New returns nil (no caching) when ttl is 0.
+func New(ttl time.Duration, maxKeys int) *Cache {
 	if ttl <= 0 {
 		return nil
 	}
-	return &authCache{ttl: ttl, max: max(1, maxKeys), now: time.Now, m: map[[32]byte]authEntry{}}
+	return &Cache{ttl: ttl, max: max(1, maxKeys), Now: time.Now, m: map[[32]byte]authEntry{}}
 }
 
-// get returns the cached principal, or the generation to hand to put after
+// Get returns the cached principal, or the generation to hand to Put after
 // looking the key up.
-func (c *authCache) get(apiKey string) (Principal, uint64, bool) {
+func (c *Cache) Get(apiKey string) (core.Principal, uint64, bool) {
 	if c == nil {
-		return Principal{}, 0, false
+		return core.Principal{}, 0, false
 	}
 	h := sha256.Sum256([]byte(apiKey))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[h]
-	if ok && c.now().Before(e.expires) {
+	if ok && c.Now().Before(e.expires) {
 		return e.p, c.gen, true
 	}
 	delete(c.m, h)
-	return Principal{}, c.gen, false
+	return core.Principal{}, c.gen, false
 }
 
-// put keeps a lookup, unless a key was revoked since it started.
-func (c *authCache) put(apiKey string, p Principal, gen uint64) {
+// Put keeps a lookup, unless a key was revoked since it started.
+func (c *Cache) Put(apiKey string, p core.Principal, gen uint64) {
 	if c == nil {
 		return
 	}
@@ -70,7 +72,7 @@ func (c *authCache) put(apiKey string, p Principal, gen uint64) {
 		return
 	}
 	if len(c.m) >= c.max {
-		now := c.now()
+		now := c.Now()
 		for k, e := range c.m {
 			if !now.Before(e.expires) {
 				delete(c.m, k)
@@ -80,11 +82,11 @@ func (c *authCache) put(apiKey string, p Principal, gen uint64) {
 			clear(c.m) // all live: start afresh rather than grow
 		}
 	}
-	c.m[h] = authEntry{p: p, expires: c.now().Add(c.ttl)}
+	c.m[h] = authEntry{p: p, expires: c.Now().Add(c.ttl)}
 }
 
-// forget drops every cached lookup of the key with this id.
-func (c *authCache) forget(tenant, keyID string) {
+// Forget drops every cached lookup of the key with this id.
+func (c *Cache) Forget(tenant, keyID string) {
 	if c == nil {
 		return
 	}
