@@ -482,3 +482,41 @@ func TestForgeryJSONLIdentity(t *testing.T) {
 	}
 	require.Equal(t, true, env.do("GET", "/api/v1/audit/verify", admin, nil).Body["ok"])
 }
+
+// TestForgeryEndpointBinding: an approval for a live call runs only against
+// the endpoint the approvers saw.
+func TestForgeryEndpointBinding(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var paths []string
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer upstream.Close()
+	env := setup(t, "postgres", liveOn)
+	admin := env.tenant("acme")
+	alice := env.key(admin, "approver", "alice")
+	agent := env.key(admin, "agent", "bot")
+	env.policy(admin, "wire", map[string]any{"trust_level": "L3", "endpoint_url": upstream.URL + "/bank"})
+	call := map[string]any{"tool": "wire", "mode": "live", "args": map[string]any{"to": "acct-1", "amount": 10}}
+	held := env.execute(agent, "bot", call)
+	require.Equal(t, http.StatusAccepted, held.Status, held.Raw)
+	id := held.str("approval_request_id")
+	require.Equal(t, upstream.URL+"/bank", env.do("GET", "/api/v1/approvals/"+id, alice, nil).str("endpoint_url"), "approvers see where it goes")
+	require.Equal(t, http.StatusCreated, env.do("POST", "/api/v1/approvals/"+id+"/decisions", alice, map[string]any{"decision": "APPROVE"}).Status)
+
+	env.policy(admin, "wire", map[string]any{"trust_level": "L3", "endpoint_url": upstream.URL + "/evil"})
+	call["approval_request_id"] = id
+	stale := env.execute(agent, "bot", call)
+	require.Equal(t, http.StatusConflict, stale.Status, stale.Raw)
+	require.Equal(t, "approval_stale", stale.Body["error"].(map[string]any)["code"])
+	env.policy(admin, "wire", map[string]any{"trust_level": "L3", "endpoint_url": upstream.URL + "/bank"})
+	ok := env.execute(agent, "bot", call)
+	require.Equal(t, http.StatusOK, ok.Status, ok.Raw)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []string{"/bank"}, paths, "nothing ever reached the other endpoint")
+}
