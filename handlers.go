@@ -26,6 +26,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/limits"
 	"github.com/julienschmidt/httprouter"
 )
@@ -1276,10 +1277,10 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		_ = json.Unmarshal(res.Body, &traceOf)
 		// The dispatched event is committed before the call: a crash now leaves its trace.
 		// What runs is what was approved: the canonical text SQL stored, never the raw body.
-		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
+		out := egress.CallLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
 		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, core.OutcomeInput{EventID: res.Live.EventID,
-			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
-			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
+			Succeeded: out.Succeeded, UpstreamStatus: out.Status, Result: out.Result, Error: out.Err,
+			LatencyMS: out.LatencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
 		if err != nil {
 			return err
 		}

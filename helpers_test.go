@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -74,7 +75,7 @@ func (e *testEnv) start() {
 	}
 	app := &App{store: e.store, log: log, adminToken: testOperatorToken,
 		origins: map[string]bool{"https://console.example": true}, version: "test",
-		live: e.live, liveClient: newLiveClient(2*time.Second, e.allowPrivate)}
+		live: e.live, liveClient: egress.NewClient(2*time.Second, e.allowPrivate)}
 	if pg, ok := e.store.(*PGStore); ok {
 		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
 		e.waits = app.waits

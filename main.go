@@ -20,6 +20,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/asi-labs/atl/internal/limits"
@@ -262,7 +263,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		origins[o] = true
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
-		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		liveClient: egress.NewClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
 	if pg, ok := store.(*PGStore); ok {
 		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)

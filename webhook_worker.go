@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -95,7 +96,7 @@ type webhookWorker struct {
 // startWebhookWorker runs the worker until stop is called.
 func startWebhookWorker(pool *pgxpool.Pool, cfg webhookConfig, log *slog.Logger, version string) *webhookWorker {
 	ctx, cancel := context.WithCancel(context.Background())
-	client := newLiveClient(cfg.Timeout, cfg.AllowPrivate)
+	client := egress.NewClient(cfg.Timeout, cfg.AllowPrivate)
 	// A redirected POST would arrive as a bodiless GET: a 3xx is a failed attempt instead.
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	w := &webhookWorker{pool: pool, connCfg: pool.Config().ConnConfig.Copy(),
@@ -285,13 +286,13 @@ const webhookRecordSQL = `select atl.webhook_delivery_record($1::text, $2::uuid,
 func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
 	out := w.send(ctx, d)
 	var status *int
-	if out.status != 0 {
-		status = &out.status
+	if out.Status != 0 {
+		status = &out.Status
 	}
 	var state string
 	err := w.workerTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, core.Nullable(out.err),
-			out.latencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
+		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, core.Nullable(out.Err),
+			out.LatencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
 	})
 	if err != nil {
 		// The lease expires and the delivery is tried again: at least once.
@@ -299,21 +300,21 @@ func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
 		return
 	}
 	if state == "failed" {
-		w.log.Warn("webhook delivery failed for good", "tenant", d.TenantID, "delivery", d.ID, "attempts", d.Attempt, "error", out.err)
+		w.log.Warn("webhook delivery failed for good", "tenant", d.TenantID, "delivery", d.ID, "attempts", d.Attempt, "error", out.Err)
 	}
 }
 
 // send POSTs one delivery, signed, and reports the receiver's status or the error.
-func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome {
+func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) egress.LiveOutcome {
 	start := time.Now()
-	out := liveOutcome{}
+	out := egress.LiveOutcome{}
 	body := []byte(d.Payload)
 	if d.Format == "slack" {
 		body = slackMessage(d.Payload)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(body))
 	if err != nil {
-		out.err = "invalid webhook url"
+		out.Err = "invalid webhook url"
 		return out
 	}
 	ts := time.Now().Unix()
@@ -323,21 +324,21 @@ func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome
 	req.Header.Set("X-ATL-Event", d.Event)
 	req.Header.Set("X-ATL-Signature", webhookSignature(d.Secret, ts, body))
 	resp, err := w.client.Do(req)
-	out.latencyMS = int(time.Since(start).Milliseconds())
+	out.LatencyMS = int(time.Since(start).Milliseconds())
 	if err != nil {
-		out.err = liveError(err)
+		out.Err = egress.LiveError(err)
 		return out
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, webhookMaxAnswer))
 	resp.Body.Close()
 	if resp.StatusCode < 100 || resp.StatusCode > 599 {
-		out.err = fmt.Sprintf("the receiver answered an invalid status %d", resp.StatusCode)
+		out.Err = fmt.Sprintf("the receiver answered an invalid status %d", resp.StatusCode)
 		return out
 	}
-	out.status = resp.StatusCode
-	out.succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
-	if !out.succeeded {
-		out.err = fmt.Sprintf("the receiver answered %d", resp.StatusCode)
+	out.Status = resp.StatusCode
+	out.Succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
+	if !out.Succeeded {
+		out.Err = fmt.Sprintf("the receiver answered %d", resp.StatusCode)
 	}
 	return out
 }
