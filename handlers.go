@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -1569,5 +1570,20 @@ func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 		return err
 	}
 	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// openAPIDocument is the API's contract, kept by hand in api/openapi.json and
+// checked against the service by TestOpenAPIConformance.
+//
+//go:embed api/openapi.json
+var openAPIDocument []byte
+
+// openAPI serves the document as it is in the repository.
+func (a *App) openAPI(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(openAPIDocument)
 	return nil
 }
