@@ -1573,6 +1573,97 @@ func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	return nil
 }
 
+// parseWait reads ?wait=: absent means no wait; otherwise a Go duration from
+// 0 to maxApprovalWait.
+func parseWait(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > maxApprovalWait {
+		return 0, core.NewError(http.StatusBadRequest, core.CodeValidation, "wait must be a duration from 0s to %s, such as 30s", maxApprovalWait)
+	}
+	return d, nil
+}
+
+// isPending reads the status out of an approval's JSON.
+func isPending(raw json.RawMessage) bool {
+	var v struct {
+		Status string `json:"status"`
+	}
+	return json.Unmarshal(raw, &v) == nil && v.Status == "PENDING"
+}
+
+// getApproval answers one approval request, waiting for a decision when asked.
+func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errApprovalNotFound()
+	}
+	id = strings.ToLower(id)
+	wait, err := parseWait(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	out, err := a.store.GetApproval(ctx, p, id)
+	if err != nil || wait == 0 || !isPending(out) {
+		if err == nil {
+			writeRaw(w, http.StatusOK, out)
+		}
+		return err
+	}
+	if a.waits == nil {
+		return core.ErrNeedsDB()
+	}
+	k := waitKey{tenant: p.TenantID, id: id}
+	deadline := time.Now().Add(wait)
+	for {
+		var woken chan struct{}
+		woken, err = a.waits.add(k)
+		if errors.Is(err, errHubClosed) {
+			out, err = a.store.GetApproval(ctx, p, id)
+			break
+		} else if err != nil {
+			return err
+		}
+		// Read again once a change would wake us: it may have landed in between.
+		out, err = a.store.GetApproval(ctx, p, id)
+		if err != nil || !isPending(out) {
+			a.waits.remove(k, woken)
+			break
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			a.waits.remove(k, woken)
+			break
+		}
+		timer := time.NewTimer(left)
+		timedOut := false
+		select {
+		case <-woken: // the request changed, or the listener reconnected: read it again
+		case <-timer.C:
+			timedOut = true
+		case <-ctx.Done():
+		}
+		timer.Stop()
+		a.waits.remove(k, woken)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if timedOut {
+			out, err = a.store.GetApproval(ctx, p, id)
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
 // openAPIDocument is the API's contract, kept by hand in api/openapi.json and
 // checked against the service by TestOpenAPIConformance.
 //
