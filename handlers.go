@@ -26,6 +26,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/limits"
@@ -60,8 +61,8 @@ type App struct {
 	version    string
 	started    time.Time
 	metrics    *metrics
-	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
-	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
+	waits      *approvalwait.Hub // nil in JSONL mode: no waiting for decisions
+	routeTable []string          // "METHOD pattern" of every route, as routes() registers them
 	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: consoleSessionTTL.
 	consoleTTL time.Duration
 	// consoleNotFound answers unknown /console paths with an HTML page; set by consoleRoutes.
@@ -590,7 +591,7 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.Rate, int(a.limiter.Burst)
 	}
 	if a.waits != nil {
-		limits["waiters_per_tenant"] = a.waits.perTenant
+		limits["waiters_per_tenant"] = a.waits.PerTenant
 	}
 	out["limits"] = limits
 	if s, ok := a.store.(interface{ Stats() map[string]any }); ok {
@@ -1581,8 +1582,8 @@ func parseWait(r *http.Request) (time.Duration, error) {
 		return 0, nil
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 || d > maxApprovalWait {
-		return 0, core.NewError(http.StatusBadRequest, core.CodeValidation, "wait must be a duration from 0s to %s, such as 30s", maxApprovalWait)
+	if err != nil || d < 0 || d > approvalwait.MaxWait {
+		return 0, core.NewError(http.StatusBadRequest, core.CodeValidation, "wait must be a duration from 0s to %s, such as 30s", approvalwait.MaxWait)
 	}
 	return d, nil
 }
@@ -1617,12 +1618,12 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 	if a.waits == nil {
 		return core.ErrNeedsDB()
 	}
-	k := waitKey{tenant: p.TenantID, id: id}
+	k := approvalwait.Key{Tenant: p.TenantID, ID: id}
 	deadline := time.Now().Add(wait)
 	for {
 		var woken chan struct{}
-		woken, err = a.waits.add(k)
-		if errors.Is(err, errHubClosed) {
+		woken, err = a.waits.Add(k)
+		if errors.Is(err, approvalwait.ErrClosed) {
 			out, err = a.store.GetApproval(ctx, p, id)
 			break
 		} else if err != nil {
@@ -1631,12 +1632,12 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 		// Read again once a change would wake us: it may have landed in between.
 		out, err = a.store.GetApproval(ctx, p, id)
 		if err != nil || !isPending(out) {
-			a.waits.remove(k, woken)
+			a.waits.Remove(k, woken)
 			break
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			a.waits.remove(k, woken)
+			a.waits.Remove(k, woken)
 			break
 		}
 		timer := time.NewTimer(left)
@@ -1648,7 +1649,7 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 		case <-ctx.Done():
 		}
 		timer.Stop()
-		a.waits.remove(k, woken)
+		a.waits.Remove(k, woken)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/jsonl"
@@ -32,7 +33,7 @@ type testEnv struct {
 	live, allowPrivate bool         // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
 	log                *slog.Logger // nil: discarded
 	waiters            int          // ATL_WAITERS_PER_TENANT (0: no bound)
-	waits              *approvalHub
+	waits              *approvalwait.Hub
 	seen               *exchanges // what the service answered, by documented operation and status
 }
 
@@ -77,9 +78,9 @@ func (e *testEnv) start() {
 		origins: map[string]bool{"https://console.example": true}, version: "test",
 		live: e.live, liveClient: egress.NewClient(2*time.Second, e.allowPrivate)}
 	if pg, ok := e.store.(*PGStore); ok {
-		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
+		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
 		e.waits = app.waits
-		e.t.Cleanup(app.waits.close)
+		e.t.Cleanup(app.waits.Close)
 	}
 	e.srv = httptest.NewServer(conformance(e, app.routes()))
 	e.t.Cleanup(e.srv.Close)

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/authcache"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
@@ -120,7 +121,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
 		return c, err
 	}
-	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {
+	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", approvalwait.DefaultPerTenant); err != nil {
 		return c, err
 	}
 	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", authcache.DefaultTTL); err != nil {
@@ -266,8 +267,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		liveClient: egress.NewClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
 	if pg, ok := store.(*PGStore); ok {
-		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
-		defer app.waits.close()
+		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
+		defer app.waits.Close()
 		if cfg.Webhooks.Enabled {
 			hooks := startWebhookWorker(pg.pool, cfg.Webhooks, log, app.version)
 			defer hooks.stop()
@@ -307,7 +308,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	log.Info("shutting down: draining in-flight requests")
 	if app.waits != nil {
-		app.waits.close() // waiting requests answer with the request as it is now
+		app.waits.Close() // waiting requests answer with the request as it is now
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/require"
@@ -135,9 +136,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	go func() {
 		waited <- e.do("GET", "/api/v1/approvals/"+held4.str("approval_request_id")+"?wait=20s", agent, nil)
 	}()
-	k := waitKey{tenant: "acme", id: held4.str("approval_request_id")}
+	k := approvalwait.Key{Tenant: "acme", ID: held4.str("approval_request_id")}
 	deadline := time.Now().Add(10 * time.Second)
-	for e.waits.waiting(k) == 0 {
+	for e.waits.Waiting(k) == 0 {
 		require.True(t, time.Now().Before(deadline), "the first wait never began")
 		time.Sleep(5 * time.Millisecond)
 	}

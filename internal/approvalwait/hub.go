@@ -1,4 +1,4 @@
-package main
+package approvalwait
 
 import (
 	"context"
@@ -12,31 +12,26 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Waiting for a decision: GET /api/v1/approvals/{id}?wait=30s answers at once
-// unless the request is PENDING; then it waits until the request's status
-// changes or the wait ends, and answers the request as it is then. One
-// connection per process LISTENs on atl_approval (migration 011) and wakes the
-// waiters of the request named; nothing polls the table.
-
 // Bounds on waiting.
 const (
-	maxApprovalWait          = 50 * time.Second // under the server's 60 s write timeout
-	defaultWaitersPerTenant  = 64
+	MaxWait                  = 50 * time.Second // under the server's 60 s write timeout
+	DefaultPerTenant         = 64
 	approvalNotifyChannel    = "atl_approval"
 	approvalListenRetryFloor = 100 * time.Millisecond
 )
 
-type waitKey struct{ tenant, id string }
+// Key names one approval request of one tenant.
+type Key struct{ Tenant, ID string }
 
-// approvalHub holds the waiting requests and the listening connection, which
+// Hub holds the waiting requests and the listening connection, which
 // it opens on the first wait and keeps open, reconnecting after a failure.
-type approvalHub struct {
+type Hub struct {
 	connConfig *pgx.ConnConfig
-	perTenant  int
+	PerTenant  int
 	log        *slog.Logger
 
 	mu       sync.Mutex
-	waiters  map[waitKey]map[chan struct{}]struct{}
+	waiters  map[Key]map[chan struct{}]struct{}
 	byTenant map[string]int
 	started  bool
 	closed   bool
@@ -45,24 +40,24 @@ type approvalHub struct {
 	done     chan struct{}
 }
 
-func newApprovalHub(cfg *pgx.ConnConfig, perTenant int, log *slog.Logger) *approvalHub {
+func New(cfg *pgx.ConnConfig, perTenant int, log *slog.Logger) *Hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &approvalHub{connConfig: cfg, perTenant: perTenant, log: log, waiters: map[waitKey]map[chan struct{}]struct{}{},
+	return &Hub{connConfig: cfg, PerTenant: perTenant, log: log, waiters: map[Key]map[chan struct{}]struct{}{},
 		byTenant: map[string]int{}, ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
-// errHubClosed: the service is shutting down; waits end with the request as it is.
-var errHubClosed = errors.New("approval hub closed")
+// ErrClosed: the service is shutting down; waits end with the request as it is.
+var ErrClosed = errors.New("approval hub closed")
 
-// add registers a waiter: errTooManyWaits() when the tenant already has
-// perTenant waiting, errHubClosed once the service is shutting down.
-func (h *approvalHub) add(k waitKey) (chan struct{}, error) {
+// Add registers a waiter: core.ErrTooManyWaits() when the tenant already has
+// PerTenant waiting, ErrClosed once the service is shutting down.
+func (h *Hub) Add(k Key) (chan struct{}, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, errHubClosed
+		return nil, ErrClosed
 	}
-	if h.perTenant > 0 && h.byTenant[k.tenant] >= h.perTenant {
+	if h.PerTenant > 0 && h.byTenant[k.Tenant] >= h.PerTenant {
 		return nil, core.ErrTooManyWaits()
 	}
 	if !h.started {
@@ -74,11 +69,12 @@ func (h *approvalHub) add(k waitKey) (chan struct{}, error) {
 		h.waiters[k] = map[chan struct{}]struct{}{}
 	}
 	h.waiters[k][ch] = struct{}{}
-	h.byTenant[k.tenant]++
+	h.byTenant[k.Tenant]++
 	return ch, nil
 }
 
-func (h *approvalHub) remove(k waitKey, ch chan struct{}) {
+// Remove ends one wait, whether it was woken or not.
+func (h *Hub) Remove(k Key, ch chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if set, ok := h.waiters[k]; ok {
@@ -87,8 +83,8 @@ func (h *approvalHub) remove(k waitKey, ch chan struct{}) {
 			if len(set) == 0 {
 				delete(h.waiters, k)
 			}
-			if h.byTenant[k.tenant]--; h.byTenant[k.tenant] <= 0 {
-				delete(h.byTenant, k.tenant)
+			if h.byTenant[k.Tenant]--; h.byTenant[k.Tenant] <= 0 {
+				delete(h.byTenant, k.Tenant)
 			}
 		}
 	}
@@ -96,7 +92,7 @@ func (h *approvalHub) remove(k waitKey, ch chan struct{}) {
 
 // wake ends the waits on one request (all requests when all is set): their
 // handlers read the request again.
-func (h *approvalHub) wake(k waitKey, all bool) {
+func (h *Hub) wake(k Key, all bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for key, set := range h.waiters {
@@ -106,29 +102,29 @@ func (h *approvalHub) wake(k waitKey, all bool) {
 		for ch := range set {
 			close(ch)
 			delete(set, ch)
-			if h.byTenant[key.tenant]--; h.byTenant[key.tenant] <= 0 {
-				delete(h.byTenant, key.tenant)
+			if h.byTenant[key.Tenant]--; h.byTenant[key.Tenant] <= 0 {
+				delete(h.byTenant, key.Tenant)
 			}
 		}
 		delete(h.waiters, key)
 	}
 }
 
-// waiting counts the waiters of one request (for tests and stats).
-func (h *approvalHub) waiting(k waitKey) int {
+// Waiting counts the waiters of one request (for tests and stats).
+func (h *Hub) Waiting(k Key) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.waiters[k])
 }
 
-// close wakes every waiter and stops listening; later waits answer at once.
-func (h *approvalHub) close() {
+// Close wakes every waiter and stops listening; later waits answer at once.
+func (h *Hub) Close() {
 	h.mu.Lock()
 	h.closed = true
 	started := h.started
 	h.mu.Unlock()
 	h.cancel()
-	h.wake(waitKey{}, true)
+	h.wake(Key{}, true)
 	if started {
 		<-h.done
 	}
@@ -136,7 +132,7 @@ func (h *approvalHub) close() {
 
 // listen keeps one LISTEN connection open until close. After a reconnect it
 // wakes every waiter, since a notification may have been missed meanwhile.
-func (h *approvalHub) listen() {
+func (h *Hub) listen() {
 	defer close(h.done)
 	backoff := approvalListenRetryFloor
 	for h.ctx.Err() == nil {
@@ -145,7 +141,7 @@ func (h *approvalHub) listen() {
 			return
 		}
 		h.log.Warn("approval listener lost its connection; reconnecting", "error", err.Error())
-		h.wake(waitKey{}, true)
+		h.wake(Key{}, true)
 		select {
 		case <-time.After(backoff):
 		case <-h.ctx.Done():
@@ -155,7 +151,7 @@ func (h *approvalHub) listen() {
 	}
 }
 
-func (h *approvalHub) listenOnce() error {
+func (h *Hub) listenOnce() error {
 	conn, err := pgx.ConnectConfig(h.ctx, h.connConfig)
 	if err != nil {
 		return err
@@ -165,14 +161,14 @@ func (h *approvalHub) listenOnce() error {
 		return err
 	}
 	// Waits that began before this connection listened may have missed their notification.
-	h.wake(waitKey{}, true)
+	h.wake(Key{}, true)
 	for {
 		n, err := conn.WaitForNotification(h.ctx)
 		if err != nil {
 			return err
 		}
 		if tenant, id, ok := strings.Cut(n.Payload, " "); ok {
-			h.wake(waitKey{tenant: tenant, id: id}, false)
+			h.wake(Key{Tenant: tenant, ID: id}, false)
 		}
 	}
 }
