@@ -30,7 +30,9 @@ import (
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/limits"
+	"github.com/asi-labs/atl/internal/metrics"
 	"github.com/julienschmidt/httprouter"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const maxBodyBytes = 1 << 20
@@ -60,7 +62,7 @@ type App struct {
 	limiter    *limits.RateLimiter
 	version    string
 	started    time.Time
-	metrics    *metrics
+	metrics    *metrics.Metrics
 	waits      *approvalwait.Hub // nil in JSONL mode: no waiting for decisions
 	routeTable []string          // "METHOD pattern" of every route, as routes() registers them
 	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: consoleSessionTTL.
@@ -1062,7 +1064,7 @@ func (a *App) logRequests(next http.Handler) http.Handler {
 		took := time.Since(start)
 		a.log.Info("request", "method", r.Method, "path", routePattern(r), "status", rec.status,
 			"ms", float64(took.Microseconds())/1000)
-		a.metrics.observe(r.Method, route, rec.status, took)
+		a.metrics.Observe(r.Method, route, rec.status, took)
 	})
 }
 
@@ -1662,6 +1664,29 @@ func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return err
 	}
 	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// instrument wraps the store to count rows written and sets up the metrics,
+// with the pool's and group commit's figures when the store is PostgreSQL; once.
+func (a *App) instrument() {
+	if a.metrics != nil {
+		return
+	}
+	var extra []prometheus.Collector
+	if pg, ok := a.store.(*PGStore); ok {
+		extra = append(extra, metrics.PoolCollector(pg.pool, pg.slots))
+		if pg.group != nil {
+			extra = append(extra, pg.group.Collectors()...)
+		}
+	}
+	a.metrics = metrics.New(extra...)
+	a.store = a.metrics.Count(a.store)
+}
+
+// metricsHandler serves GET /metrics.
+func (a *App) metricsHandler(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	a.metrics.Handler().ServeHTTP(w, r)
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/julienschmidt/httprouter"
 )
@@ -37,7 +38,7 @@ func validWebhookURL(s string) bool {
 // webhookStore is the PostgreSQL store; JSONL mode has no webhooks.
 func (a *App) webhookStore() (*PGStore, error) {
 	s := a.store
-	if c, ok := s.(countingStore); ok {
+	if c, ok := s.(metrics.CountingStore); ok {
 		s = c.Store
 	}
 	pg, ok := s.(*PGStore)
