@@ -25,6 +25,7 @@ import (
 	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/asi-labs/atl/internal/limits"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
@@ -60,7 +61,7 @@ type Config struct {
 	StatementTimeout time.Duration
 	ShutdownTimeout  time.Duration
 	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
-	Webhooks         webhookConfig
+	Webhooks         webhook.Config
 	ConsoleTTL       time.Duration // how long a console session lasts
 }
 
@@ -270,8 +271,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
 		defer app.waits.Close()
 		if cfg.Webhooks.Enabled {
-			hooks := startWebhookWorker(pg.pool, cfg.Webhooks, log, app.version)
-			defer hooks.stop()
+			hooks := webhook.Start(pg.pool, pg.WorkerTx, cfg.Webhooks, log, app.version)
+			defer hooks.Stop()
 		}
 	}
 	if cfg.AdminToken == "" {
@@ -389,4 +390,29 @@ func migrateWithRetry(ctx context.Context, cfg Config, log *slog.Logger) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// webhookConfigFromEnv reads the webhook worker's settings.
+func webhookConfigFromEnv(getenv func(string) string) (webhook.Config, error) {
+	c := webhook.Config{}
+	var err error
+	if c.Enabled, err = envBool(getenv, "ATL_WEBHOOKS", true); err != nil {
+		return c, err
+	}
+	if c.MaxAttempts, err = envPositive(getenv, "ATL_WEBHOOK_MAX_ATTEMPTS", 12); err != nil {
+		return c, err
+	}
+	if c.Backoff, err = envDuration(getenv, "ATL_WEBHOOK_BACKOFF", 2*time.Second); err != nil {
+		return c, err
+	}
+	if c.Backoff <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_BACKOFF must be above 0")
+	}
+	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 5*time.Second); err != nil {
+		return c, err
+	}
+	if c.Timeout <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_TIMEOUT must be above 0")
+	}
+	return c, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/jsonl"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/require"
 )
@@ -169,7 +170,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	// Webhooks: one receiver takes every delivery, another keeps failing, so
 	// delivered and failed deliveries with their attempt_log are both checked.
 	okHook, failHook := newReceiver(t, always(http.StatusNoContent)), newReceiver(t, always(http.StatusInternalServerError))
-	startWorker(t, e, webhookConfig{Enabled: true, MaxAttempts: 2, Backoff: 10 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true})
+	startWorker(t, e, webhook.Config{Enabled: true, MaxAttempts: 2, Backoff: 10 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true})
 	hook := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": okHook.srv.URL + "/atl", "format": "json", "tenant_id": "acme"}), 201)
 	failing := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": failHook.srv.URL, "format": "slack"}), 201)
 	want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "ftp://hooks.example.com/atl", "format": "xml"}), 400)

@@ -570,18 +570,28 @@ const workerRole = "atl_worker"
 // ExpireAllApprovals runs the expiry sweep of every tenant as the worker role.
 func (s *PGStore) ExpireAllApprovals(ctx context.Context) (int, error) {
 	var n int
-	tx, err := s.pool.Begin(ctx)
+	err := s.WorkerTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n) })
 	if err != nil {
 		return 0, err
 	}
+	return n, nil
+}
+
+// WorkerTx runs fn as the worker role with no tenant set, as the functions that
+// span tenants require; the runtime role cannot run them.
+func (s *PGStore) WorkerTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	if _, err := tx.Exec(ctx, setTenantSQL, workerRole, "", ""); err != nil {
-		return 0, err
+		return err
 	}
-	if err := tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n); err != nil {
-		return 0, err
+	if err := fn(tx); err != nil {
+		return err
 	}
-	return n, tx.Commit(ctx)
+	return tx.Commit(ctx)
 }
 
 func (s *PGStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {

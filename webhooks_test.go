@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -65,15 +66,15 @@ func (rc *receiver) requests() []received {
 func always(status int) func(string, int) int { return func(string, int) int { return status } }
 
 // testWebhookConfig retries fast, so tests wait milliseconds, not minutes.
-func testWebhookConfig() webhookConfig {
-	return webhookConfig{Enabled: true, MaxAttempts: 5, Backoff: 20 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true}
+func testWebhookConfig() webhook.Config {
+	return webhook.Config{Enabled: true, MaxAttempts: 5, Backoff: 20 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true}
 }
 
 // startWorker runs the delivery worker on the test service's database.
-func startWorker(t *testing.T, e *testEnv, cfg webhookConfig) {
+func startWorker(t *testing.T, e *testEnv, cfg webhook.Config) {
 	t.Helper()
-	w := startWebhookWorker(e.store.(*PGStore).pool, cfg, testLogger(), "test")
-	t.Cleanup(w.stop)
+	w := webhook.Start(e.store.(*PGStore).pool, e.store.(*PGStore).WorkerTx, cfg, testLogger(), "test")
+	t.Cleanup(w.Stop)
 }
 
 // webhookTenant creates tenant id with an agent (bot), an approver (alice) and
@@ -146,7 +147,7 @@ func verifyWebhookSignature(secret, header string, body []byte, now time.Time, t
 	if ts == 0 || sig == "" || now.Sub(time.Unix(ts, 0)).Abs() > tolerance {
 		return false
 	}
-	want := webhookSignature(secret, ts, body)
+	want := webhook.Signature(secret, ts, body)
 	return want[strings.LastIndex(want, "=")+1:] == sig
 }
 
@@ -600,13 +601,13 @@ func TestWebhookConfig(t *testing.T) {
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 	c, err := configFromEnv(env(nil))
 	require.NoError(t, err)
-	require.Equal(t, webhookConfig{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 5 * time.Second}, c.Webhooks)
-	require.Equal(t, 15*time.Second, c.Webhooks.lease())
+	require.Equal(t, webhook.Config{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 5 * time.Second}, c.Webhooks)
+	require.Equal(t, 15*time.Second, c.Webhooks.Lease())
 
 	c, err = configFromEnv(env(map[string]string{"ATL_WEBHOOKS": "false", "ATL_WEBHOOK_MAX_ATTEMPTS": "3",
 		"ATL_WEBHOOK_BACKOFF": "250ms", "ATL_WEBHOOK_TIMEOUT": "1s", "ATL_ALLOW_PRIVATE_TARGETS": "true"}))
 	require.NoError(t, err)
-	require.Equal(t, webhookConfig{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
+	require.Equal(t, webhook.Config{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
 
 	for _, bad := range []map[string]string{{"ATL_WEBHOOKS": "sometimes"}, {"ATL_WEBHOOK_MAX_ATTEMPTS": "0"},
 		{"ATL_WEBHOOK_BACKOFF": "soon"}, {"ATL_WEBHOOK_BACKOFF": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "-1s"}} {
