@@ -1690,6 +1690,129 @@ func (a *App) metricsHandler(w http.ResponseWriter, r *http.Request, _ httproute
 	return nil
 }
 
+// Webhooks: per-tenant targets notified of approval requests (migration 012).
+// The routes need PostgreSQL; the outbox and the worker live there too.
+
+const maxWebhookURL = 2048
+
+func errWebhookNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "webhook_not_found", "webhook not found")
+}
+
+type webhookRequest struct {
+	TenantID *string `json:"tenant_id"`
+	URL      string  `json:"url"`
+	Format   string  `json:"format"`
+}
+
+// validWebhookURL accepts an absolute http(s) URL with a host and no credentials.
+func validWebhookURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && len(s) <= maxWebhookURL && (u.Scheme == "http" || u.Scheme == "https") &&
+		u.Host != "" && u.User == nil && !strings.ContainsAny(s, " \t\r\n")
+}
+
+// webhookStore is the PostgreSQL store; JSONL mode has no webhooks.
+func (a *App) webhookStore() (*PGStore, error) {
+	s := a.store
+	if c, ok := s.(metrics.CountingStore); ok {
+		s = c.Store
+	}
+	pg, ok := s.(*PGStore)
+	if !ok {
+		return nil, core.ErrNeedsDB()
+	}
+	return pg, nil
+}
+
+func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	var req webhookRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	if req.Format == "" {
+		req.Format = "json"
+	}
+	switch {
+	case !validWebhookURL(req.URL):
+		return core.Validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
+	case req.Format != "json" && req.Format != "slack":
+		return core.Validation("format must be json or slack")
+	}
+	out, err := pg.CreateWebhook(r.Context(), p, req.URL, req.Format, newAudit(r, p, "ok", http.StatusCreated))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusCreated, out)
+	return nil
+}
+
+func (a *App) listWebhooks(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	items, err := pg.ListWebhooks(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(items, &list); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": list, "count": len(list)})
+	return nil
+}
+
+func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errWebhookNotFound()
+	}
+	out, err := pg.DeleteWebhook(r.Context(), p, strings.ToLower(id), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	id := ps.ByName("id")
+	if !uuidPattern.MatchString(id) {
+		return errWebhookNotFound()
+	}
+	q, err := parseQuery(r)
+	if err != nil {
+		return err
+	}
+	limit, before, since, until, err := pageParams(q)
+	if err != nil {
+		return err
+	}
+	if since != nil || until != nil {
+		return core.Validation("since and until are not filters of this list; page with limit and cursor")
+	}
+	rows, err := pg.ListWebhookDeliveries(r.Context(), p, strings.ToLower(id), before, limit+1)
+	if err != nil {
+		return err
+	}
+	writePage(w, rows, limit, jsonPosition("created_at"))
+	return nil
+}
+
 // openAPIDocument is the API's contract, kept by hand in api/openapi.json and
 // checked against the service by TestOpenAPIConformance.
 //

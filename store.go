@@ -667,3 +667,39 @@ const auditHeadSQL = `select to_jsonb(h) from atl.audit_head() h`
 func (s *PGStore) AuditHead(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, auditHeadSQL)
 }
+
+// Webhooks (migration 012): the targets and their deliveries; the worker is internal/webhook.
+
+const createWebhookSQL = `select atl.webhook_create($1::text, $2::text, $3::text)`
+
+func (s *PGStore) CreateWebhook(ctx context.Context, p core.Principal, rawURL, format string, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, createWebhookSQL, rawURL, format, p.Subject)
+}
+
+const listWebhooksSQL = `select atl.webhook_list()`
+
+func (s *PGStore) ListWebhooks(ctx context.Context, p core.Principal) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, listWebhooksSQL)
+}
+
+const deleteWebhookSQL = `select atl.webhook_delete($1::uuid)`
+
+func (s *PGStore) DeleteWebhook(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, deleteWebhookSQL, id)
+}
+
+const listWebhookDeliveriesSQL = `select atl.webhook_delivery_list($1::uuid, $2::timestamptz, $3::uuid, $4::integer)`
+
+func (s *PGStore) ListWebhookDeliveries(ctx context.Context, p core.Principal, webhookID string, before *core.Cursor, limit int) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	bTime, bID := cursorArgs(before)
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, listWebhookDeliveriesSQL, webhookID, bTime, bID, limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
+		return err
+	})
+	return out, err
+}
