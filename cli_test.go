@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -83,7 +84,7 @@ func TestCLI(t *testing.T) {
 	require.Equal(t, "Acme Travel", created["tenant"].(map[string]any)["name"])
 	require.Equal(t, []string{"api_key", "api_key_id", "tenant"}, slices.Sorted(maps.Keys(created)), "the names POST /api/v1/tenants uses")
 	require.True(t, strings.HasPrefix(created["api_key"].(string), "atl_"), out)
-	require.Regexp(t, uuidPattern, created["api_key_id"])
+	require.Regexp(t, core.UUIDPattern, created["api_key_id"])
 	code, _, errOut = runCLI(t, url, "tenant", "create", "acme")
 	require.Equal(t, 1, code, "a second acme is a conflict")
 	require.Contains(t, errOut, "(already_exists)")

@@ -399,7 +399,7 @@ func (c *console) queue(cr *consoleReq) error {
 	if !c.signedIn(cr) {
 		return nil
 	}
-	q, err := parseQuery(cr.r)
+	q, err := core.ParseQuery(cr.r)
 	if err != nil {
 		return err
 	}
@@ -412,7 +412,7 @@ func (c *console) queue(cr *consoleReq) error {
 	}
 	var before *core.Cursor
 	if s := q.Get("cursor"); s != "" {
-		if before, err = decodeCursor(s); err != nil {
+		if before, err = core.DecodeCursor(s); err != nil {
 			return err
 		}
 	}
@@ -423,7 +423,7 @@ func (c *console) queue(cr *consoleReq) error {
 	next := ""
 	if len(rows) > consolePageSize {
 		rows = rows[:consolePageSize]
-		next = encodeCursor(jsonPosition("created_at")(rows[consolePageSize-1]))
+		next = core.EncodeCursor(core.JSONPosition("created_at")(rows[consolePageSize-1]))
 	}
 	items := make([]approvalView, 0, len(rows))
 	for _, raw := range rows {
@@ -458,7 +458,7 @@ func (c *console) detail(cr *consoleReq) error {
 // showDetail renders one request; flash is a decision's outcome or refusal.
 func (c *console) showDetail(cr *consoleReq, status int, flash *core.Error) error {
 	id := cr.ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errConsoleNotFound()
 	}
 	raw, err := cr.app.store.GetApproval(cr.r.Context(), cr.p, strings.ToLower(id))
@@ -498,7 +498,7 @@ func (c *console) decide(cr *consoleReq) error {
 		return err
 	}
 	id := cr.ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errConsoleNotFound()
 	}
 	decision := cr.r.PostForm.Get("decision")

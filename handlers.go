@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	_ "embed"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -43,7 +42,6 @@ var (
 	domainPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 	traceIDPattern  = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	statusPattern   = regexp.MustCompile(`^[a-z][a-z_]{0,31}$`)
-	uuidPattern     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	// traceparentRE is W3C Trace Context's version-trace_id-parent_id-flags, lower-case hex;
 	// a future version may carry more fields after a dash.
 	traceparentRE = regexp.MustCompile(`^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$`)
@@ -245,7 +243,7 @@ func routePattern(r *http.Request) string {
 	}
 	parts := strings.Split(path, "/")
 	for i, part := range parts {
-		if uuidPattern.MatchString(part) {
+		if core.UUIDPattern.MatchString(part) {
 			parts[i] = ":id"
 		}
 	}
@@ -717,7 +715,7 @@ func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 
 func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	audit := newAudit(r, p, "ok", http.StatusOK)
@@ -739,7 +737,7 @@ const maxRotationOverlap = 24 * time.Hour
 
 func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	var req rotateKeyRequest
@@ -763,7 +761,7 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 // ---- audit logs
 
 func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -788,23 +786,6 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	return nil
 }
 
-// parseQuery refuses a malformed query string, or values that are not
-// UTF-8 text PostgreSQL can hold, rather than quietly dropping them.
-func parseQuery(r *http.Request) (url.Values, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, core.Validation("the query string is malformed")
-	}
-	for k, vs := range q {
-		for _, v := range vs {
-			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) || len(v) > 1000 {
-				return nil, core.Validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
-			}
-		}
-	}
-	return q, nil
-}
-
 // pageParams reads limit (default 50, max 500), cursor, since and until.
 func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, until *time.Time, err error) {
 	get := func(k string) string {
@@ -822,7 +803,7 @@ func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, u
 		limit = n
 	}
 	if s := get("cursor"); s != "" {
-		if before, err = decodeCursor(s); err != nil {
+		if before, err = core.DecodeCursor(s); err != nil {
 			return 0, nil, nil, nil, err
 		}
 	}
@@ -847,48 +828,13 @@ func writePage[T any](w http.ResponseWriter, rows []T, limit int, position func(
 	var next *string
 	if len(rows) > limit {
 		rows = rows[:limit]
-		c := encodeCursor(position(rows[limit-1]))
+		c := core.EncodeCursor(position(rows[limit-1]))
 		next = &c
 	}
 	if rows == nil {
 		rows = []T{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
-}
-
-// jsonPosition reads a row's keyset position from JSON that SQL built, where
-// id and the time field are always present.
-func jsonPosition(timeField string) func(json.RawMessage) (time.Time, string) {
-	return func(raw json.RawMessage) (time.Time, string) {
-		var row map[string]json.RawMessage
-		var id string
-		var at time.Time
-		_ = json.Unmarshal(raw, &row)
-		_ = json.Unmarshal(row["id"], &id)
-		_ = json.Unmarshal(row[timeField], &at)
-		return at, id
-	}
-}
-
-func encodeCursor(at time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
-}
-
-func decodeCursor(s string) (*core.Cursor, error) {
-	bad := core.NewError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
-	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
-		return nil, bad
-	}
-	at, id, ok := strings.Cut(string(raw), "|")
-	if !ok || !uuidPattern.MatchString(id) {
-		return nil, bad
-	}
-	t, err := time.Parse(time.RFC3339Nano, at)
-	if err != nil {
-		return nil, bad
-	}
-	return &core.Cursor{CreatedAt: t, ID: id}, nil
 }
 
 // ---- events
@@ -1003,7 +949,7 @@ func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.
 		return e, core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case utf8.RuneCountInString(e.Agent) > 200 || strings.ContainsRune(e.Agent, 0):
 		return e, core.Validation("agent must be at most 200 characters")
-	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
+	case e.ApprovalRequestID != nil && !core.UUIDPattern.MatchString(*e.ApprovalRequestID):
 		return e, core.Validation("approval_request_id must be a UUID")
 	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
 		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
@@ -1019,7 +965,7 @@ func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.
 }
 
 func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1028,7 +974,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 		return err
 	}
 	f.Agent, f.TraceID, f.Status, f.ToolName = q.Get("agent"), q.Get("trace_id"), q.Get("status"), q.Get("tool_name")
-	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !uuidPattern.MatchString(f.ApprovalRequestID) {
+	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !core.UUIDPattern.MatchString(f.ApprovalRequestID) {
 		return core.Validation("approval_request_id must be a UUID")
 	}
 	limit := f.Limit
@@ -1255,7 +1201,7 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		return core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
 		return core.Validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
-	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
+	case req.ApprovalRequestID != "" && !core.UUIDPattern.MatchString(req.ApprovalRequestID):
 		return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
 		return core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -1305,7 +1251,7 @@ func agentMismatch(agent string) *core.Error {
 // ---- approvals
 
 func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1321,7 +1267,7 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, jsonPosition("created_at"))
+	writePage(w, rows, limit, core.JSONPosition("created_at"))
 	return nil
 }
 
@@ -1337,7 +1283,7 @@ type decisionRequest struct {
 
 func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errApprovalNotFound()
 	}
 	var req decisionRequest
@@ -1417,7 +1363,7 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 		return core.Validation("suite_name, model_id and provider are required, 1 to 200 characters each")
 	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
 		return checkNumber("drift_threshold", *req.DriftThreshold)
-	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
+	case req.BaselineRunID != "" && !core.UUIDPattern.MatchString(req.BaselineRunID):
 		return core.NewError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
 	out, err := a.store.StartEvalRun(r.Context(), p, core.EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
@@ -1439,7 +1385,7 @@ type completeEvalRunRequest struct {
 
 func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errRunNotFound()
 	}
 	var req completeEvalRunRequest
@@ -1498,7 +1444,7 @@ func checkScores(results json.RawMessage) error {
 
 func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errRunNotFound()
 	}
 	out, err := a.store.GetEvalRun(r.Context(), p, strings.ToLower(id))
@@ -1510,7 +1456,7 @@ func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.P
 }
 
 func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1527,7 +1473,7 @@ func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, jsonPosition("started_at"))
+	writePage(w, rows, limit, core.JSONPosition("started_at"))
 	return nil
 }
 
@@ -1545,7 +1491,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 	if !validName(suite) {
 		return core.Validation("the suite name must be 1 to 200 characters")
 	}
-	if !uuidPattern.MatchString(req.RunID) {
+	if !core.UUIDPattern.MatchString(req.RunID) {
 		return errRunNotFound()
 	}
 	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
@@ -1601,7 +1547,7 @@ func isPending(raw json.RawMessage) bool {
 // getApproval answers one approval request, waiting for a decision when asked.
 func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errApprovalNotFound()
 	}
 	id = strings.ToLower(id)
@@ -1774,7 +1720,7 @@ func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httproute
 		return err
 	}
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errWebhookNotFound()
 	}
 	out, err := pg.DeleteWebhook(r.Context(), p, strings.ToLower(id), newAudit(r, p, "ok", http.StatusOK))
@@ -1791,10 +1737,10 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 		return err
 	}
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errWebhookNotFound()
 	}
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1809,7 +1755,7 @@ func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps h
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, jsonPosition("created_at"))
+	writePage(w, rows, limit, core.JSONPosition("created_at"))
 	return nil
 }
 
