@@ -26,6 +26,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/asi-labs/atl/internal/approvalwait"
+	"github.com/asi-labs/atl/internal/console"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/limits"
@@ -63,9 +64,9 @@ type App struct {
 	metrics    *metrics.Metrics
 	waits      *approvalwait.Hub // nil in JSONL mode: no waiting for decisions
 	routeTable []string          // "METHOD pattern" of every route, as routes() registers them
-	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: consoleSessionTTL.
+	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: console.SessionTTL.
 	consoleTTL time.Duration
-	// consoleNotFound answers unknown /console paths with an HTML page; set by consoleRoutes.
+	// consoleNotFound answers unknown /console paths with an HTML page; set by routes.
 	consoleNotFound httprouter.Handle
 }
 
@@ -121,7 +122,20 @@ func (a *App) routes() http.Handler {
 	handle("GET", "/api/v1/webhooks", a.handle(a.authed(a.listWebhooks, "admin")))
 	handle("DELETE", "/api/v1/webhooks/:id", a.handle(a.authed(a.deleteWebhook, "admin")))
 	handle("GET", "/api/v1/webhooks/:id/deliveries", a.handle(a.authed(a.listWebhookDeliveries, "admin")))
-	a.consoleRoutes(handle) // the approvers' web console under /console (console.go)
+	// The approvers' web console (internal/console): HTML pages over the same store methods.
+	con, err := console.New(console.Deps{Store: a.store, Limiter: a.limiter, Log: a.log, TTL: a.consoleTTL,
+		ErrorFor: errorFor, NewAudit: newAudit, RoutePattern: routePattern})
+	if err != nil {
+		panic(fmt.Sprintf("console templates: %v", err)) // embedded files that do not parse: a build fault
+	}
+	handle("GET", "/console", con.Queue)
+	handle("GET", "/console/login", con.LoginForm)
+	handle("POST", "/console/login", con.Login)
+	handle("POST", "/console/logout", con.Logout)
+	handle("GET", "/console/approvals/:id", con.Detail)
+	handle("POST", "/console/approvals/:id/decide", con.Decide)
+	handle("GET", "/console/static/*file", con.Static)
+	a.consoleNotFound = con.NotFound
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.consoleNotFound != nil && strings.HasPrefix(r.URL.Path, "/console/") {

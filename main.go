@@ -20,6 +20,7 @@ import (
 
 	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/authcache"
+	"github.com/asi-labs/atl/internal/console"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/groupcommit"
@@ -146,7 +147,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("ATL_PPROF_ADDR must be a loopback host:port such as 127.0.0.1:6060, got %q", c.PprofAddr)
 		}
 	}
-	if c.ConsoleTTL, err = envDuration(getenv, "ATL_CONSOLE_SESSION_TTL", consoleSessionTTL); err != nil {
+	if c.ConsoleTTL, err = envDuration(getenv, "ATL_CONSOLE_SESSION_TTL", console.SessionTTL); err != nil {
 		return c, err
 	}
 	if c.ConsoleTTL < time.Minute || c.ConsoleTTL > 30*24*time.Hour {
