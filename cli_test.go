@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -149,10 +150,10 @@ func TestMigrateAsDatabaseOwner(t *testing.T) {
 	t.Parallel()
 	requireDB(t)
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testDB.admin)
+	admin, err := pgx.Connect(ctx, testdb.AdminURL())
 	require.NoError(t, err)
 	defer admin.Close(ctx)
-	n := testDB.n.Add(1)
+	n := testdb.Next()
 	role, db := fmt.Sprintf("atl_owner_%d_%d", os.Getpid(), n), fmt.Sprintf("atl_t_%d_%d", os.Getpid(), n)
 	_, err = admin.Exec(ctx, "create role "+role+" login nosuperuser createrole nobypassrls")
 	require.NoError(t, err)
@@ -162,7 +163,7 @@ func TestMigrateAsDatabaseOwner(t *testing.T) {
 		_, _ = admin.Exec(ctx, "drop database if exists "+db+" with (force)")
 		_, _ = admin.Exec(ctx, "drop role if exists "+role)
 	})
-	u, err := neturl.Parse(withDatabase(testDB.admin, db))
+	u, err := neturl.Parse(testdb.WithDatabase(testdb.AdminURL(), db))
 	require.NoError(t, err)
 	u.User = neturl.User(role)
 	url := u.String()

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +18,9 @@ import (
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/jsonl"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 )
 
@@ -220,4 +224,36 @@ func (e *testEnv) policy(admin, tool string, body map[string]any) {
 func (e *testEnv) execute(agentKey, agent string, body map[string]any, headers ...string) response {
 	e.t.Helper()
 	return e.do("POST", "/api/v1/agents/"+agent+"/execute", agentKey, body, headers...)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testdb.DropAll()
+	if atlBinary.path != "" {
+		os.RemoveAll(filepath.Dir(atlBinary.path))
+	}
+	os.Exit(code)
+}
+
+// requireDB skips (or, in CI, fails) when no PostgreSQL is reachable.
+func requireDB(t testing.TB) {
+	t.Helper()
+	testdb.Require(t, migrateUp)
+}
+
+// newDatabase clones the migrated template and returns the clone's URL.
+func newDatabase(t testing.TB) string {
+	t.Helper()
+	return testdb.New(t, migrateUp)
+}
+
+// newPool opens a pool on a fresh clone; the connection user is the
+// superuser, as a careless DATABASE_URL would be.
+func newPool(t testing.TB) (*pgxpool.Pool, string) {
+	t.Helper()
+	url := newDatabase(t)
+	pool, err := connectPool(context.Background(), url, 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool, url
 }

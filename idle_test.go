@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -57,7 +58,7 @@ func TestIdleServiceLeavesDatabaseIdle(t *testing.T) {
 	require.NoError(t, err)
 	db := strings.TrimPrefix(u.Path, "/")
 	ctx := context.Background()
-	stats, err := pgx.Connect(ctx, testDB.admin)
+	stats, err := pgx.Connect(ctx, testdb.AdminURL())
 	require.NoError(t, err)
 	defer stats.Close(ctx)
 

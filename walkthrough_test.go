@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/stretchr/testify/require"
 )
 
@@ -38,7 +39,7 @@ func TestWalkthrough(t *testing.T) {
 				}
 			}
 			if mode == "postgres" {
-				env = append(env, "DATABASE_URL="+adminURL())
+				env = append(env, "DATABASE_URL="+testdb.AdminURL())
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
