@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/asi-labs/atl/internal/atlproc"
 )
 
 // chromiumPath is Debian's Chromium, which the browser tests drive.
@@ -31,7 +33,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Skipf("no %s: browser tests skipped", missing)
 	}
 	url := newDatabase(t)
-	atl := startATL(t, "DATABASE_URL="+url)
+	atl := atlproc.Start(t, "DATABASE_URL="+url)
 	// Screenshots go to e2e/screenshots (ignored by git); `make screenshots` points this at docs/screenshots for the README.
 	shots := os.Getenv("ATL_SCREENSHOT_DIR")
 	if shots == "" {
@@ -48,12 +50,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "--test", "--test-reporter=spec")
 	cmd.Dir = "e2e"
-	cmd.Env = append(os.Environ(), "ATL_URL="+atl.base, "ATL_ADMIN_TOKEN="+testOperatorToken,
+	cmd.Env = append(os.Environ(), "ATL_URL="+atl.Base, "ATL_ADMIN_TOKEN="+testOperatorToken,
 		"ATL_SCREENSHOT_DIR="+shots, "CHROMIUM="+chromiumPath)
 	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	t.Logf("node --test e2e/:\n%s", out)
 	if err != nil {
-		t.Fatalf("browser tests failed: %v\nservice log:\n%s", err, atl.output())
+		t.Fatalf("browser tests failed: %v\nservice log:\n%s", err, atl.Output())
 	}
 }

@@ -1,190 +1,17 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/stretchr/testify/require"
 )
-
-// The binary under test, built once per test run, so crash tests kill a real process.
-var atlBinary struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func buildATL(t *testing.T) string {
-	t.Helper()
-	atlBinary.once.Do(func() {
-		dir, err := os.MkdirTemp("", "atl-bin-")
-		if err != nil {
-			atlBinary.err = err
-			return
-		}
-		atlBinary.path = filepath.Join(dir, "atl")
-		out, err := exec.Command("go", "build", "-o", atlBinary.path, ".").CombinedOutput()
-		if err != nil {
-			atlBinary.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, atlBinary.err)
-	return atlBinary.path
-}
-
-// atlProcess is the service running as its own process.
-type atlProcess struct {
-	cmd  *exec.Cmd
-	base string // http://127.0.0.1:port
-	done chan struct{}
-
-	mu  sync.Mutex
-	log bytes.Buffer
-}
-
-// startATL runs the binary with env on a port of its choosing and waits until it listens.
-func startATL(t *testing.T, env ...string) *atlProcess {
-	t.Helper()
-	cmd := exec.Command(buildATL(t))
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "PORT=0", "ATL_ADMIN_TOKEN=" + testOperatorToken}, env...)
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	p := &atlProcess{cmd: cmd, done: make(chan struct{})}
-	t.Cleanup(func() { p.kill() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.log.WriteString(line + "\n")
-			p.mu.Unlock()
-			var entry struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "atl listening" {
-				addr <- entry.Addr
-			}
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case a := <-addr:
-		_, port, err := net.SplitHostPort(a)
-		require.NoError(t, err)
-		p.base = "http://127.0.0.1:" + port
-	case <-p.done:
-		t.Fatalf("atl exited before listening:\n%s", p.output())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("atl did not listen within 60s:\n%s", p.output())
-	}
-	return p
-}
-
-func (p *atlProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.String()
-}
-
-// kill sends SIGKILL: no drain, no deferred close, as a power cut or OOM kill would.
-func (p *atlProcess) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// call sends one request to the process; status 0 means no answer.
-func (p *atlProcess) call(client *http.Client, method, path, key string, body any) (int, map[string]any) {
-	status, out, _, _ := p.timedCall(client, method, path, key, body)
-	return status, out
-}
-
-// timedCall is call that also says how long the answer took and its headers.
-func (p *atlProcess) timedCall(client *http.Client, method, path, key string, body any) (int, map[string]any, time.Duration, http.Header) {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, p.base+path, rd)
-	if err != nil {
-		return 0, nil, 0, nil
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+key)
-	start := time.Now()
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, nil, time.Since(start), nil
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out, time.Since(start), resp.Header
-}
-
-// mustCall is call for the test goroutine: it fails the test on no answer.
-func (p *atlProcess) mustCall(t *testing.T, client *http.Client, method, path, key string, body any) (int, map[string]any) {
-	t.Helper()
-	status, out := p.call(client, method, path, key, body)
-	require.NotZero(t, status, "no answer from atl:\n%s", p.output())
-	return status, out
-}
-
-// acme creates tenant acme with an agent key (subject bot) and an L0 tool
-// search, and returns the admin and agent keys.
-func (p *atlProcess) acme(t *testing.T, client *http.Client) (admin, agent string) {
-	t.Helper()
-	status, body := p.mustCall(t, client, "POST", "/api/v1/tenants", testOperatorToken, map[string]any{"id": "acme", "name": "Acme"})
-	require.Equal(t, http.StatusCreated, status, body)
-	admin = body["api_key"].(string)
-	status, body = p.mustCall(t, client, "POST", "/api/v1/keys", admin, map[string]any{"role": "agent", "subject": "bot"})
-	require.Equal(t, http.StatusCreated, status, body)
-	agent = body["api_key"].(string)
-	status, _ = p.mustCall(t, client, "PUT", "/api/v1/policies/search", admin, map[string]any{"trust_level": "L0"})
-	require.Equal(t, http.StatusOK, status)
-	return admin, agent
-}
-
-// allEvents pages through the tenant's events and counts them by id and by trace_id.
-func (p *atlProcess) allEvents(t *testing.T, client *http.Client, key string) (byID, byTrace map[string]int) {
-	t.Helper()
-	byID, byTrace = map[string]int{}, map[string]int{}
-	path := "/api/v1/events?limit=500"
-	for {
-		status, page := p.mustCall(t, client, "GET", path, key, nil)
-		require.Equal(t, http.StatusOK, status, page)
-		items, _ := page["items"].([]any)
-		for _, it := range items {
-			e := it.(map[string]any)
-			byID[e["id"].(string)]++
-			byTrace[e["trace_id"].(string)]++
-		}
-		next, _ := page["next_cursor"].(string)
-		if next == "" {
-			return byID, byTrace
-		}
-		path = "/api/v1/events?limit=500&cursor=" + url.QueryEscape(next)
-	}
-}
 
 // TestKillDuringLoad: kill -9 the service while clients write concurrently,
 // restart it on the same storage, and find every write that was answered 2xx
@@ -204,8 +31,8 @@ func TestKillDuringLoad(t *testing.T) {
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 			t.Cleanup(client.CloseIdleConnections)
 
-			atl := startATL(t, env...)
-			admin, agent := atl.acme(t, client)
+			atl := atlproc.Start(t, env...)
+			admin, agent := atl.Acme(t, client)
 
 			// Each logical write has its own trace_id; executes also carry it as their idempotency_key.
 			type write struct {
@@ -232,10 +59,10 @@ func TestKillDuringLoad(t *testing.T) {
 						var status int
 						var out map[string]any
 						if w.execute {
-							status, out = atl.call(client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{
+							status, out = atl.Call(client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{
 								"tool": "search", "args": map[string]any{"q": w.trace}, "trace_id": w.trace, "idempotency_key": w.trace})
 						} else {
-							status, out = atl.call(client, "POST", "/api/v1/events", agent, map[string]any{
+							status, out = atl.Call(client, "POST", "/api/v1/events", agent, map[string]any{
 								"tool_name": "search", "status": "ok", "trace_id": w.trace})
 							if items, ok := out["items"].([]any); ok && len(items) == 1 {
 								out = items[0].(map[string]any)
@@ -256,13 +83,13 @@ func TestKillDuringLoad(t *testing.T) {
 			}
 			// Kill once a few hundred writes are acknowledged, with all clients still sending.
 			require.Eventually(t, func() bool { return acked.Load() >= 300 }, 60*time.Second, time.Millisecond)
-			atl.kill()
+			atl.Kill()
 			stop.Store(true)
 			clients.Wait()
 			client.CloseIdleConnections()
 
-			atl = startATL(t, env...)
-			byID, byTrace := atl.allEvents(t, client, admin)
+			atl = atlproc.Start(t, env...)
+			byID, byTrace := atl.AllEvents(t, client, admin)
 			var ackedN, cut int
 			for _, w := range writes {
 				if w.eventID == "" {
@@ -283,23 +110,23 @@ func TestKillDuringLoad(t *testing.T) {
 					continue
 				}
 				call := map[string]any{"tool": "search", "args": map[string]any{"q": w.trace}, "trace_id": w.trace, "idempotency_key": w.trace}
-				status, out := atl.mustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, call)
+				status, out := atl.MustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, call)
 				require.Equal(t, http.StatusOK, status, out)
 				if w.eventID != "" {
 					require.Equal(t, w.eventID, out["event_id"], "an acknowledged call replays its first answer")
 				}
 			}
-			_, byTrace = atl.allEvents(t, client, admin)
+			_, byTrace = atl.AllEvents(t, client, admin)
 			for _, w := range writes {
 				if w.execute {
 					require.Equal(t, 1, byTrace[w.trace], "execute %s exists exactly once after retries", w.trace)
 				}
 			}
 
-			status, verify := atl.mustCall(t, client, "GET", "/api/v1/audit/verify", admin, nil)
+			status, verify := atl.MustCall(t, client, "GET", "/api/v1/audit/verify", admin, nil)
 			require.Equal(t, http.StatusOK, status, verify)
 			require.Equal(t, true, verify["ok"], "the chain is intact after the kill: %v", verify)
-			require.False(t, strings.Contains(atl.output(), `"level":"ERROR"`), "the restart logged no error:\n%s", atl.output())
+			require.False(t, strings.Contains(atl.Output(), `"level":"ERROR"`), "the restart logged no error:\n%s", atl.Output())
 		})
 	}
 }

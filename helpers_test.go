@@ -9,12 +9,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/asi-labs/atl/internal/approvalwait"
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/jsonl"
@@ -24,7 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const testOperatorToken = "test-operator-token"
+const testOperatorToken = atlproc.OperatorToken
 
 // testEnv is a running service and what tests need around it.
 type testEnv struct {
@@ -229,9 +229,7 @@ func (e *testEnv) execute(agentKey, agent string, body map[string]any, headers .
 func TestMain(m *testing.M) {
 	code := m.Run()
 	testdb.DropAll()
-	if atlBinary.path != "" {
-		os.RemoveAll(filepath.Dir(atlBinary.path))
-	}
+	atlproc.RemoveBinary()
 	os.Exit(code)
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/jackc/pgx/v5"
@@ -549,28 +550,28 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	client := &http.Client{}
 	t.Cleanup(client.CloseIdleConnections)
 
-	atl := startATL(t, env...)
-	admin, agent := atl.acme(t, client)
-	status, hook := atl.mustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
+	atl := atlproc.Start(t, env...)
+	admin, agent := atl.Acme(t, client)
+	status, hook := atl.MustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
 	require.Equal(t, http.StatusCreated, status, hook)
 	hookID := hook["id"].(string)
-	status, _ = atl.mustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
+	status, _ = atl.MustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
 	require.Equal(t, http.StatusOK, status)
-	status, out := atl.mustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy", "args": map[string]any{}})
+	status, out := atl.MustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy", "args": map[string]any{}})
 	require.Equal(t, http.StatusAccepted, status, out)
 
 	require.Eventually(t, func() bool { return len(rc.requests()) >= 2 }, 20*time.Second, 5*time.Millisecond,
 		"the receiver failed the delivery twice")
-	atl.kill()
+	atl.Kill()
 	failed := len(rc.requests())
 	healthy.Store(true)
 	client.CloseIdleConnections()
 
 	restarted := time.Now()
-	atl = startATL(t, env...)
+	atl = atlproc.Start(t, env...)
 	var d map[string]any
 	require.Eventually(t, func() bool {
-		status, page := atl.mustCall(t, client, "GET", "/api/v1/webhooks/"+hookID+"/deliveries", admin, nil)
+		status, page := atl.MustCall(t, client, "GET", "/api/v1/webhooks/"+hookID+"/deliveries", admin, nil)
 		require.Equal(t, http.StatusOK, status, page)
 		items, _ := page["items"].([]any)
 		require.Len(t, items, 1)
@@ -592,7 +593,7 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	require.GreaterOrEqual(t, int(d["attempts"].(float64)), len(got), "every call the receiver saw was counted")
 	log := d["attempt_log"].([]any)
 	require.EqualValues(t, 200, log[len(log)-1].(map[string]any)["http_status"])
-	require.NotContains(t, atl.output(), `"level":"ERROR"`)
+	require.NotContains(t, atl.Output(), `"level":"ERROR"`)
 }
 
 // TestWebhookConfig: defaults, values and refusals of the ATL_WEBHOOK* variables.
