@@ -33,7 +33,7 @@ var atlBinary struct {
 }
 
 // Build builds the binary once per test process and returns its path.
-func Build(t *testing.T) string {
+func Build(t testing.TB) string {
 	t.Helper()
 	atlBinary.once.Do(func() {
 		dir, err := os.MkdirTemp("", "atl-bin-")

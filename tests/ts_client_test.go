@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 // Without node_modules it skips, unless ATL_REQUIRE_NODE=1 (set by .ci/run).
 func TestTypeScriptClient(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join("clients", "typescript")
+	dir := filepath.Join("..", "clients", "typescript")
 	npm, err := exec.LookPath("npm")
 	if _, statErr := os.Stat(filepath.Join(dir, "node_modules")); err != nil || statErr != nil {
 		if os.Getenv("ATL_REQUIRE_NODE") == "1" {

@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"bufio"
@@ -45,6 +45,7 @@ func TestWalkthrough(t *testing.T) {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "bash", "scripts/walkthrough.sh")
 			cmd.Env = env
+			cmd.Dir = ".."
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
@@ -56,7 +57,7 @@ func TestWalkthrough(t *testing.T) {
 				require.Contains(t, out, "*Skipped: this run uses JSONL files")
 				return
 			}
-			page, err := os.ReadFile("docs/walkthrough.md")
+			page, err := os.ReadFile("../docs/walkthrough.md")
 			require.NoError(t, err)
 			require.Equal(t, commandLines(string(page)), commandLines(out),
 				"docs/walkthrough.md is stale: run make walkthrough")
