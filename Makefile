@@ -19,7 +19,7 @@ build: ## build a static binary at ./bin/atl
 	CGO_ENABLED=0 go build -buildvcs=true -trimpath -o bin/atl .
 
 screenshots: ## run the browser tests and save their screenshots to docs/screenshots (shown in docs/console.md)
-	ATL_SCREENSHOT_DIR=docs/screenshots go test -count=1 -run TestConsoleInBrowser .
+	ATL_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots go test -count=1 -run TestConsoleInBrowser ./tests
 
 walkthrough: ## regenerate docs/walkthrough.md: every curl of the walkthrough run against PostgreSQL (DATABASE_URL names the server)
 	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" bash scripts/walkthrough.sh > docs/walkthrough.md.tmp

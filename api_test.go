@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/limits"
 	"github.com/stretchr/testify/require"
@@ -516,7 +517,7 @@ func TestStatsShowLimits(t *testing.T) {
 	require.Equal(t, map[string]any{"rate_limit_per_second": 0.0, "rate_burst": 0.0, "waiters_per_tenant": 0.0}, r.Body["limits"], "all off")
 
 	app := &App{store: env.store, log: testLogger(), adminToken: testOperatorToken, version: "test",
-		limiter: limits.NewRateLimiter(5, 40), waits: &approvalHub{perTenant: 2}}
+		limiter: limits.NewRateLimiter(5, 40), waits: &approvalwait.Hub{PerTenant: 2}}
 	env.srv = httptest.NewServer(app.routes())
 	t.Cleanup(env.srv.Close)
 	r = env.do("GET", "/api/v1/stats", testOperatorToken, nil)

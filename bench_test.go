@@ -80,15 +80,15 @@ func BenchmarkCursorEncode(b *testing.B) {
 	at := time.Date(2026, 12, 1, 19, 30, 0, 123456000, time.UTC)
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = encodeCursor(at, "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a")
+		_ = core.EncodeCursor(at, "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a")
 	}
 }
 
 func BenchmarkCursorDecode(b *testing.B) {
-	c := encodeCursor(time.Date(2026, 12, 1, 19, 30, 0, 123456000, time.UTC), "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a")
+	c := core.EncodeCursor(time.Date(2026, 12, 1, 19, 30, 0, 123456000, time.UTC), "0b7e2f4c-8d1a-4c3e-9f6b-2a5d8e1c3b7a")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := decodeCursor(c); err != nil {
+		if _, err := core.DecodeCursor(c); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -286,7 +286,7 @@ func cliStore(ctx context.Context, url, cmd string, args []string, getenv func(s
 		if err := needTenant(); err != nil {
 			return nil, 0, err
 		}
-		if len(pos) != 1 || !uuidPattern.MatchString(pos[0]) {
+		if len(pos) != 1 || !core.UUIDPattern.MatchString(pos[0]) {
 			return nil, 0, usagef("give the key id (a uuid)")
 		}
 		admin, err := cliAdmin(ctx, store, *tenant, getenv("ATL_API_KEY"))

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -83,7 +85,7 @@ func TestCLI(t *testing.T) {
 	require.Equal(t, "Acme Travel", created["tenant"].(map[string]any)["name"])
 	require.Equal(t, []string{"api_key", "api_key_id", "tenant"}, slices.Sorted(maps.Keys(created)), "the names POST /api/v1/tenants uses")
 	require.True(t, strings.HasPrefix(created["api_key"].(string), "atl_"), out)
-	require.Regexp(t, uuidPattern, created["api_key_id"])
+	require.Regexp(t, core.UUIDPattern, created["api_key_id"])
 	code, _, errOut = runCLI(t, url, "tenant", "create", "acme")
 	require.Equal(t, 1, code, "a second acme is a conflict")
 	require.Contains(t, errOut, "(already_exists)")
@@ -148,10 +150,10 @@ func TestMigrateAsDatabaseOwner(t *testing.T) {
 	t.Parallel()
 	requireDB(t)
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testDB.admin)
+	admin, err := pgx.Connect(ctx, testdb.AdminURL())
 	require.NoError(t, err)
 	defer admin.Close(ctx)
-	n := testDB.n.Add(1)
+	n := testdb.Next()
 	role, db := fmt.Sprintf("atl_owner_%d_%d", os.Getpid(), n), fmt.Sprintf("atl_t_%d_%d", os.Getpid(), n)
 	_, err = admin.Exec(ctx, "create role "+role+" login nosuperuser createrole nobypassrls")
 	require.NoError(t, err)
@@ -161,7 +163,7 @@ func TestMigrateAsDatabaseOwner(t *testing.T) {
 		_, _ = admin.Exec(ctx, "drop database if exists "+db+" with (force)")
 		_, _ = admin.Exec(ctx, "drop role if exists "+role)
 	})
-	u, err := neturl.Parse(withDatabase(testDB.admin, db))
+	u, err := neturl.Parse(testdb.WithDatabase(testdb.AdminURL(), db))
 	require.NoError(t, err)
 	u.User = neturl.User(role)
 	url := u.String()

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,8 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/console"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -143,15 +141,15 @@ func TestConsoleSignInCookieAndHeaders(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, in.Status, in.Body)
 	require.Equal(t, "/console", in.Header.Get("Location"))
 	requireConsoleHeaders(t, in.Header)
-	s := b.jar[consoleCookie]
+	s := b.jar[console.Cookie]
 	require.NotNil(t, s)
 	require.True(t, s.Secure)
 	require.True(t, s.HttpOnly)
 	require.Equal(t, http.SameSiteStrictMode, s.SameSite)
 	require.Equal(t, "/console", s.Path)
-	require.Equal(t, int(consoleSessionTTL.Seconds()), s.MaxAge)
+	require.Equal(t, int(console.SessionTTL.Seconds()), s.MaxAge)
 	require.NotContains(t, s.Value, ct.approver)
-	require.NotContains(t, b.jar, consoleCSRFCookie, "the pre-session cookie is dropped at sign-in")
+	require.NotContains(t, b.jar, console.CSRFCookie, "the pre-session cookie is dropped at sign-in")
 
 	q := b.do("GET", "/console", nil)
 	require.Equal(t, http.StatusOK, q.Status, q.Body)
@@ -175,7 +173,7 @@ func TestConsoleSignInCookieAndHeaders(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, b.do("GET", "/console/static/", nil).Status, "no directory listing")
 
 	// A tampered cookie is no session.
-	b.jar[consoleCookie].Value = s.Value[:len(s.Value)-2] + "AA"
+	b.jar[console.Cookie].Value = s.Value[:len(s.Value)-2] + "AA"
 	require.Equal(t, http.StatusSeeOther, b.do("GET", "/console", nil).Status)
 }
 
@@ -252,14 +250,14 @@ func TestConsoleCSRF(t *testing.T) {
 	r := fresh.do("POST", "/console/login", url.Values{"key": {ct.approver}})
 	require.Equal(t, http.StatusForbidden, r.Status)
 	require.Contains(t, r.Body, "csrf_failed")
-	require.NotContains(t, fresh.jar, consoleCookie)
+	require.NotContains(t, fresh.jar, console.Cookie)
 	r = b.do("POST", "/console/logout", url.Values{})
 	require.Equal(t, http.StatusForbidden, r.Status)
-	require.Contains(t, b.jar, consoleCookie)
+	require.Contains(t, b.jar, console.Cookie)
 	// A good token from a same-origin page (Origin matching the host) works.
 	r = b.do("POST", "/console/logout", url.Values{"csrf": {token}}, "Origin", e.srv.URL, "Sec-Fetch-Site", "")
 	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
-	require.NotContains(t, b.jar, consoleCookie)
+	require.NotContains(t, b.jar, console.Cookie)
 }
 
 func TestConsoleRefusesAgentAndUnknownKeys(t *testing.T) {
@@ -270,11 +268,11 @@ func TestConsoleRefusesAgentAndUnknownKeys(t *testing.T) {
 	r := b.signIn(ct.agent)
 	require.Equal(t, http.StatusForbidden, r.Status)
 	require.Contains(t, r.Body, "Only approver and admin keys can sign in")
-	require.NotContains(t, b.jar, consoleCookie)
+	require.NotContains(t, b.jar, console.Cookie)
 
 	r = b.signIn("atl_" + strings.Repeat("A", 64))
 	require.Equal(t, http.StatusUnauthorized, r.Status)
-	require.NotContains(t, b.jar, consoleCookie)
+	require.NotContains(t, b.jar, console.Cookie)
 
 	// An admin key may sign in.
 	require.Equal(t, http.StatusSeeOther, newConsoleBrowser(e).signIn(ct.admin).Status)
@@ -288,17 +286,17 @@ func TestConsoleRevokedKeyEndsSession(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
 	require.Equal(t, http.StatusOK, b.do("GET", "/console", nil).Status)
 	d := b.do("GET", "/console/approvals/"+ct.request, nil)
-	saved := b.jar[consoleCookie].Value
+	saved := b.jar[console.Cookie].Value
 
 	require.Equal(t, http.StatusOK, e.do("DELETE", "/api/v1/keys/"+ct.approverID, ct.admin, nil).Status)
 	q := b.do("GET", "/console", nil)
 	require.Equal(t, http.StatusSeeOther, q.Status)
 	require.Equal(t, "/console/login?ended=1", q.Header.Get("Location"))
-	require.NotContains(t, b.jar, consoleCookie, "the dead session's cookie is cleared")
+	require.NotContains(t, b.jar, console.Cookie, "the dead session's cookie is cleared")
 	require.Contains(t, b.do("GET", "/console/login?ended=1", nil).Body, "Your session ended")
 
 	// The old cookie, replayed with a form loaded before the revocation, cannot decide.
-	b.jar[consoleCookie] = &http.Cookie{Name: consoleCookie, Value: saved}
+	b.jar[console.Cookie] = &http.Cookie{Name: console.Cookie, Value: saved}
 	r := b.do("POST", "/console/approvals/"+ct.request+"/decide", url.Values{"csrf": {csrfOf(t, d)}, "decision": {"APPROVE"}})
 	require.Equal(t, http.StatusUnauthorized, r.Status)
 	require.Equal(t, "PENDING", e.do("GET", "/api/v1/approvals/"+ct.request, ct.admin, nil).str("status"))
@@ -367,21 +365,6 @@ func TestConsoleKeepsKeysOutOfURLsAndLogs(t *testing.T) {
 	require.Contains(t, logs.String(), "console sign-in", "the log does record sign-ins, by key id")
 }
 
-func TestConsolePayloadRendering(t *testing.T) {
-	t.Parallel()
-	long := strings.Repeat("é<", 100)
-	raw, err := json.Marshal(map[string]any{"tool": "pay", "args": map[string]any{"n": 1.50, "ok": true, "none": nil,
-		"list": []any{"a", 2}, "empty": map[string]any{}, "long": long, "<k>": "v"}})
-	require.NoError(t, err)
-	out := string(renderPayload(raw))
-	require.NotContains(t, out, "<k>")
-	require.Contains(t, out, `&#34;&lt;k&gt;&#34;`)
-	require.Contains(t, out, `<span class="num">1.5</span>`)
-	require.Contains(t, out, "(200 characters)")
-	require.Equal(t, 1, strings.Count(out, "<details"))
-	require.NotContains(t, out, "é<")
-}
-
 func TestConsoleSessionTTLConfig(t *testing.T) {
 	t.Parallel()
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
@@ -395,15 +378,13 @@ func TestConsoleSessionTTLConfig(t *testing.T) {
 		_, err = configFromEnv(env(map[string]string{"ATL_CONSOLE_SESSION_TTL": bad}))
 		require.ErrorContains(t, err, "ATL_CONSOLE_SESSION_TTL", bad)
 	}
-	require.Equal(t, "8 hours", hours(8*time.Hour))
-	require.Equal(t, "90 minutes", hours(90*time.Minute))
 }
 
 func TestConsoleQueuePagesAndTabs(t *testing.T) {
 	t.Parallel()
 	e := setup(t, "postgres")
 	ct := newConsoleTenant(t, e, "con-pages")
-	for i := range consolePageSize {
+	for i := range console.PageSize {
 		held := e.execute(ct.agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": i}})
 		require.Equal(t, http.StatusAccepted, held.Status, held.Raw)
 	}
@@ -411,7 +392,7 @@ func TestConsoleQueuePagesAndTabs(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
 	first := b.do("GET", "/console?status=pending", nil)
 	require.Equal(t, http.StatusOK, first.Status)
-	require.Equal(t, consolePageSize, strings.Count(first.Body, `<td data-label="Tool"`))
+	require.Equal(t, console.PageSize, strings.Count(first.Body, `<td data-label="Tool"`))
 	require.NotContains(t, first.Body, ct.request, "the oldest request is on the next page")
 	next := regexp.MustCompile(`href="(/console\?cursor=[^"]+)" rel="next"`).FindStringSubmatch(first.Body)
 	require.NotNil(t, next, first.Body)
@@ -477,53 +458,6 @@ func TestConsoleDeepPayloadIsBounded(t *testing.T) {
 
 }
 
-func TestConsolePayloadBounds(t *testing.T) {
-	t.Parallel()
-	wide := map[string]any{}
-	for i := range 500 {
-		wide[fmt.Sprintf("k%03d", i)] = i
-	}
-	raw, err := json.Marshal(map[string]any{"wide": wide, "long": strings.Repeat("<", 5000),
-		"deep": json.RawMessage(strings.Repeat("[", 30) + "1, 2" + strings.Repeat("]", 30))})
-	require.NoError(t, err)
-	out := string(renderPayload(raw))
-	require.Equal(t, payloadMaxItems, strings.Count(out, `<span class="num">`), "100 keys of wide; deep's two numbers are collapsed")
-	require.Contains(t, out, "… 400 more keys")
-	require.Contains(t, out, "(5000 characters)")
-	require.Contains(t, out, "(the first 2000 characters; the canonical text has more)")
-	require.Equal(t, payloadMaxString, strings.Count(out, "&lt;")-60, "2000 characters unfolded, 60 in the summary")
-	require.Contains(t, out, "[<span class=\"n\">… 1 item nested deeper</span>]")
-	require.Equal(t, payloadMaxDepth-1, strings.Count(out, "[\n"), "the object and nine arrays are ten levels; the eleventh collapses")
-
-	// Output is bounded whatever the shape: 100 × 100 strings of 2,000 characters would be 40 MB.
-	big := make([]any, 100)
-	for i := range big {
-		row := make([]any, 100)
-		for j := range row {
-			row[j] = strings.Repeat("\"", 2000)
-		}
-		big[i] = row
-	}
-	raw, err = json.Marshal(map[string]any{"big": big})
-	require.NoError(t, err)
-	out = string(renderPayload(raw))
-	require.Less(t, len(out), payloadMaxHTML+64<<10)
-	require.Contains(t, out, "the rest is cut")
-
-	text, cut := canonicalText(raw)
-	require.True(t, cut)
-	require.Len(t, text, payloadMaxRaw)
-	text, cut = canonicalText(json.RawMessage(`{"a": "` + strings.Repeat("é", payloadMaxRaw) + `"}`))
-	require.True(t, cut)
-	require.True(t, utf8.ValidString(text), "cut on a character boundary")
-
-	require.Equal(t, "812 bytes", size(812))
-	require.Equal(t, "18 KB", size(18*1024-100))
-
-	// Not JSON at all: what could be read, then a note.
-	require.Contains(t, string(renderPayload(json.RawMessage(`{"a": [1, `))), "could not be read as JSON")
-}
-
 // signedIn says whether the browser's cookie still opens a signed-in page:
 // the queue (200) or, in JSONL mode, the page saying approvals need PostgreSQL (503).
 func (b *consoleBrowser) signedIn() bool {
@@ -547,24 +481,24 @@ func TestConsoleSignOutEndsSession(t *testing.T) {
 			ct := newConsoleTenant(t, e, "con-out")
 			b := newConsoleBrowser(e)
 			require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
-			saved := *b.jar[consoleCookie]
+			saved := *b.jar[console.Cookie]
 			require.True(t, b.signedIn())
 			token := csrfOf(t, b.do("GET", "/console", nil))
 
 			out := b.do("POST", "/console/logout", url.Values{"csrf": {token}})
 			require.Equal(t, http.StatusSeeOther, out.Status, out.Body)
 			require.Equal(t, "/console/login?out=1", out.Header.Get("Location"))
-			require.NotContains(t, b.jar, consoleCookie)
+			require.NotContains(t, b.jar, console.Cookie)
 
 			// The old cookie, replayed: the session is over on the server.
-			b.jar[consoleCookie] = &saved
+			b.jar[console.Cookie] = &saved
 			require.False(t, b.signedIn())
-			b.jar[consoleCookie] = &saved
+			b.jar[console.Cookie] = &saved
 			r := b.do("POST", "/console/approvals/"+strings.Repeat("0", 8)+"-0000-0000-0000-000000000000/decide",
 				url.Values{"csrf": {token}, "decision": {"APPROVE"}})
 			require.Equal(t, http.StatusUnauthorized, r.Status)
 			// Signing out again with it does no harm.
-			b.jar[consoleCookie] = &saved
+			b.jar[console.Cookie] = &saved
 			require.Equal(t, http.StatusSeeOther, b.do("POST", "/console/logout", url.Values{"csrf": {token}}).Status)
 
 			// Another session of the same key lives on.
@@ -604,7 +538,7 @@ func TestConsoleExpiredSessionEnds(t *testing.T) {
 	require.True(t, b.signedIn())
 	e.sql(`update atl.console_sessions set created_at = now() - interval '9 hours', expires_at = now() - interval '1 hour'`)
 	require.False(t, b.signedIn())
-	require.NotContains(t, b.jar, consoleCookie, "the dead session's cookie is cleared")
+	require.NotContains(t, b.jar, console.Cookie, "the dead session's cookie is cleared")
 }
 
 // TestConsoleSessionStore checks the three session methods of both stores directly.
@@ -621,7 +555,7 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.NoError(t, err)
 			agent, err := e.store.Authenticate(ctx, e.key(adminA, "agent", "bot"))
 			require.NoError(t, err)
-			id, err := newSessionID()
+			id, err := console.NewSessionID()
 			require.NoError(t, err)
 
 			expires, err := e.store.StartConsoleSession(ctx, approver, id, time.Hour)
@@ -632,7 +566,7 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.Equal(t, approver, p)
 
 			// Refused: an agent key, a key of another tenant, a short id.
-			other, _ := newSessionID()
+			other, _ := console.NewSessionID()
 			_, err = e.store.StartConsoleSession(ctx, agent, other, time.Hour)
 			require.Equal(t, http.StatusForbidden, errorFor(err).Status)
 			// (PostgreSQL takes the key from its hash, which this principal lacks: 401.)
@@ -652,7 +586,7 @@ func TestConsoleSessionStore(t *testing.T) {
 			require.ErrorIs(t, err, core.ErrUnauthorized())
 
 			// A session ends at its expiry.
-			brief, _ := newSessionID()
+			brief, _ := console.NewSessionID()
 			_, err = e.store.StartConsoleSession(ctx, approver, brief, 100*time.Millisecond)
 			require.NoError(t, err)
 			_, err = e.store.ConsoleSession(ctx, brief)
@@ -672,7 +606,7 @@ func TestConsoleCookieHoldsNoKey(t *testing.T) {
 	for range 2 {
 		b := newConsoleBrowser(e)
 		require.Equal(t, http.StatusSeeOther, b.signIn(ct.approver).Status)
-		cookies = append(cookies, b.jar[consoleCookie].Value)
+		cookies = append(cookies, b.jar[console.Cookie].Value)
 	}
 	require.NotEqual(t, cookies[0], cookies[1], "every sign-in is a new random session")
 	keyHash := sha256.Sum256([]byte(ct.approver))
@@ -714,12 +648,12 @@ func TestConsoleSessionAcrossReplicas(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, one.signIn(ct.approver).Status)
 	two := newConsoleBrowser(e2)
 	two.jar = one.jar
-	saved := *one.jar[consoleCookie]
+	saved := *one.jar[console.Cookie]
 	d := two.do("GET", "/console/approvals/"+ct.request, nil)
 	require.Equal(t, http.StatusOK, d.Status, d.Body)
 	require.Equal(t, http.StatusSeeOther, two.do("POST", "/console/logout", url.Values{"csrf": {csrfOf(t, d)}}).Status)
-	require.NotContains(t, one.jar, consoleCookie)
-	one.jar[consoleCookie] = &saved
+	require.NotContains(t, one.jar, console.Cookie)
+	one.jar[console.Cookie] = &saved
 	require.False(t, one.signedIn())
 }
 
@@ -732,7 +666,7 @@ func TestConsoleSessionsSQL(t *testing.T) {
 	newConsoleTenant(t, e, "con-sql-b")
 	b := newConsoleBrowser(e)
 	require.Equal(t, http.StatusSeeOther, b.signIn(a.approver).Status)
-	session := b.jar[consoleCookie].Value
+	session := b.jar[console.Cookie].Value
 	pool, err := connectPool(ctx, e.dbURL, 5*time.Second)
 	require.NoError(t, err)
 	defer pool.Close()

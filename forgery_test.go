@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -321,7 +322,7 @@ func TestForgeryRuntimeRole(t *testing.T) {
 	role := fmt.Sprintf("atl_attacker_%d", os.Getpid())
 	env.sql(fmt.Sprintf("create role %s login in role %s", role, runtimeRole))
 	t.Cleanup(func() {
-		conn, err := pgx.Connect(context.Background(), adminURL())
+		conn, err := pgx.Connect(context.Background(), testdb.AdminURL())
 		if err == nil {
 			_, _ = conn.Exec(context.Background(), "drop role if exists "+role)
 			conn.Close(context.Background())

@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -25,9 +25,14 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
+	"github.com/asi-labs/atl/internal/console"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/limits"
+	"github.com/asi-labs/atl/internal/metrics"
 	"github.com/julienschmidt/httprouter"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const maxBodyBytes = 1 << 20
@@ -38,7 +43,6 @@ var (
 	domainPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 	traceIDPattern  = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	statusPattern   = regexp.MustCompile(`^[a-z][a-z_]{0,31}$`)
-	uuidPattern     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	// traceparentRE is W3C Trace Context's version-trace_id-parent_id-flags, lower-case hex;
 	// a future version may carry more fields after a dash.
 	traceparentRE = regexp.MustCompile(`^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$`)
@@ -57,12 +61,12 @@ type App struct {
 	limiter    *limits.RateLimiter
 	version    string
 	started    time.Time
-	metrics    *metrics
-	waits      *approvalHub // nil in JSONL mode: no waiting for decisions
-	routeTable []string     // "METHOD pattern" of every route, as routes() registers them
-	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: consoleSessionTTL.
+	metrics    *metrics.Metrics
+	waits      *approvalwait.Hub // nil in JSONL mode: no waiting for decisions
+	routeTable []string          // "METHOD pattern" of every route, as routes() registers them
+	// consoleTTL is ATL_CONSOLE_SESSION_TTL; zero: console.SessionTTL.
 	consoleTTL time.Duration
-	// consoleNotFound answers unknown /console paths with an HTML page; set by consoleRoutes.
+	// consoleNotFound answers unknown /console paths with an HTML page; set by routes.
 	consoleNotFound httprouter.Handle
 }
 
@@ -118,7 +122,20 @@ func (a *App) routes() http.Handler {
 	handle("GET", "/api/v1/webhooks", a.handle(a.authed(a.listWebhooks, "admin")))
 	handle("DELETE", "/api/v1/webhooks/:id", a.handle(a.authed(a.deleteWebhook, "admin")))
 	handle("GET", "/api/v1/webhooks/:id/deliveries", a.handle(a.authed(a.listWebhookDeliveries, "admin")))
-	a.consoleRoutes(handle) // the approvers' web console under /console (console.go)
+	// The approvers' web console (internal/console): HTML pages over the same store methods.
+	con, err := console.New(console.Deps{Store: a.store, Limiter: a.limiter, Log: a.log, TTL: a.consoleTTL,
+		ErrorFor: errorFor, NewAudit: newAudit, RoutePattern: routePattern})
+	if err != nil {
+		panic(fmt.Sprintf("console templates: %v", err)) // embedded files that do not parse: a build fault
+	}
+	handle("GET", "/console", con.Queue)
+	handle("GET", "/console/login", con.LoginForm)
+	handle("POST", "/console/login", con.Login)
+	handle("POST", "/console/logout", con.Logout)
+	handle("GET", "/console/approvals/:id", con.Detail)
+	handle("POST", "/console/approvals/:id/decide", con.Decide)
+	handle("GET", "/console/static/*file", con.Static)
+	a.consoleNotFound = con.NotFound
 
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.consoleNotFound != nil && strings.HasPrefix(r.URL.Path, "/console/") {
@@ -240,7 +257,7 @@ func routePattern(r *http.Request) string {
 	}
 	parts := strings.Split(path, "/")
 	for i, part := range parts {
-		if uuidPattern.MatchString(part) {
+		if core.UUIDPattern.MatchString(part) {
 			parts[i] = ":id"
 		}
 	}
@@ -588,7 +605,7 @@ func (a *App) stats(w http.ResponseWriter, r *http.Request, _ httprouter.Params)
 		limits["rate_limit_per_second"], limits["rate_burst"] = a.limiter.Rate, int(a.limiter.Burst)
 	}
 	if a.waits != nil {
-		limits["waiters_per_tenant"] = a.waits.perTenant
+		limits["waiters_per_tenant"] = a.waits.PerTenant
 	}
 	out["limits"] = limits
 	if s, ok := a.store.(interface{ Stats() map[string]any }); ok {
@@ -712,7 +729,7 @@ func (a *App) listKeys(w http.ResponseWriter, r *http.Request, _ httprouter.Para
 
 func (a *App) revokeKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	audit := newAudit(r, p, "ok", http.StatusOK)
@@ -734,7 +751,7 @@ const maxRotationOverlap = 24 * time.Hour
 
 func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return core.NewError(http.StatusNotFound, "key_not_found", "api key not found")
 	}
 	var req rotateKeyRequest
@@ -758,7 +775,7 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 // ---- audit logs
 
 func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -783,23 +800,6 @@ func (a *App) listAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	return nil
 }
 
-// parseQuery refuses a malformed query string, or values that are not
-// UTF-8 text PostgreSQL can hold, rather than quietly dropping them.
-func parseQuery(r *http.Request) (url.Values, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, core.Validation("the query string is malformed")
-	}
-	for k, vs := range q {
-		for _, v := range vs {
-			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) || len(v) > 1000 {
-				return nil, core.Validation("query parameter %q must be UTF-8 text of at most 1000 bytes", k)
-			}
-		}
-	}
-	return q, nil
-}
-
 // pageParams reads limit (default 50, max 500), cursor, since and until.
 func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, until *time.Time, err error) {
 	get := func(k string) string {
@@ -817,7 +817,7 @@ func pageParams(q map[string][]string) (limit int, before *core.Cursor, since, u
 		limit = n
 	}
 	if s := get("cursor"); s != "" {
-		if before, err = decodeCursor(s); err != nil {
+		if before, err = core.DecodeCursor(s); err != nil {
 			return 0, nil, nil, nil, err
 		}
 	}
@@ -842,48 +842,13 @@ func writePage[T any](w http.ResponseWriter, rows []T, limit int, position func(
 	var next *string
 	if len(rows) > limit {
 		rows = rows[:limit]
-		c := encodeCursor(position(rows[limit-1]))
+		c := core.EncodeCursor(position(rows[limit-1]))
 		next = &c
 	}
 	if rows == nil {
 		rows = []T{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": rows, "count": len(rows), "next_cursor": next})
-}
-
-// jsonPosition reads a row's keyset position from JSON that SQL built, where
-// id and the time field are always present.
-func jsonPosition(timeField string) func(json.RawMessage) (time.Time, string) {
-	return func(raw json.RawMessage) (time.Time, string) {
-		var row map[string]json.RawMessage
-		var id string
-		var at time.Time
-		_ = json.Unmarshal(raw, &row)
-		_ = json.Unmarshal(row["id"], &id)
-		_ = json.Unmarshal(row[timeField], &at)
-		return at, id
-	}
-}
-
-func encodeCursor(at time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
-}
-
-func decodeCursor(s string) (*core.Cursor, error) {
-	bad := core.NewError(http.StatusBadRequest, "invalid_cursor", "cursor is not one this service returned")
-	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
-		return nil, bad
-	}
-	at, id, ok := strings.Cut(string(raw), "|")
-	if !ok || !uuidPattern.MatchString(id) {
-		return nil, bad
-	}
-	t, err := time.Parse(time.RFC3339Nano, at)
-	if err != nil {
-		return nil, bad
-	}
-	return &core.Cursor{CreatedAt: t, ID: id}, nil
 }
 
 // ---- events
@@ -998,7 +963,7 @@ func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.
 		return e, core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case utf8.RuneCountInString(e.Agent) > 200 || strings.ContainsRune(e.Agent, 0):
 		return e, core.Validation("agent must be at most 200 characters")
-	case e.ApprovalRequestID != nil && !uuidPattern.MatchString(*e.ApprovalRequestID):
+	case e.ApprovalRequestID != nil && !core.UUIDPattern.MatchString(*e.ApprovalRequestID):
 		return e, core.Validation("approval_request_id must be a UUID")
 	case e.LatencyMS != nil && checkNumber("latency_ms", float64(*e.LatencyMS)) != nil:
 		return e, checkNumber("latency_ms", float64(*e.LatencyMS))
@@ -1014,7 +979,7 @@ func (in eventInput) toEvent(p core.Principal, trace string) (core.Event, *core.
 }
 
 func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1023,7 +988,7 @@ func (a *App) listEvents(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 		return err
 	}
 	f.Agent, f.TraceID, f.Status, f.ToolName = q.Get("agent"), q.Get("trace_id"), q.Get("status"), q.Get("tool_name")
-	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !uuidPattern.MatchString(f.ApprovalRequestID) {
+	if f.ApprovalRequestID = q.Get("approval_request_id"); f.ApprovalRequestID != "" && !core.UUIDPattern.MatchString(f.ApprovalRequestID) {
 		return core.Validation("approval_request_id must be a UUID")
 	}
 	limit := f.Limit
@@ -1059,7 +1024,7 @@ func (a *App) logRequests(next http.Handler) http.Handler {
 		took := time.Since(start)
 		a.log.Info("request", "method", r.Method, "path", routePattern(r), "status", rec.status,
 			"ms", float64(took.Microseconds())/1000)
-		a.metrics.observe(r.Method, route, rec.status, took)
+		a.metrics.Observe(r.Method, route, rec.status, took)
 	})
 }
 
@@ -1250,7 +1215,7 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		return core.Validation("trace_id must be 1 to 128 characters of letters, digits and ._:-")
 	case req.IdempotencyKey != "" && !idempotencyKeyPattern.MatchString(req.IdempotencyKey):
 		return core.Validation("idempotency_key must be 1 to 200 characters of letters, digits and ._:-")
-	case req.ApprovalRequestID != "" && !uuidPattern.MatchString(req.ApprovalRequestID):
+	case req.ApprovalRequestID != "" && !core.UUIDPattern.MatchString(req.ApprovalRequestID):
 		return core.NewError(http.StatusNotFound, "approval_not_found", "approval request not found")
 	case req.Domain != "" && !domainPattern.MatchString(req.Domain):
 		return core.Validation("domain must match ^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -1276,10 +1241,10 @@ func (a *App) execute(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		_ = json.Unmarshal(res.Body, &traceOf)
 		// The dispatched event is committed before the call: a crash now leaves its trace.
 		// What runs is what was approved: the canonical text SQL stored, never the raw body.
-		out := callLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
+		out := egress.CallLive(r.Context(), a.liveClient, res.Live.EndpointURL, res.Live.Args, traceOf.TraceID, a.version)
 		res, err = a.store.RecordOutcome(context.WithoutCancel(r.Context()), p, core.OutcomeInput{EventID: res.Live.EventID,
-			Succeeded: out.succeeded, UpstreamStatus: out.status, Result: out.result, Error: out.err,
-			LatencyMS: out.latencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
+			Succeeded: out.Succeeded, UpstreamStatus: out.Status, Result: out.Result, Error: out.Err,
+			LatencyMS: out.LatencyMS, IdempotencyKey: req.IdempotencyKey, Route: in.Route, ClaimedUserID: in.ClaimedUserID})
 		if err != nil {
 			return err
 		}
@@ -1300,7 +1265,7 @@ func agentMismatch(agent string) *core.Error {
 // ---- approvals
 
 func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1316,7 +1281,7 @@ func (a *App) listApprovals(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, jsonPosition("created_at"))
+	writePage(w, rows, limit, core.JSONPosition("created_at"))
 	return nil
 }
 
@@ -1332,7 +1297,7 @@ type decisionRequest struct {
 
 func (a *App) decideApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errApprovalNotFound()
 	}
 	var req decisionRequest
@@ -1412,7 +1377,7 @@ func (a *App) startEvalRun(w http.ResponseWriter, r *http.Request, _ httprouter.
 		return core.Validation("suite_name, model_id and provider are required, 1 to 200 characters each")
 	case req.DriftThreshold != nil && checkNumber("drift_threshold", *req.DriftThreshold) != nil:
 		return checkNumber("drift_threshold", *req.DriftThreshold)
-	case req.BaselineRunID != "" && !uuidPattern.MatchString(req.BaselineRunID):
+	case req.BaselineRunID != "" && !core.UUIDPattern.MatchString(req.BaselineRunID):
 		return core.NewError(http.StatusNotFound, "baseline_not_found", "baseline run not found")
 	}
 	out, err := a.store.StartEvalRun(r.Context(), p, core.EvalRunInput{SuiteName: req.SuiteName, ModelID: req.ModelID,
@@ -1434,7 +1399,7 @@ type completeEvalRunRequest struct {
 
 func (a *App) completeEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errRunNotFound()
 	}
 	var req completeEvalRunRequest
@@ -1493,7 +1458,7 @@ func checkScores(results json.RawMessage) error {
 
 func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
 	id := ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errRunNotFound()
 	}
 	out, err := a.store.GetEvalRun(r.Context(), p, strings.ToLower(id))
@@ -1505,7 +1470,7 @@ func (a *App) getEvalRun(w http.ResponseWriter, r *http.Request, ps httprouter.P
 }
 
 func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
-	q, err := parseQuery(r)
+	q, err := core.ParseQuery(r)
 	if err != nil {
 		return err
 	}
@@ -1522,7 +1487,7 @@ func (a *App) listEvalRuns(w http.ResponseWriter, r *http.Request, _ httprouter.
 	if err != nil {
 		return err
 	}
-	writePage(w, rows, limit, jsonPosition("started_at"))
+	writePage(w, rows, limit, core.JSONPosition("started_at"))
 	return nil
 }
 
@@ -1540,7 +1505,7 @@ func (a *App) pinEvalBaseline(w http.ResponseWriter, r *http.Request, ps httprou
 	if !validName(suite) {
 		return core.Validation("the suite name must be 1 to 200 characters")
 	}
-	if !uuidPattern.MatchString(req.RunID) {
+	if !core.UUIDPattern.MatchString(req.RunID) {
 		return errRunNotFound()
 	}
 	out, err := a.store.PinEvalBaseline(r.Context(), p, suite, strings.ToLower(req.RunID), newAudit(r, p, "ok", http.StatusOK))
@@ -1568,5 +1533,257 @@ func (a *App) auditHead(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 		return err
 	}
 	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// parseWait reads ?wait=: absent means no wait; otherwise a Go duration from
+// 0 to maxApprovalWait.
+func parseWait(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > approvalwait.MaxWait {
+		return 0, core.NewError(http.StatusBadRequest, core.CodeValidation, "wait must be a duration from 0s to %s, such as 30s", approvalwait.MaxWait)
+	}
+	return d, nil
+}
+
+// isPending reads the status out of an approval's JSON.
+func isPending(raw json.RawMessage) bool {
+	var v struct {
+		Status string `json:"status"`
+	}
+	return json.Unmarshal(raw, &v) == nil && v.Status == "PENDING"
+}
+
+// getApproval answers one approval request, waiting for a decision when asked.
+func (a *App) getApproval(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	id := ps.ByName("id")
+	if !core.UUIDPattern.MatchString(id) {
+		return errApprovalNotFound()
+	}
+	id = strings.ToLower(id)
+	wait, err := parseWait(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	out, err := a.store.GetApproval(ctx, p, id)
+	if err != nil || wait == 0 || !isPending(out) {
+		if err == nil {
+			writeRaw(w, http.StatusOK, out)
+		}
+		return err
+	}
+	if a.waits == nil {
+		return core.ErrNeedsDB()
+	}
+	k := approvalwait.Key{Tenant: p.TenantID, ID: id}
+	deadline := time.Now().Add(wait)
+	for {
+		var woken chan struct{}
+		woken, err = a.waits.Add(k)
+		if errors.Is(err, approvalwait.ErrClosed) {
+			out, err = a.store.GetApproval(ctx, p, id)
+			break
+		} else if err != nil {
+			return err
+		}
+		// Read again once a change would wake us: it may have landed in between.
+		out, err = a.store.GetApproval(ctx, p, id)
+		if err != nil || !isPending(out) {
+			a.waits.Remove(k, woken)
+			break
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			a.waits.Remove(k, woken)
+			break
+		}
+		timer := time.NewTimer(left)
+		timedOut := false
+		select {
+		case <-woken: // the request changed, or the listener reconnected: read it again
+		case <-timer.C:
+			timedOut = true
+		case <-ctx.Done():
+		}
+		timer.Stop()
+		a.waits.Remove(k, woken)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if timedOut {
+			out, err = a.store.GetApproval(ctx, p, id)
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+// instrument wraps the store to count rows written and sets up the metrics,
+// with the pool's and group commit's figures when the store is PostgreSQL; once.
+func (a *App) instrument() {
+	if a.metrics != nil {
+		return
+	}
+	var extra []prometheus.Collector
+	if pg, ok := a.store.(*PGStore); ok {
+		extra = append(extra, metrics.PoolCollector(pg.pool, pg.slots))
+		if pg.group != nil {
+			extra = append(extra, pg.group.Collectors()...)
+		}
+	}
+	a.metrics = metrics.New(extra...)
+	a.store = a.metrics.Count(a.store)
+}
+
+// metricsHandler serves GET /metrics.
+func (a *App) metricsHandler(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	a.metrics.Handler().ServeHTTP(w, r)
+	return nil
+}
+
+// Webhooks: per-tenant targets notified of approval requests (migration 012).
+// The routes need PostgreSQL; the outbox and the worker live there too.
+
+const maxWebhookURL = 2048
+
+func errWebhookNotFound() *core.Error {
+	return core.NewError(http.StatusNotFound, "webhook_not_found", "webhook not found")
+}
+
+type webhookRequest struct {
+	TenantID *string `json:"tenant_id"`
+	URL      string  `json:"url"`
+	Format   string  `json:"format"`
+}
+
+// validWebhookURL accepts an absolute http(s) URL with a host and no credentials.
+func validWebhookURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && len(s) <= maxWebhookURL && (u.Scheme == "http" || u.Scheme == "https") &&
+		u.Host != "" && u.User == nil && !strings.ContainsAny(s, " \t\r\n")
+}
+
+// webhookStore is the PostgreSQL store; JSONL mode has no webhooks.
+func (a *App) webhookStore() (*PGStore, error) {
+	s := a.store
+	if c, ok := s.(metrics.CountingStore); ok {
+		s = c.Store
+	}
+	pg, ok := s.(*PGStore)
+	if !ok {
+		return nil, core.ErrNeedsDB()
+	}
+	return pg, nil
+}
+
+func (a *App) createWebhook(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	var req webhookRequest
+	if err := decode(r, &req, &p); err != nil {
+		return err
+	}
+	if req.Format == "" {
+		req.Format = "json"
+	}
+	switch {
+	case !validWebhookURL(req.URL):
+		return core.Validation("url must be an absolute http or https URL of at most %d characters, without credentials", maxWebhookURL)
+	case req.Format != "json" && req.Format != "slack":
+		return core.Validation("format must be json or slack")
+	}
+	out, err := pg.CreateWebhook(r.Context(), p, req.URL, req.Format, newAudit(r, p, "ok", http.StatusCreated))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusCreated, out)
+	return nil
+}
+
+func (a *App) listWebhooks(w http.ResponseWriter, r *http.Request, _ httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	items, err := pg.ListWebhooks(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(items, &list); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": list, "count": len(list)})
+	return nil
+}
+
+func (a *App) deleteWebhook(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	id := ps.ByName("id")
+	if !core.UUIDPattern.MatchString(id) {
+		return errWebhookNotFound()
+	}
+	out, err := pg.DeleteWebhook(r.Context(), p, strings.ToLower(id), newAudit(r, p, "ok", http.StatusOK))
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, ps httprouter.Params, p core.Principal) error {
+	pg, err := a.webhookStore()
+	if err != nil {
+		return err
+	}
+	id := ps.ByName("id")
+	if !core.UUIDPattern.MatchString(id) {
+		return errWebhookNotFound()
+	}
+	q, err := core.ParseQuery(r)
+	if err != nil {
+		return err
+	}
+	limit, before, since, until, err := pageParams(q)
+	if err != nil {
+		return err
+	}
+	if since != nil || until != nil {
+		return core.Validation("since and until are not filters of this list; page with limit and cursor")
+	}
+	rows, err := pg.ListWebhookDeliveries(r.Context(), p, strings.ToLower(id), before, limit+1)
+	if err != nil {
+		return err
+	}
+	writePage(w, rows, limit, core.JSONPosition("created_at"))
+	return nil
+}
+
+// openAPIDocument is the API's contract, kept by hand in api/openapi.json and
+// checked against the service by TestOpenAPIConformance.
+//
+//go:embed api/openapi.json
+var openAPIDocument []byte
+
+// openAPI serves the document as it is in the repository.
+func (a *App) openAPI(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(openAPIDocument)
 	return nil
 }

@@ -8,17 +8,23 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/jsonl"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 )
 
-const testOperatorToken = "test-operator-token"
+const testOperatorToken = atlproc.OperatorToken
 
 // testEnv is a running service and what tests need around it.
 type testEnv struct {
@@ -31,7 +37,7 @@ type testEnv struct {
 	live, allowPrivate bool         // LIVE_ENABLED and ATL_ALLOW_PRIVATE_TARGETS
 	log                *slog.Logger // nil: discarded
 	waiters            int          // ATL_WAITERS_PER_TENANT (0: no bound)
-	waits              *approvalHub
+	waits              *approvalwait.Hub
 	seen               *exchanges // what the service answered, by documented operation and status
 }
 
@@ -74,11 +80,11 @@ func (e *testEnv) start() {
 	}
 	app := &App{store: e.store, log: log, adminToken: testOperatorToken,
 		origins: map[string]bool{"https://console.example": true}, version: "test",
-		live: e.live, liveClient: newLiveClient(2*time.Second, e.allowPrivate)}
+		live: e.live, liveClient: egress.NewClient(2*time.Second, e.allowPrivate)}
 	if pg, ok := e.store.(*PGStore); ok {
-		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
+		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), e.waiters, log)
 		e.waits = app.waits
-		e.t.Cleanup(app.waits.close)
+		e.t.Cleanup(app.waits.Close)
 	}
 	e.srv = httptest.NewServer(conformance(e, app.routes()))
 	e.t.Cleanup(e.srv.Close)
@@ -218,4 +224,34 @@ func (e *testEnv) policy(admin, tool string, body map[string]any) {
 func (e *testEnv) execute(agentKey, agent string, body map[string]any, headers ...string) response {
 	e.t.Helper()
 	return e.do("POST", "/api/v1/agents/"+agent+"/execute", agentKey, body, headers...)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testdb.DropAll()
+	atlproc.RemoveBinary()
+	os.Exit(code)
+}
+
+// requireDB skips (or, in CI, fails) when no PostgreSQL is reachable.
+func requireDB(t testing.TB) {
+	t.Helper()
+	testdb.Require(t, migrateUp)
+}
+
+// newDatabase clones the migrated template and returns the clone's URL.
+func newDatabase(t testing.TB) string {
+	t.Helper()
+	return testdb.New(t, migrateUp)
+}
+
+// newPool opens a pool on a fresh clone; the connection user is the
+// superuser, as a careless DATABASE_URL would be.
+func newPool(t testing.TB) (*pgxpool.Pool, string) {
+	t.Helper()
+	url := newDatabase(t)
+	pool, err := connectPool(context.Background(), url, 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool, url
 }

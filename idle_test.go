@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -57,7 +59,7 @@ func TestIdleServiceLeavesDatabaseIdle(t *testing.T) {
 	require.NoError(t, err)
 	db := strings.TrimPrefix(u.Path, "/")
 	ctx := context.Background()
-	stats, err := pgx.Connect(ctx, testDB.admin)
+	stats, err := pgx.Connect(ctx, testdb.AdminURL())
 	require.NoError(t, err)
 	defer stats.Close(ctx)
 
@@ -81,21 +83,21 @@ func TestIdleServiceLeavesDatabaseIdle(t *testing.T) {
 
 	_, port, err := net.SplitHostPort(addr)
 	require.NoError(t, err)
-	atl := &atlProcess{base: "http://127.0.0.1:" + port}
+	atl := &atlproc.Process{Base: "http://127.0.0.1:" + port}
 	client := &http.Client{Timeout: 10 * time.Second}
 	rc := newReceiver(t, always(http.StatusOK))
-	admin, agent := atl.acme(t, client)
-	status, _ := atl.mustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
+	admin, agent := atl.Acme(t, client)
+	status, _ := atl.MustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
 	require.Equal(t, http.StatusOK, status)
-	status, _ = atl.mustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
+	status, _ = atl.MustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
 	require.Equal(t, http.StatusCreated, status)
-	status, body := atl.mustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy"})
+	status, body := atl.MustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy"})
 	require.Equal(t, http.StatusAccepted, status, body)
-	status, _ = atl.mustCall(t, client, "GET", "/api/v1/approvals/"+body["approval_request_id"].(string)+"?wait=1s", admin, nil)
+	status, _ = atl.MustCall(t, client, "GET", "/api/v1/approvals/"+body["approval_request_id"].(string)+"?wait=1s", admin, nil)
 	require.Equal(t, http.StatusOK, status)
-	status, _ = atl.mustCall(t, client, "GET", "/api/v1/audit/logs", admin, nil)
+	status, _ = atl.MustCall(t, client, "GET", "/api/v1/audit/logs", admin, nil)
 	require.Equal(t, http.StatusOK, status)
-	req, err := http.NewRequest("GET", atl.base+"/metrics", nil)
+	req, err := http.NewRequest("GET", atl.Base+"/metrics", nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+testOperatorToken)
 	resp, err := client.Do(req)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/stretchr/testify/require"
@@ -132,9 +133,9 @@ func TestJSONLDirectoryIsLocked(t *testing.T) {
 func TestJSONLSecondProcessExits(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	first := startATL(t, "ATL_DATA_DIR="+dir)
+	first := atlproc.Start(t, "ATL_DATA_DIR="+dir)
 
-	bin := buildATL(t)
+	bin := atlproc.Build(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	second := exec.CommandContext(ctx, bin)
@@ -146,10 +147,10 @@ func TestJSONLSecondProcessExits(t *testing.T) {
 	require.ErrorAs(t, err, &exit, "the second process must exit by itself: %s", stderr.String())
 	require.NotEqual(t, 0, exit.ExitCode())
 	require.Contains(t, stderr.String(), dir)
-	require.Contains(t, stderr.String(), fmt.Sprintf("pid %d", first.cmd.Process.Pid))
+	require.Contains(t, stderr.String(), fmt.Sprintf("pid %d", first.Cmd.Process.Pid))
 	require.NotContains(t, stderr.String(), "atl listening")
 
-	status, _ := first.call(http.DefaultClient, "GET", "/api/v1/health", "", nil)
+	status, _ := first.Call(http.DefaultClient, "GET", "/api/v1/health", "", nil)
 	require.Equal(t, http.StatusOK, status, "the first process is unaffected")
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/stretchr/testify/require"
 )
@@ -48,11 +49,11 @@ func waitGet(env *testEnv, key, id, wait string, limit time.Duration) waitResult
 // holds the wait (its hub counts one more waiter on the request).
 func startWait(t *testing.T, env *testEnv, tenant, key, id string) <-chan waitResult {
 	t.Helper()
-	k := waitKey{tenant: tenant, id: id}
-	before := env.waits.waiting(k)
+	k := approvalwait.Key{Tenant: tenant, ID: id}
+	before := env.waits.Waiting(k)
 	out := make(chan waitResult, 1)
 	go func() { out <- waitGet(env, key, id, "30s", 20*time.Second) }()
-	require.Eventually(t, func() bool { return env.waits.waiting(k) > before }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return env.waits.Waiting(k) > before }, 10*time.Second, 2*time.Millisecond,
 		"the request is waiting in the service")
 	return out
 }
@@ -108,7 +109,7 @@ func TestApprovalWait(t *testing.T) {
 		r := waitGet(env, other.agent, id, "30s", 5*time.Second)
 		require.NoError(t, r.err, "answered before the client gave up")
 		require.Equal(t, http.StatusNotFound, r.status)
-		require.Equal(t, 0, env.waits.waiting(waitKey{tenant: "beta", id: id}))
+		require.Equal(t, 0, env.waits.Waiting(approvalwait.Key{Tenant: "beta", ID: id}))
 	})
 
 	t.Run("waits per tenant are bounded", func(t *testing.T) {
@@ -149,7 +150,7 @@ func TestApprovalWait(t *testing.T) {
 	t.Run("shutdown answers waiting requests", func(t *testing.T) {
 		id := hold(g.agent)
 		waiting := startWait(t, env, "acme", g.agent, id)
-		env.waits.close()
+		env.waits.Close()
 		requireWoken(t, waiting, "PENDING")
 		r := waitGet(env, g.agent, id, "30s", 5*time.Second)
 		require.NoError(t, r.err, "no new wait once shutting down")

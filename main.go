@@ -18,11 +18,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/authcache"
+	"github.com/asi-labs/atl/internal/console"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/jsonl"
 	"github.com/asi-labs/atl/internal/limits"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
@@ -58,7 +62,7 @@ type Config struct {
 	StatementTimeout time.Duration
 	ShutdownTimeout  time.Duration
 	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
-	Webhooks         webhookConfig
+	Webhooks         webhook.Config
 	ConsoleTTL       time.Duration // how long a console session lasts
 }
 
@@ -119,7 +123,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
 		return c, err
 	}
-	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", defaultWaitersPerTenant); err != nil {
+	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", approvalwait.DefaultPerTenant); err != nil {
 		return c, err
 	}
 	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", authcache.DefaultTTL); err != nil {
@@ -143,7 +147,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("ATL_PPROF_ADDR must be a loopback host:port such as 127.0.0.1:6060, got %q", c.PprofAddr)
 		}
 	}
-	if c.ConsoleTTL, err = envDuration(getenv, "ATL_CONSOLE_SESSION_TTL", consoleSessionTTL); err != nil {
+	if c.ConsoleTTL, err = envDuration(getenv, "ATL_CONSOLE_SESSION_TTL", console.SessionTTL); err != nil {
 		return c, err
 	}
 	if c.ConsoleTTL < time.Minute || c.ConsoleTTL > 30*24*time.Hour {
@@ -262,14 +266,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		origins[o] = true
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
-		liveClient: newLiveClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		liveClient: egress.NewClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
 	if pg, ok := store.(*PGStore); ok {
-		app.waits = newApprovalHub(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
-		defer app.waits.close()
+		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
+		defer app.waits.Close()
 		if cfg.Webhooks.Enabled {
-			hooks := startWebhookWorker(pg.pool, cfg.Webhooks, log, app.version)
-			defer hooks.stop()
+			hooks := webhook.Start(pg.pool, pg.WorkerTx, cfg.Webhooks, log, app.version)
+			defer hooks.Stop()
 		}
 	}
 	if cfg.AdminToken == "" {
@@ -306,7 +310,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	log.Info("shutting down: draining in-flight requests")
 	if app.waits != nil {
-		app.waits.close() // waiting requests answer with the request as it is now
+		app.waits.Close() // waiting requests answer with the request as it is now
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -387,4 +391,29 @@ func migrateWithRetry(ctx context.Context, cfg Config, log *slog.Logger) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// webhookConfigFromEnv reads the webhook worker's settings.
+func webhookConfigFromEnv(getenv func(string) string) (webhook.Config, error) {
+	c := webhook.Config{}
+	var err error
+	if c.Enabled, err = envBool(getenv, "ATL_WEBHOOKS", true); err != nil {
+		return c, err
+	}
+	if c.MaxAttempts, err = envPositive(getenv, "ATL_WEBHOOK_MAX_ATTEMPTS", 12); err != nil {
+		return c, err
+	}
+	if c.Backoff, err = envDuration(getenv, "ATL_WEBHOOK_BACKOFF", 2*time.Second); err != nil {
+		return c, err
+	}
+	if c.Backoff <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_BACKOFF must be above 0")
+	}
+	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 5*time.Second); err != nil {
+		return c, err
+	}
+	if c.Timeout <= 0 {
+		return c, fmt.Errorf("ATL_WEBHOOK_TIMEOUT must be above 0")
+	}
+	return c, nil
 }

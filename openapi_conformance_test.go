@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/jsonl"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/require"
 )
@@ -135,9 +137,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	go func() {
 		waited <- e.do("GET", "/api/v1/approvals/"+held4.str("approval_request_id")+"?wait=20s", agent, nil)
 	}()
-	k := waitKey{tenant: "acme", id: held4.str("approval_request_id")}
+	k := approvalwait.Key{Tenant: "acme", ID: held4.str("approval_request_id")}
 	deadline := time.Now().Add(10 * time.Second)
-	for e.waits.waiting(k) == 0 {
+	for e.waits.Waiting(k) == 0 {
 		require.True(t, time.Now().Before(deadline), "the first wait never began")
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -168,7 +170,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	// Webhooks: one receiver takes every delivery, another keeps failing, so
 	// delivered and failed deliveries with their attempt_log are both checked.
 	okHook, failHook := newReceiver(t, always(http.StatusNoContent)), newReceiver(t, always(http.StatusInternalServerError))
-	startWorker(t, e, webhookConfig{Enabled: true, MaxAttempts: 2, Backoff: 10 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true})
+	startWorker(t, e, webhook.Config{Enabled: true, MaxAttempts: 2, Backoff: 10 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true})
 	hook := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": okHook.srv.URL + "/atl", "format": "json", "tenant_id": "acme"}), 201)
 	failing := want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": failHook.srv.URL, "format": "slack"}), 201)
 	want(e.do("POST", "/api/v1/webhooks", admin, map[string]any{"url": "ftp://hooks.example.com/atl", "format": "xml"}), 400)

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/asi-labs/atl/internal/core"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
@@ -103,7 +104,7 @@ func loadContract() (*contract, error) {
 
 func parseContract(raw []byte) (*contract, error) {
 	// kin-openapi checks date-time by default; uuid only when asked, here as the service reads one.
-	openapi3.DefineStringFormatValidator("uuid", openapi3.NewRegexpFormatValidator(uuidPattern.String()))
+	openapi3.DefineStringFormatValidator("uuid", openapi3.NewRegexpFormatValidator(core.UUIDPattern.String()))
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(raw)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -138,11 +139,11 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	}
 	_, port, err := net.SplitHostPort(addr)
 	require.NoError(t, err)
-	atl := &atlProcess{base: "http://127.0.0.1:" + port}
+	atl := &atlproc.Process{Base: "http://127.0.0.1:" + port}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	t.Cleanup(client.CloseIdleConnections)
 
-	admin, agent := atl.acme(t, client)
+	admin, agent := atl.Acme(t, client)
 
 	var (
 		mu        sync.Mutex
@@ -187,7 +188,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			defer clients.Done()
 			for i := 0; !stop.Load() && time.Now().Before(giveUpAt); i++ {
 				if i%2 == 1 {
-					status, out, took, header := atl.timedCall(client, "POST", "/api/v1/events", agent,
+					status, out, took, header := atl.TimedCall(client, "POST", "/api/v1/events", agent,
 						map[string]any{"tool_name": "search", "status": "ok", "trace_id": fmt.Sprintf("ev-%d-%d", c, i)})
 					if answerFor(status, out, took, header) {
 						items, _ := out["items"].([]any)
@@ -205,7 +206,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 						retries.Add(1)
 						time.Sleep(50 * time.Millisecond) // a client's back-off, not a wait for the test's sake
 					}
-					status, out, took, header := atl.timedCall(client, "POST", "/api/v1/agents/bot/execute", agent, call)
+					status, out, took, header := atl.TimedCall(client, "POST", "/api/v1/agents/bot/execute", agent, call)
 					if answerFor(status, out, took, header) {
 						mu.Lock()
 						executes[key], _ = out["event_id"].(string)
@@ -252,7 +253,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		require.Equal(t, 1, count("select count(*) from atl.agent_action_events where trace_id = $1 and id = $2", key, eventID),
 			"every retry of %s got the first answer", key)
 	}
-	status, verify := atl.mustCall(t, client, "GET", "/api/v1/audit/verify", admin, nil)
+	status, verify := atl.MustCall(t, client, "GET", "/api/v1/audit/verify", admin, nil)
 	require.Equal(t, http.StatusOK, status, verify)
 	require.Equal(t, true, verify["ok"], "the chain survived the crash: %v", verify)
 }

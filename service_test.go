@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/approvalwait"
 	"github.com/asi-labs/atl/internal/core"
 	"github.com/asi-labs/atl/internal/groupcommit"
 	"github.com/asi-labs/atl/internal/jsonl"
@@ -214,7 +215,7 @@ func TestConfigFromEnv(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:6060", c.PprofAddr)
 	require.Zero(t, c.AuthCacheTTL, "0: every request looks its key up")
-	require.Equal(t, defaultWaitersPerTenant, c.WaitersPerTenant)
+	require.Equal(t, approvalwait.DefaultPerTenant, c.WaitersPerTenant)
 
 	for _, bad := range []map[string]string{{"PORT": "http"}, {"LIVE_ENABLED": "maybe"}, {"ATL_DB_WAIT": "soon"},
 		{"ATL_TENANT_CONCURRENCY": "-1"}, {"ATL_TENANT_QUEUE_WAIT": "later"}, {"ATL_GROUP_COMMIT_WINDOW": "soon"},

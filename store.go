@@ -570,18 +570,28 @@ const workerRole = "atl_worker"
 // ExpireAllApprovals runs the expiry sweep of every tenant as the worker role.
 func (s *PGStore) ExpireAllApprovals(ctx context.Context) (int, error) {
 	var n int
-	tx, err := s.pool.Begin(ctx)
+	err := s.WorkerTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n) })
 	if err != nil {
 		return 0, err
 	}
+	return n, nil
+}
+
+// WorkerTx runs fn as the worker role with no tenant set, as the functions that
+// span tenants require; the runtime role cannot run them.
+func (s *PGStore) WorkerTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	if _, err := tx.Exec(ctx, setTenantSQL, workerRole, "", ""); err != nil {
-		return 0, err
+		return err
 	}
-	if err := tx.QueryRow(ctx, expireApprovalsSQL).Scan(&n); err != nil {
-		return 0, err
+	if err := fn(tx); err != nil {
+		return err
 	}
-	return n, tx.Commit(ctx)
+	return tx.Commit(ctx)
 }
 
 func (s *PGStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {
@@ -656,4 +666,40 @@ const auditHeadSQL = `select to_jsonb(h) from atl.audit_head() h`
 
 func (s *PGStore) AuditHead(ctx context.Context, p core.Principal) (json.RawMessage, error) {
 	return s.jsonCall(ctx, p, nil, auditHeadSQL)
+}
+
+// Webhooks (migration 012): the targets and their deliveries; the worker is internal/webhook.
+
+const createWebhookSQL = `select atl.webhook_create($1::text, $2::text, $3::text)`
+
+func (s *PGStore) CreateWebhook(ctx context.Context, p core.Principal, rawURL, format string, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, createWebhookSQL, rawURL, format, p.Subject)
+}
+
+const listWebhooksSQL = `select atl.webhook_list()`
+
+func (s *PGStore) ListWebhooks(ctx context.Context, p core.Principal) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, nil, listWebhooksSQL)
+}
+
+const deleteWebhookSQL = `select atl.webhook_delete($1::uuid)`
+
+func (s *PGStore) DeleteWebhook(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (json.RawMessage, error) {
+	return s.jsonCall(ctx, p, audit, deleteWebhookSQL, id)
+}
+
+const listWebhookDeliveriesSQL = `select atl.webhook_delivery_list($1::uuid, $2::timestamptz, $3::uuid, $4::integer)`
+
+func (s *PGStore) ListWebhookDeliveries(ctx context.Context, p core.Principal, webhookID string, before *core.Cursor, limit int) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	bTime, bID := cursorArgs(before)
+	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, listWebhookDeliveriesSQL, webhookID, bTime, bID, limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
+		return err
+	})
+	return out, err
 }

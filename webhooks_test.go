@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/atlproc"
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/webhook"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -65,15 +67,15 @@ func (rc *receiver) requests() []received {
 func always(status int) func(string, int) int { return func(string, int) int { return status } }
 
 // testWebhookConfig retries fast, so tests wait milliseconds, not minutes.
-func testWebhookConfig() webhookConfig {
-	return webhookConfig{Enabled: true, MaxAttempts: 5, Backoff: 20 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true}
+func testWebhookConfig() webhook.Config {
+	return webhook.Config{Enabled: true, MaxAttempts: 5, Backoff: 20 * time.Millisecond, Timeout: 2 * time.Second, AllowPrivate: true}
 }
 
 // startWorker runs the delivery worker on the test service's database.
-func startWorker(t *testing.T, e *testEnv, cfg webhookConfig) {
+func startWorker(t *testing.T, e *testEnv, cfg webhook.Config) {
 	t.Helper()
-	w := startWebhookWorker(e.store.(*PGStore).pool, cfg, testLogger(), "test")
-	t.Cleanup(w.stop)
+	w := webhook.Start(e.store.(*PGStore).pool, e.store.(*PGStore).WorkerTx, cfg, testLogger(), "test")
+	t.Cleanup(w.Stop)
 }
 
 // webhookTenant creates tenant id with an agent (bot), an approver (alice) and
@@ -146,7 +148,7 @@ func verifyWebhookSignature(secret, header string, body []byte, now time.Time, t
 	if ts == 0 || sig == "" || now.Sub(time.Unix(ts, 0)).Abs() > tolerance {
 		return false
 	}
-	want := webhookSignature(secret, ts, body)
+	want := webhook.Signature(secret, ts, body)
 	return want[strings.LastIndex(want, "=")+1:] == sig
 }
 
@@ -548,28 +550,28 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	client := &http.Client{}
 	t.Cleanup(client.CloseIdleConnections)
 
-	atl := startATL(t, env...)
-	admin, agent := atl.acme(t, client)
-	status, hook := atl.mustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
+	atl := atlproc.Start(t, env...)
+	admin, agent := atl.Acme(t, client)
+	status, hook := atl.MustCall(t, client, "POST", "/api/v1/webhooks", admin, map[string]any{"url": rc.srv.URL + "/hook"})
 	require.Equal(t, http.StatusCreated, status, hook)
 	hookID := hook["id"].(string)
-	status, _ = atl.mustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
+	status, _ = atl.MustCall(t, client, "PUT", "/api/v1/policies/deploy", admin, map[string]any{"trust_level": "L3"})
 	require.Equal(t, http.StatusOK, status)
-	status, out := atl.mustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy", "args": map[string]any{}})
+	status, out := atl.MustCall(t, client, "POST", "/api/v1/agents/bot/execute", agent, map[string]any{"tool": "deploy", "args": map[string]any{}})
 	require.Equal(t, http.StatusAccepted, status, out)
 
 	require.Eventually(t, func() bool { return len(rc.requests()) >= 2 }, 20*time.Second, 5*time.Millisecond,
 		"the receiver failed the delivery twice")
-	atl.kill()
+	atl.Kill()
 	failed := len(rc.requests())
 	healthy.Store(true)
 	client.CloseIdleConnections()
 
 	restarted := time.Now()
-	atl = startATL(t, env...)
+	atl = atlproc.Start(t, env...)
 	var d map[string]any
 	require.Eventually(t, func() bool {
-		status, page := atl.mustCall(t, client, "GET", "/api/v1/webhooks/"+hookID+"/deliveries", admin, nil)
+		status, page := atl.MustCall(t, client, "GET", "/api/v1/webhooks/"+hookID+"/deliveries", admin, nil)
 		require.Equal(t, http.StatusOK, status, page)
 		items, _ := page["items"].([]any)
 		require.Len(t, items, 1)
@@ -591,7 +593,7 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	require.GreaterOrEqual(t, int(d["attempts"].(float64)), len(got), "every call the receiver saw was counted")
 	log := d["attempt_log"].([]any)
 	require.EqualValues(t, 200, log[len(log)-1].(map[string]any)["http_status"])
-	require.NotContains(t, atl.output(), `"level":"ERROR"`)
+	require.NotContains(t, atl.Output(), `"level":"ERROR"`)
 }
 
 // TestWebhookConfig: defaults, values and refusals of the ATL_WEBHOOK* variables.
@@ -600,13 +602,13 @@ func TestWebhookConfig(t *testing.T) {
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 	c, err := configFromEnv(env(nil))
 	require.NoError(t, err)
-	require.Equal(t, webhookConfig{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 5 * time.Second}, c.Webhooks)
-	require.Equal(t, 15*time.Second, c.Webhooks.lease())
+	require.Equal(t, webhook.Config{Enabled: true, MaxAttempts: 12, Backoff: 2 * time.Second, Timeout: 5 * time.Second}, c.Webhooks)
+	require.Equal(t, 15*time.Second, c.Webhooks.Lease())
 
 	c, err = configFromEnv(env(map[string]string{"ATL_WEBHOOKS": "false", "ATL_WEBHOOK_MAX_ATTEMPTS": "3",
 		"ATL_WEBHOOK_BACKOFF": "250ms", "ATL_WEBHOOK_TIMEOUT": "1s", "ATL_ALLOW_PRIVATE_TARGETS": "true"}))
 	require.NoError(t, err)
-	require.Equal(t, webhookConfig{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
+	require.Equal(t, webhook.Config{MaxAttempts: 3, Backoff: 250 * time.Millisecond, Timeout: time.Second, AllowPrivate: true}, c.Webhooks)
 
 	for _, bad := range []map[string]string{{"ATL_WEBHOOKS": "sometimes"}, {"ATL_WEBHOOK_MAX_ATTEMPTS": "0"},
 		{"ATL_WEBHOOK_BACKOFF": "soon"}, {"ATL_WEBHOOK_BACKOFF": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "0s"}, {"ATL_WEBHOOK_TIMEOUT": "-1s"}} {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI: what the console's browser tests (console_e2e_test.go, e2e/) need: Debian's
+# CI: what the console's browser tests (tests/console_e2e_test.go, e2e/) need: Debian's
 # Chromium and playwright-core from e2e/package-lock.json. Safe to run again:
 # it installs only what is missing or stale.
 set -euo pipefail

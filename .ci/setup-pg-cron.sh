@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: make pg_cron available on the local PostgreSQL 15 cluster "15 main", so
-# that cron_test.go runs instead of skipping. Safe to run again: it installs,
+# that tests/cron_test.go runs instead of skipping. Safe to run again: it installs,
 # reconfigures and restarts only what is missing.
 #
 #   - installs the Debian package postgresql-15-cron (apt-get update only when

@@ -1,11 +1,10 @@
-package main
+package testdb
 
 import (
 	"context"
 	"fmt"
 	neturl "net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,16 +13,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 )
 
-// Test databases: the migrations run once into a template database, and each
-// test gets its own clone (CREATE DATABASE ... TEMPLATE), dropped at the end.
-// ATL_TEST_DATABASE_URL names the server (default: the local one); with
-// ATL_REQUIRE_DB=1 (set by .ci/run) a missing server fails instead of skipping.
-
 const defaultTestDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// Migrate brings the database at url to the latest migration.
+type Migrate func(ctx context.Context, url string) error
 
 var testDB struct {
 	once     sync.Once
@@ -33,24 +29,16 @@ var testDB struct {
 	n        atomic.Int64
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	dropTestDatabases()
-	if atlBinary.path != "" {
-		os.RemoveAll(filepath.Dir(atlBinary.path))
-	}
-	os.Exit(code)
-}
-
-func adminURL() string {
+// AdminURL is the server's maintenance database: ATL_TEST_DATABASE_URL or the local one.
+func AdminURL() string {
 	if u := os.Getenv("ATL_TEST_DATABASE_URL"); u != "" {
 		return u
 	}
 	return defaultTestDatabaseURL
 }
 
-// withDatabase returns adminURL with its database name replaced.
-func withDatabase(url, db string) string {
+// WithDatabase returns url with its database name replaced.
+func WithDatabase(url, db string) string {
 	u, err := neturl.Parse(url)
 	if err != nil {
 		panic(fmt.Sprintf("ATL_TEST_DATABASE_URL must be a postgres:// URL: %v", err))
@@ -59,8 +47,8 @@ func withDatabase(url, db string) string {
 	return u.String()
 }
 
-func prepareTemplate() {
-	testDB.admin = adminURL()
+func prepareTemplate(migrate Migrate) {
+	testDB.admin = AdminURL()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, testDB.admin)
@@ -75,25 +63,27 @@ func prepareTemplate() {
 		testDB.err = err
 		return
 	}
-	testDB.err = migrateUp(ctx, withDatabase(testDB.admin, testDB.template))
+	testDB.err = migrate(ctx, WithDatabase(testDB.admin, testDB.template))
 }
 
-// requireDB skips (or, in CI, fails) when no PostgreSQL is reachable.
-func requireDB(t testing.TB) {
+// Require skips (or, in CI, fails) when no PostgreSQL is reachable. The first
+// call migrates the template with migrate; later calls reuse it.
+func Require(t testing.TB, migrate Migrate) {
 	t.Helper()
-	testDB.once.Do(prepareTemplate)
+	testDB.once.Do(func() { prepareTemplate(migrate) })
 	if testDB.err != nil {
 		if os.Getenv("ATL_REQUIRE_DB") == "1" {
 			t.Fatalf("PostgreSQL is required (ATL_REQUIRE_DB=1): %v", testDB.err)
 		}
-		t.Skipf("no PostgreSQL at %s: %v", adminURL(), testDB.err)
+		t.Skipf("no PostgreSQL at %s: %v", AdminURL(), testDB.err)
 	}
 }
 
-// newDatabase clones the migrated template and returns the clone's URL.
-func newDatabase(t testing.TB) string {
+// New clones the migrated template and returns the clone's URL; the clone is
+// dropped when the test ends.
+func New(t testing.TB, migrate Migrate) string {
 	t.Helper()
-	requireDB(t)
+	Require(t, migrate)
 	name := fmt.Sprintf("atl_t_%d_%d", os.Getpid(), testDB.n.Add(1))
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, testDB.admin)
@@ -113,21 +103,15 @@ func newDatabase(t testing.TB) string {
 			c.Close(ctx)
 		}
 	})
-	return withDatabase(testDB.admin, name)
+	return WithDatabase(testDB.admin, name)
 }
 
-// newPool opens a pool on a fresh clone; the connection user is the
-// superuser, as a careless DATABASE_URL would be.
-func newPool(t testing.TB) (*pgxpool.Pool, string) {
-	t.Helper()
-	url := newDatabase(t)
-	pool, err := connectPool(context.Background(), url, 5*time.Second)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	return pool, url
-}
+// Next numbers a database or role a test makes itself; a name of the form
+// atl_t_<pid>_<Next> is dropped by DropAll like the clones.
+func Next() int64 { return testDB.n.Add(1) }
 
-func dropTestDatabases() {
+// DropAll drops this process's clones and template; TestMain calls it.
+func DropAll() {
 	if testDB.template == "" {
 		return
 	}

@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"bytes"
@@ -25,11 +25,12 @@ func TestSQLDocs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "scripts/sql-docs.sh")
+	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "SQLDOCS_DATABASE_URL="+url)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	require.NoError(t, cmd.Run(), "scripts/sql-docs.sh failed:\n%s", stderr.String())
-	page, err := os.ReadFile("docs/sql.md")
+	page, err := os.ReadFile("../docs/sql.md")
 	require.NoError(t, err)
 	require.Equal(t, string(page), stdout.String(), "docs/sql.md is stale: run make docs")
 }

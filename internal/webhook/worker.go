@@ -1,4 +1,4 @@
-package main
+package webhook
 
 import (
 	"bytes"
@@ -17,16 +17,10 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/egress"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// The delivery worker: claims due outbox rows of every tenant, POSTs them
-// signed, and records each attempt. Every claimed delivery is sent at once, so
-// its lease covers one call, and each place freed is claimed again at once. It wakes on NOTIFY atl_webhook (sent by
-// the outbox trigger at commit) and on a timer for the next due retry, so
-// nothing polls the table while there is nothing to do. Delivery is at least
-// once: a crash between the receiver's answer and the record repeats it.
 
 const (
 	webhookNotifyChannel = "atl_webhook"
@@ -40,8 +34,8 @@ const (
 	webhookMaxAnswer   = 4 << 10
 )
 
-// webhookConfig is the worker's part of Config; see the README's table.
-type webhookConfig struct {
+// Config is the worker's part of the service's Config; see the README's table.
+type Config struct {
 	Enabled      bool
 	MaxAttempts  int
 	Backoff      time.Duration
@@ -49,41 +43,20 @@ type webhookConfig struct {
 	AllowPrivate bool
 }
 
-func webhookConfigFromEnv(getenv func(string) string) (webhookConfig, error) {
-	c := webhookConfig{}
-	var err error
-	if c.Enabled, err = envBool(getenv, "ATL_WEBHOOKS", true); err != nil {
-		return c, err
-	}
-	if c.MaxAttempts, err = envPositive(getenv, "ATL_WEBHOOK_MAX_ATTEMPTS", 12); err != nil {
-		return c, err
-	}
-	if c.Backoff, err = envDuration(getenv, "ATL_WEBHOOK_BACKOFF", 2*time.Second); err != nil {
-		return c, err
-	}
-	if c.Backoff <= 0 {
-		return c, fmt.Errorf("ATL_WEBHOOK_BACKOFF must be above 0")
-	}
-	if c.Timeout, err = envDuration(getenv, "ATL_WEBHOOK_TIMEOUT", 5*time.Second); err != nil {
-		return c, err
-	}
-	if c.Timeout <= 0 {
-		return c, fmt.Errorf("ATL_WEBHOOK_TIMEOUT must be above 0")
-	}
-	return c, nil
-}
-
-// lease is how long a claimed delivery stays invisible to other claims: longer
+// Lease is how long a claimed delivery stays invisible to other claims: longer
 // than a call can take, so only a dead worker's deliveries are claimed again.
-func (c webhookConfig) lease() time.Duration { return 2*c.Timeout + 5*time.Second }
+func (c Config) Lease() time.Duration { return 2*c.Timeout + 5*time.Second }
 
-type webhookWorker struct {
-	pool    *pgxpool.Pool
-	connCfg *pgx.ConnConfig
-	client  *http.Client
-	cfg     webhookConfig
-	log     *slog.Logger
-	version string
+// Worker delivers the outbox; one per process.
+type Worker struct {
+	pool *pgxpool.Pool
+	// workerTx runs fn as the worker role with no tenant set (PGStore.WorkerTx).
+	workerTx func(ctx context.Context, fn func(tx pgx.Tx) error) error
+	connCfg  *pgx.ConnConfig
+	client   *http.Client
+	cfg      Config
+	log      *slog.Logger
+	version  string
 
 	slots    chan struct{}  // one per delivery in flight
 	inFlight sync.WaitGroup // deliveries not yet recorded
@@ -92,33 +65,33 @@ type webhookWorker struct {
 	done     chan struct{}
 }
 
-// startWebhookWorker runs the worker until stop is called.
-func startWebhookWorker(pool *pgxpool.Pool, cfg webhookConfig, log *slog.Logger, version string) *webhookWorker {
+// Start runs the worker until Stop is called.
+func Start(pool *pgxpool.Pool, workerTx func(context.Context, func(pgx.Tx) error) error, cfg Config, log *slog.Logger, version string) *Worker {
 	ctx, cancel := context.WithCancel(context.Background())
-	client := newLiveClient(cfg.Timeout, cfg.AllowPrivate)
+	client := egress.NewClient(cfg.Timeout, cfg.AllowPrivate)
 	// A redirected POST would arrive as a bodiless GET: a 3xx is a failed attempt instead.
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	w := &webhookWorker{pool: pool, connCfg: pool.Config().ConnConfig.Copy(),
+	w := &Worker{pool: pool, workerTx: workerTx, connCfg: pool.Config().ConnConfig.Copy(),
 		client: client, cfg: cfg, log: log, version: version, slots: make(chan struct{}, webhookConcurrency),
 		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go w.run(ctx)
 	return w
 }
 
-// stop ends claiming and waits for the deliveries in flight (each bounded by the timeout).
-func (w *webhookWorker) stop() {
+// Stop ends claiming and waits for the deliveries in flight (each bounded by the timeout).
+func (w *Worker) Stop() {
 	w.cancel()
 	<-w.done
 }
 
-func (w *webhookWorker) poke() {
+func (w *Worker) poke() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (w *webhookWorker) run(ctx context.Context) {
+func (w *Worker) run(ctx context.Context) {
 	defer close(w.done)
 	var listening sync.WaitGroup
 	listening.Add(1)
@@ -168,7 +141,7 @@ func (w *webhookWorker) run(ctx context.Context) {
 
 // listen holds one connection LISTENing on atl_webhook and pokes the loop on
 // each notification; after a reconnect it pokes too, for what it missed.
-func (w *webhookWorker) listen(ctx context.Context) {
+func (w *Worker) listen(ctx context.Context) {
 	retry := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		conn, err := pgx.ConnectConfig(ctx, w.connCfg)
@@ -206,30 +179,13 @@ const webhookNextDueSQL = `select atl.webhook_delivery_next_due()`
 // untilNextDue is how long to sleep: until the next pending delivery is due,
 // bounded. The floor keeps a delivery that another worker is claiming right
 // now from turning this loop into a spin.
-func (w *webhookWorker) untilNextDue(ctx context.Context) time.Duration {
+func (w *Worker) untilNextDue(ctx context.Context) time.Duration {
 	var next *time.Duration
 	err := w.workerTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, webhookNextDueSQL).Scan(&next) })
 	if err != nil || next == nil {
 		return webhookIdleWait
 	}
 	return min(max(*next, webhookMinWait), webhookIdleWait)
-}
-
-// workerTx runs fn as the worker role with no tenant set, as the worker's functions require;
-// the runtime role cannot run them.
-func (w *webhookWorker) workerTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	if _, err := tx.Exec(ctx, setTenantSQL, workerRole, "", ""); err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
 }
 
 // claimedDelivery is one row of atl.webhook_delivery_claim.
@@ -245,10 +201,10 @@ from atl.webhook_delivery_claim($1::integer, $2::interval, $3::integer)`
 // pass claims up to limit deliveries and starts sending each one; every
 // delivery records its outcome, frees its place and wakes the loop. It
 // returns how many it claimed.
-func (w *webhookWorker) pass(ctx context.Context, limit int) (int, error) {
+func (w *Worker) pass(ctx context.Context, limit int) (int, error) {
 	var batch []claimedDelivery
 	err := w.workerTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, webhookClaimSQL, limit, w.cfg.lease(), w.cfg.MaxAttempts)
+		rows, err := tx.Query(ctx, webhookClaimSQL, limit, w.cfg.Lease(), w.cfg.MaxAttempts)
 		if err != nil {
 			return err
 		}
@@ -282,16 +238,16 @@ func (w *webhookWorker) pass(ctx context.Context, limit int) (int, error) {
 const webhookRecordSQL = `select atl.webhook_delivery_record($1::text, $2::uuid, $3::integer, $4::integer, $5::text,
   $6::integer, $7::integer, $8::interval, $9::interval)`
 
-func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
+func (w *Worker) deliver(ctx context.Context, d claimedDelivery) {
 	out := w.send(ctx, d)
 	var status *int
-	if out.status != 0 {
-		status = &out.status
+	if out.Status != 0 {
+		status = &out.Status
 	}
 	var state string
 	err := w.workerTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, core.Nullable(out.err),
-			out.latencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
+		return tx.QueryRow(ctx, webhookRecordSQL, d.TenantID, d.ID, d.Attempt, status, core.Nullable(out.Err),
+			out.LatencyMS, w.cfg.MaxAttempts, w.cfg.Backoff, webhookMaxBackoff).Scan(&state)
 	})
 	if err != nil {
 		// The lease expires and the delivery is tried again: at least once.
@@ -299,21 +255,21 @@ func (w *webhookWorker) deliver(ctx context.Context, d claimedDelivery) {
 		return
 	}
 	if state == "failed" {
-		w.log.Warn("webhook delivery failed for good", "tenant", d.TenantID, "delivery", d.ID, "attempts", d.Attempt, "error", out.err)
+		w.log.Warn("webhook delivery failed for good", "tenant", d.TenantID, "delivery", d.ID, "attempts", d.Attempt, "error", out.Err)
 	}
 }
 
 // send POSTs one delivery, signed, and reports the receiver's status or the error.
-func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome {
+func (w *Worker) send(ctx context.Context, d claimedDelivery) egress.LiveOutcome {
 	start := time.Now()
-	out := liveOutcome{}
+	out := egress.LiveOutcome{}
 	body := []byte(d.Payload)
 	if d.Format == "slack" {
 		body = slackMessage(d.Payload)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(body))
 	if err != nil {
-		out.err = "invalid webhook url"
+		out.Err = "invalid webhook url"
 		return out
 	}
 	ts := time.Now().Unix()
@@ -321,31 +277,31 @@ func (w *webhookWorker) send(ctx context.Context, d claimedDelivery) liveOutcome
 	req.Header.Set("User-Agent", "atl/"+w.version)
 	req.Header.Set("X-ATL-Delivery", d.ID)
 	req.Header.Set("X-ATL-Event", d.Event)
-	req.Header.Set("X-ATL-Signature", webhookSignature(d.Secret, ts, body))
+	req.Header.Set("X-ATL-Signature", Signature(d.Secret, ts, body))
 	resp, err := w.client.Do(req)
-	out.latencyMS = int(time.Since(start).Milliseconds())
+	out.LatencyMS = int(time.Since(start).Milliseconds())
 	if err != nil {
-		out.err = liveError(err)
+		out.Err = egress.LiveError(err)
 		return out
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, webhookMaxAnswer))
 	resp.Body.Close()
 	if resp.StatusCode < 100 || resp.StatusCode > 599 {
-		out.err = fmt.Sprintf("the receiver answered an invalid status %d", resp.StatusCode)
+		out.Err = fmt.Sprintf("the receiver answered an invalid status %d", resp.StatusCode)
 		return out
 	}
-	out.status = resp.StatusCode
-	out.succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
-	if !out.succeeded {
-		out.err = fmt.Sprintf("the receiver answered %d", resp.StatusCode)
+	out.Status = resp.StatusCode
+	out.Succeeded = resp.StatusCode >= 200 && resp.StatusCode < 300
+	if !out.Succeeded {
+		out.Err = fmt.Sprintf("the receiver answered %d", resp.StatusCode)
 	}
 	return out
 }
 
-// webhookSignature is the X-ATL-Signature value: t=<unix seconds>,v1=<hex
+// Signature is the X-ATL-Signature value: t=<unix seconds>,v1=<hex
 // HMAC-SHA256 of "<t>.<body>">. The timestamp is signed, so a receiver can
 // refuse old (replayed) deliveries.
-func webhookSignature(secret string, ts int64, body []byte) string {
+func Signature(secret string, ts int64, body []byte) string {
 	t := strconv.FormatInt(ts, 10)
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write([]byte(t + "."))

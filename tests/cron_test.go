@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
@@ -39,7 +40,7 @@ func requirePgCron(t *testing.T) *pgx.Conn {
 		t.Skipf("pg_cron is not available: %s (see .ci/setup-pg-cron.sh)", msg)
 	}
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testDB.admin)
+	admin, err := pgx.Connect(ctx, testdb.AdminURL())
 	require.NoError(t, err)
 	defer admin.Close(ctx)
 	var cronDB *string
@@ -47,7 +48,7 @@ func requirePgCron(t *testing.T) *pgx.Conn {
 	if cronDB == nil {
 		unavailable("the server does not load it (shared_preload_libraries = 'pg_cron')")
 	}
-	conn, err := pgx.Connect(ctx, withDatabase(testDB.admin, *cronDB))
+	conn, err := pgx.Connect(ctx, testdb.WithDatabase(testdb.AdminURL(), *cronDB))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	var version string

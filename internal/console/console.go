@@ -1,4 +1,4 @@
-package main
+package console
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -21,45 +22,62 @@ import (
 	"unicode/utf8"
 
 	"github.com/asi-labs/atl/internal/core"
+	"github.com/asi-labs/atl/internal/limits"
 	"github.com/julienschmidt/httprouter"
 )
 
-// The approvers' console: server-rendered pages over the same Store methods
-// (and so the same SQL functions) as the approval routes of the API.
-
-//go:embed console/*.html console/static/*
-var consoleFiles embed.FS
+//go:embed *.html static/*
+var files embed.FS
 
 const (
-	consoleCookie     = "atl_console"
-	consoleCSRFCookie = "atl_console_login"
-	consoleSessionTTL = 8 * time.Hour // default of ATL_CONSOLE_SESSION_TTL
-	consolePageSize   = 25
-	consoleCSP        = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; " +
+	Cookie     = "atl_console"
+	CSRFCookie = "atl_console_login"
+	SessionTTL = 8 * time.Hour // default of ATL_CONSOLE_SESSION_TTL
+	PageSize   = 25
+	consoleCSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; " +
 		"frame-ancestors 'none'; base-uri 'none'"
 )
 
 var consoleStatuses = []string{"PENDING", "APPROVED", "REJECTED", "EXPIRED"}
 
-// console holds the parsed pages and how long a session lasts.
-type console struct {
+// Deps are what the console needs from the binary: the store, the rate
+// limiter and log the API uses, the session lifetime, and the API's own
+// error mapping and audit rows, so that both answer alike.
+type Deps struct {
+	Store   core.Store
+	Limiter *limits.RateLimiter
+	Log     *slog.Logger
+	TTL     time.Duration // ATL_CONSOLE_SESSION_TTL; zero: SessionTTL
+	// ErrorFor maps any error to the API's answer (the root's errorFor).
+	ErrorFor func(error) *core.Error
+	// NewAudit starts the audit row of a request, as the API's handlers do.
+	NewAudit func(r *http.Request, p core.Principal, status string, httpStatus int) *core.AuditLog
+	// RoutePattern names a request's route without ids, for the log.
+	RoutePattern func(r *http.Request) string
+}
+
+// Console holds the parsed pages, how long a session lasts and its Deps.
+type Console struct {
+	Deps
 	pages map[string]*template.Template
 	ttl   time.Duration
 	now   func() time.Time
 }
 
-func newConsole(ttl time.Duration) (*console, error) {
+// New parses the embedded pages; an error is a build fault.
+func New(d Deps) (*Console, error) {
+	ttl := d.TTL
 	if ttl <= 0 {
-		ttl = consoleSessionTTL
+		ttl = SessionTTL
 	}
-	c := &console{pages: map[string]*template.Template{}, ttl: ttl, now: time.Now}
+	c := &Console{Deps: d, pages: map[string]*template.Template{}, ttl: ttl, now: time.Now}
 	funcs := template.FuncMap{
 		"timeLeft": c.timeLeft, "when": when, "iso": iso, "payload": renderPayload, "lower": strings.ToLower,
 		"title":     title,
 		"remaining": func(a approvalView) int { return max(0, a.RequiredApprovals-a.Approvals) },
 	}
 	for _, name := range []string{"login", "queue", "detail", "problem"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(consoleFiles, "console/layout.html", "console/"+name+".html")
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "layout.html", name+".html")
 		if err != nil {
 			return nil, err
 		}
@@ -68,31 +86,54 @@ func newConsole(ttl time.Duration) (*console, error) {
 	return c, nil
 }
 
-// consoleRoutes registers the console's pages under /console.
-func (a *App) consoleRoutes(handle func(method, pattern string, h httprouter.Handle)) {
-	c, err := newConsole(a.consoleTTL)
-	if err != nil {
-		panic(fmt.Sprintf("console templates: %v", err)) // embedded files that do not parse: a build fault
-	}
-	static, _ := fs.Sub(consoleFiles, "console/static")
-	files := http.StripPrefix("/console/static", http.FileServer(http.FS(static)))
-	handle("GET", "/console", a.consolePage(c, c.queue))
-	handle("GET", "/console/login", a.consolePage(c, c.loginForm))
-	handle("POST", "/console/login", a.consolePage(c, c.login))
-	handle("POST", "/console/logout", a.consolePage(c, c.logout))
-	handle("GET", "/console/approvals/:id", a.consolePage(c, c.detail))
-	handle("POST", "/console/approvals/:id/decide", a.consolePage(c, c.decide))
-	a.consoleNotFound = a.consolePage(c, func(*consoleReq) error {
+// The pages, each an httprouter.Handle that handlers.go registers.
+
+// Queue is GET /console: the approval requests of one status, a page at a time.
+func (c *Console) Queue(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.queue)(w, r, ps)
+}
+
+// LoginForm is GET /console/login.
+func (c *Console) LoginForm(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.loginForm)(w, r, ps)
+}
+
+// Login is POST /console/login: an approver's or admin's key starts a session.
+func (c *Console) Login(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.login)(w, r, ps)
+}
+
+// Logout is POST /console/logout.
+func (c *Console) Logout(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.logout)(w, r, ps)
+}
+
+// Detail is GET /console/approvals/:id.
+func (c *Console) Detail(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.detail)(w, r, ps)
+}
+
+// Decide is POST /console/approvals/:id/decide.
+func (c *Console) Decide(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(c.decide)(w, r, ps)
+}
+
+// NotFound answers an unknown /console path with an HTML page.
+func (c *Console) NotFound(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	c.page(func(*consoleReq) error {
 		return core.NewError(http.StatusNotFound, core.CodeNotFound, "There is no such page in the console.")
-	})
-	handle("GET", "/console/static/*file", func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-		consoleHeaders(w)
-		if strings.HasSuffix(ps.ByName("file"), "/") {
-			http.NotFound(w, r) // files only, no directory listings
-			return
-		}
-		files.ServeHTTP(w, r)
-	})
+	})(w, r, ps)
+}
+
+// Static is GET /console/static/*file: the stylesheet and icon, no listings.
+func (c *Console) Static(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	consoleHeaders(w)
+	if strings.HasSuffix(ps.ByName("file"), "/") {
+		http.NotFound(w, r) // files only, no directory listings
+		return
+	}
+	static, _ := fs.Sub(files, "static")
+	http.StripPrefix("/console/static", http.FileServer(http.FS(static))).ServeHTTP(w, r)
 }
 
 // consoleHeaders are sent with every console answer.
@@ -107,7 +148,6 @@ func consoleHeaders(w http.ResponseWriter) {
 
 // consoleReq is one console request: who is signed in (if anyone) and its CSRF token.
 type consoleReq struct {
-	app     *App
 	w       http.ResponseWriter
 	r       *http.Request
 	ps      httprouter.Params
@@ -118,15 +158,15 @@ type consoleReq struct {
 
 type consoleHandler func(cr *consoleReq) error
 
-// consolePage sets the headers, reads the session and renders any error as a page.
-func (a *App) consolePage(c *console, fn consoleHandler) httprouter.Handle {
+// page sets the headers, reads the session and renders any error as a page.
+func (c *Console) page(fn consoleHandler) httprouter.Handle {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		consoleHeaders(w)
-		cr := &consoleReq{app: a, w: w, r: r, ps: ps}
+		cr := &consoleReq{w: w, r: r, ps: ps}
 		if err := fn(cr); err != nil {
-			e := errorFor(err)
+			e := c.ErrorFor(err)
 			if e.Status >= 500 && e.Code != core.CodeRequiresDatabase {
-				a.log.Error("console request failed", "method", r.Method, "path", routePattern(r), "code", e.Code, "err", err.Error())
+				c.Log.Error("console request failed", "method", r.Method, "path", c.RoutePattern(r), "code", e.Code, "err", err.Error())
 			}
 			c.render(cr, e.Status, "problem", map[string]any{"Error": e, "Title": http.StatusText(e.Status)})
 		}
@@ -139,12 +179,12 @@ var errSignIn = errors.New("sign in")
 // authenticate looks the cookie's session up in storage on every request:
 // only a session that is not ended, not expired and whose key is still an
 // active approver or admin key passes.
-func (c *console) authenticate(cr *consoleReq) error {
-	ck, err := cr.r.Cookie(consoleCookie)
+func (c *Console) authenticate(cr *consoleReq) error {
+	ck, err := cr.r.Cookie(Cookie)
 	if err != nil || !validSessionID(ck.Value) {
 		return errSignIn
 	}
-	p, err := cr.app.store.ConsoleSession(cr.r.Context(), ck.Value)
+	p, err := c.Store.ConsoleSession(cr.r.Context(), ck.Value)
 	if err != nil {
 		var e *core.Error
 		if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
@@ -155,7 +195,7 @@ func (c *console) authenticate(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return errSignIn
 	}
-	if ok, _ := cr.app.limiter.Allow(p.KeyID); !ok {
+	if ok, _ := c.Limiter.Allow(p.KeyID); !ok {
 		return core.NewError(http.StatusTooManyRequests, "rate_limited", "this key is over its request rate; retry shortly")
 	}
 	cr.p, cr.session, cr.signed = p, ck.Value, true
@@ -163,28 +203,28 @@ func (c *console) authenticate(cr *consoleReq) error {
 }
 
 // signedIn authenticates or redirects to the sign-in page, clearing a dead session.
-func (c *console) signedIn(cr *consoleReq) bool {
+func (c *Console) signedIn(cr *consoleReq) bool {
 	err := c.authenticate(cr)
 	if err == nil {
 		return true
 	}
 	if errors.Is(err, errSignIn) {
 		to := "/console/login"
-		if _, noCookie := cr.r.Cookie(consoleCookie); noCookie == nil {
+		if _, noCookie := cr.r.Cookie(Cookie); noCookie == nil {
 			c.clearSession(cr.w)
 			to += "?ended=1"
 		}
 		http.Redirect(cr.w, cr.r, to, http.StatusSeeOther)
 		return false
 	}
-	c.render(cr, errorFor(err).Status, "problem", map[string]any{"Error": errorFor(err), "Title": "Unavailable"})
+	c.render(cr, c.ErrorFor(err).Status, "problem", map[string]any{"Error": c.ErrorFor(err), "Title": "Unavailable"})
 	return false
 }
 
 // ---- sessions and CSRF
 
-// newSessionID is a session's id: 32 random bytes, base64url. Storage keeps only its SHA-256.
-func newSessionID() (string, error) {
+// NewSessionID is a session's id: 32 random bytes, base64url. Storage keeps only its SHA-256.
+func NewSessionID() (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
@@ -201,14 +241,14 @@ func validSessionID(v string) bool {
 // token is the CSRF token of a session (or of the pre-session login cookie):
 // an HMAC keyed by that secret cookie value, so it needs no server key and
 // holds across replicas, and cannot be made without the cookie.
-func (c *console) token(purpose, session string) string {
+func (c *Console) token(purpose, session string) string {
 	m := hmac.New(sha256.New, []byte(session))
 	m.Write([]byte("atl console csrf\x00" + purpose))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 // checkPost refuses a cross-site POST and one whose CSRF token is not the session's.
-func (c *console) checkPost(cr *consoleReq, purpose, session string) error {
+func (c *Console) checkPost(cr *consoleReq, purpose, session string) error {
 	refused := core.NewError(http.StatusForbidden, "csrf_failed", "this form is stale or came from another site; reload the page and try again")
 	site := cr.r.Header.Get("Sec-Fetch-Site")
 	if site != "" && site != "same-origin" {
@@ -237,8 +277,8 @@ func cookie(name, value string, maxAge int) *http.Cookie {
 		Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode}
 }
 
-func (c *console) clearSession(w http.ResponseWriter) {
-	http.SetCookie(w, cookie(consoleCookie, "", -1))
+func (c *Console) clearSession(w http.ResponseWriter) {
+	http.SetCookie(w, cookie(Cookie, "", -1))
 }
 
 // ---- pages
@@ -254,9 +294,9 @@ type consoleView struct {
 	Data    map[string]any
 }
 
-func (c *console) render(cr *consoleReq, status int, page string, data map[string]any) {
+func (c *Console) render(cr *consoleReq, status int, page string, data map[string]any) {
 	v := consoleView{Signed: cr.signed, Subject: cr.p.Subject, Role: cr.p.Role, Tenant: cr.p.TenantID,
-		Storage: cr.app.store.Kind(), Data: data}
+		Storage: c.Store.Kind(), Data: data}
 	if t, ok := data["Title"].(string); ok {
 		v.Title = t
 	}
@@ -265,7 +305,7 @@ func (c *console) render(cr *consoleReq, status int, page string, data map[strin
 	}
 	var buf bytes.Buffer
 	if err := c.pages[page].Execute(&buf, v); err != nil {
-		cr.app.log.Error("console template failed", "page", page, "err", err.Error())
+		c.Log.Error("console template failed", "page", page, "err", err.Error())
 		http.Error(cr.w, "internal error", http.StatusInternalServerError)
 		return
 	}
@@ -274,7 +314,7 @@ func (c *console) render(cr *consoleReq, status int, page string, data map[strin
 	_, _ = cr.w.Write(buf.Bytes())
 }
 
-func (c *console) loginForm(cr *consoleReq) error {
+func (c *Console) loginForm(cr *consoleReq) error {
 	if c.authenticate(cr) == nil {
 		http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
 		return nil
@@ -283,11 +323,11 @@ func (c *console) loginForm(cr *consoleReq) error {
 }
 
 // showLogin renders the sign-in form with a fresh pre-session CSRF cookie.
-func (c *console) showLogin(cr *consoleReq, status int, problem string) error {
+func (c *Console) showLogin(cr *consoleReq, status int, problem string) error {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
 	pre := base64.RawURLEncoding.EncodeToString(b)
-	http.SetCookie(cr.w, cookie(consoleCSRFCookie, pre, 3600))
+	http.SetCookie(cr.w, cookie(CSRFCookie, pre, 3600))
 	cr.signed = false
 	data := map[string]any{"Title": "Sign in", "LoginCSRF": c.token("login", pre), "Problem": problem, "TTL": hours(c.ttl),
 		"Ended": cr.r.URL.Query().Get("ended") == "1", "SignedOut": cr.r.URL.Query().Get("out") == "1"}
@@ -295,13 +335,13 @@ func (c *console) showLogin(cr *consoleReq, status int, problem string) error {
 	return nil
 }
 
-func (c *console) login(cr *consoleReq) error {
+func (c *Console) login(cr *consoleReq) error {
 	pre := ""
-	if ck, err := cr.r.Cookie(consoleCSRFCookie); err == nil {
+	if ck, err := cr.r.Cookie(CSRFCookie); err == nil {
 		pre = ck.Value
 	}
 	if err := c.checkPost(cr, "login", pre); err != nil {
-		if e := errorFor(err); e.Code == "csrf_failed" {
+		if e := c.ErrorFor(err); e.Code == "csrf_failed" {
 			return c.showLogin(cr, http.StatusForbidden, "The sign-in form expired or came from another site; try again. (csrf_failed)")
 		}
 		return err
@@ -310,9 +350,9 @@ func (c *console) login(cr *consoleReq) error {
 	if key == "" || len(key) > 200 {
 		return c.showLogin(cr, http.StatusUnauthorized, "Paste an approver or admin API key. (unauthorized)")
 	}
-	p, err := cr.app.store.Authenticate(cr.r.Context(), key)
+	p, err := c.Store.Authenticate(cr.r.Context(), key)
 	if err != nil {
-		e := errorFor(err)
+		e := c.ErrorFor(err)
 		if e.Status == http.StatusUnauthorized {
 			return c.showLogin(cr, http.StatusUnauthorized, "That key is unknown or revoked. (unauthorized)")
 		}
@@ -321,26 +361,26 @@ func (c *console) login(cr *consoleReq) error {
 	if p.Role != "approver" && p.Role != "admin" {
 		return c.showLogin(cr, http.StatusForbidden, "Only approver and admin keys can sign in; this is an "+p.Role+" key. (forbidden)")
 	}
-	session, err := newSessionID()
+	session, err := NewSessionID()
 	if err != nil {
 		return err
 	}
-	if _, err := cr.app.store.StartConsoleSession(cr.r.Context(), p, session, c.ttl); err != nil {
-		if e := errorFor(err); e.Status == http.StatusForbidden {
+	if _, err := c.Store.StartConsoleSession(cr.r.Context(), p, session, c.ttl); err != nil {
+		if e := c.ErrorFor(err); e.Status == http.StatusForbidden {
 			return c.showLogin(cr, http.StatusUnauthorized, "That key is unknown or revoked. (unauthorized)") // revoked meanwhile
 		}
 		return err
 	}
-	http.SetCookie(cr.w, cookie(consoleCSRFCookie, "", -1))
-	http.SetCookie(cr.w, cookie(consoleCookie, session, int(c.ttl.Seconds())))
-	cr.app.log.Info("console sign-in", "tenant", p.TenantID, "key_id", p.KeyID, "subject", p.Subject)
+	http.SetCookie(cr.w, cookie(CSRFCookie, "", -1))
+	http.SetCookie(cr.w, cookie(Cookie, session, int(c.ttl.Seconds())))
+	c.Log.Info("console sign-in", "tenant", p.TenantID, "key_id", p.KeyID, "subject", p.Subject)
 	http.Redirect(cr.w, cr.r, "/console", http.StatusSeeOther)
 	return nil
 }
 
-func (c *console) logout(cr *consoleReq) error {
+func (c *Console) logout(cr *consoleReq) error {
 	session := ""
-	if ck, err := cr.r.Cookie(consoleCookie); err == nil {
+	if ck, err := cr.r.Cookie(Cookie); err == nil {
 		session = ck.Value
 	}
 	if err := c.checkPost(cr, "session", session); err != nil {
@@ -349,10 +389,10 @@ func (c *console) logout(cr *consoleReq) error {
 	// End the session on the server; one that is no longer live needs nothing.
 	// If storage cannot be reached the cookie is kept, so that signing out can be retried.
 	if err := c.authenticate(cr); err == nil {
-		if err := cr.app.store.EndConsoleSession(cr.r.Context(), cr.p, session); err != nil {
+		if err := c.Store.EndConsoleSession(cr.r.Context(), cr.p, session); err != nil {
 			return err
 		}
-		cr.app.log.Info("console sign-out", "tenant", cr.p.TenantID, "key_id", cr.p.KeyID)
+		c.Log.Info("console sign-out", "tenant", cr.p.TenantID, "key_id", cr.p.KeyID)
 	} else if !errors.Is(err, errSignIn) {
 		return err
 	}
@@ -395,11 +435,11 @@ func decodeApproval(raw json.RawMessage) (approvalView, error) {
 	return v, json.Unmarshal(raw, &v)
 }
 
-func (c *console) queue(cr *consoleReq) error {
+func (c *Console) queue(cr *consoleReq) error {
 	if !c.signedIn(cr) {
 		return nil
 	}
-	q, err := parseQuery(cr.r)
+	q, err := core.ParseQuery(cr.r)
 	if err != nil {
 		return err
 	}
@@ -412,18 +452,18 @@ func (c *console) queue(cr *consoleReq) error {
 	}
 	var before *core.Cursor
 	if s := q.Get("cursor"); s != "" {
-		if before, err = decodeCursor(s); err != nil {
+		if before, err = core.DecodeCursor(s); err != nil {
 			return err
 		}
 	}
-	rows, err := cr.app.store.ListApprovals(cr.r.Context(), cr.p, status, before, consolePageSize+1)
+	rows, err := c.Store.ListApprovals(cr.r.Context(), cr.p, status, before, PageSize+1)
 	if err != nil {
 		return err
 	}
 	next := ""
-	if len(rows) > consolePageSize {
-		rows = rows[:consolePageSize]
-		next = encodeCursor(jsonPosition("created_at")(rows[consolePageSize-1]))
+	if len(rows) > PageSize {
+		rows = rows[:PageSize]
+		next = core.EncodeCursor(core.JSONPosition("created_at")(rows[PageSize-1]))
 	}
 	items := make([]approvalView, 0, len(rows))
 	for _, raw := range rows {
@@ -448,7 +488,7 @@ func errConsoleNotFound() *core.Error {
 	return core.NewError(http.StatusNotFound, "approval_not_found", "There is no such approval request in this tenant.")
 }
 
-func (c *console) detail(cr *consoleReq) error {
+func (c *Console) detail(cr *consoleReq) error {
 	if !c.signedIn(cr) {
 		return nil
 	}
@@ -456,14 +496,14 @@ func (c *console) detail(cr *consoleReq) error {
 }
 
 // showDetail renders one request; flash is a decision's outcome or refusal.
-func (c *console) showDetail(cr *consoleReq, status int, flash *core.Error) error {
+func (c *Console) showDetail(cr *consoleReq, status int, flash *core.Error) error {
 	id := cr.ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errConsoleNotFound()
 	}
-	raw, err := cr.app.store.GetApproval(cr.r.Context(), cr.p, strings.ToLower(id))
+	raw, err := c.Store.GetApproval(cr.r.Context(), cr.p, strings.ToLower(id))
 	if err != nil {
-		if errorFor(err).Status == http.StatusNotFound {
+		if c.ErrorFor(err).Status == http.StatusNotFound {
 			return errConsoleNotFound()
 		}
 		return err
@@ -487,7 +527,7 @@ func (c *console) showDetail(cr *consoleReq, status int, flash *core.Error) erro
 	return nil
 }
 
-func (c *console) decide(cr *consoleReq) error {
+func (c *Console) decide(cr *consoleReq) error {
 	if err := c.authenticate(cr); err != nil {
 		if errors.Is(err, errSignIn) {
 			return core.NewError(http.StatusUnauthorized, core.CodeUnauthorized, "Your session has ended; sign in again.")
@@ -498,7 +538,7 @@ func (c *console) decide(cr *consoleReq) error {
 		return err
 	}
 	id := cr.ps.ByName("id")
-	if !uuidPattern.MatchString(id) {
+	if !core.UUIDPattern.MatchString(id) {
 		return errConsoleNotFound()
 	}
 	decision := cr.r.PostForm.Get("decision")
@@ -517,10 +557,10 @@ func (c *console) decide(cr *consoleReq) error {
 	if reason != "" {
 		rp = &reason
 	}
-	audit := newAudit(cr.r, cr.p, "ok", http.StatusCreated)
-	_, err := cr.app.store.DecideApproval(cr.r.Context(), cr.p, strings.ToLower(id), decision, rp, audit)
+	audit := c.NewAudit(cr.r, cr.p, "ok", http.StatusCreated)
+	_, err := c.Store.DecideApproval(cr.r.Context(), cr.p, strings.ToLower(id), decision, rp, audit)
 	if err != nil {
-		e := errorFor(err)
+		e := c.ErrorFor(err)
 		if e.Status == http.StatusNotFound {
 			return errConsoleNotFound()
 		}
@@ -528,10 +568,10 @@ func (c *console) decide(cr *consoleReq) error {
 			return err
 		}
 		if e.Status == http.StatusForbidden || e.Status == http.StatusConflict {
-			denied := newAudit(cr.r, cr.p, "denied", e.Status)
+			denied := c.NewAudit(cr.r, cr.p, "denied", e.Status)
 			denied.Error = &e.Code
-			if aerr := cr.app.store.InsertAudit(context.WithoutCancel(cr.r.Context()), cr.p, denied); aerr != nil {
-				cr.app.log.Error("audit of a refused decision failed", "tenant", cr.p.TenantID, "err", aerr.Error())
+			if aerr := c.Store.InsertAudit(context.WithoutCancel(cr.r.Context()), cr.p, denied); aerr != nil {
+				c.Log.Error("audit of a refused decision failed", "tenant", cr.p.TenantID, "err", aerr.Error())
 			}
 		}
 		return c.showDetail(cr, e.Status, e)
@@ -543,7 +583,7 @@ func (c *console) decide(cr *consoleReq) error {
 // ---- formatting
 
 // timeLeft says how long until t, or how long ago it passed.
-func (c *console) timeLeft(t time.Time) string {
+func (c *Console) timeLeft(t time.Time) string {
 	d := t.Sub(c.now())
 	if d <= 0 {
 		return "expired " + span(-d) + " ago"

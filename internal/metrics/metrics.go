@@ -1,4 +1,4 @@
-package main
+package metrics
 
 import (
 	"context"
@@ -8,23 +8,25 @@ import (
 	"time"
 
 	"github.com/asi-labs/atl/internal/core"
-	"github.com/julienschmidt/httprouter"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metrics are what GET /metrics exposes, in a registry of the service's own
+// Metrics are what GET /metrics exposes, in a registry of the service's own
 // so that tests can run several services in one process.
-type metrics struct {
+type Metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	rows     *prometheus.CounterVec
 }
 
-func newMetrics(store core.Store) *metrics {
-	m := &metrics{
+// New registers the request and row counters, the Go and process collectors
+// and extra (the store's pool and group commit figures, when it has them).
+func New(extra ...prometheus.Collector) *Metrics {
+	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atl_http_requests_total",
 			Help: "HTTP requests answered, by method, route (ids replaced by :id) and status."}, []string{"method", "route", "status"}),
@@ -36,34 +38,25 @@ func newMetrics(store core.Store) *metrics {
 	}
 	m.registry.MustRegister(m.requests, m.latency, m.rows,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if pg, ok := store.(*PGStore); ok {
-		m.registry.MustRegister(poolCollector{pg})
-		if g := pg.group; g != nil {
-			m.registry.MustRegister(g.Collectors()...)
-		}
-	}
+	m.registry.MustRegister(extra...)
 	return m
 }
 
-// instrument wraps the store to count rows written and sets up the metrics, once.
-func (a *App) instrument() {
-	if a.metrics != nil {
-		return
-	}
-	a.metrics = newMetrics(a.store)
-	a.store = countingStore{Store: a.store, rows: a.metrics.rows}
+// Count wraps store so that each successful write counts the rows it committed.
+func (m *Metrics) Count(store core.Store) core.Store {
+	return CountingStore{Store: store, rows: m.rows}
 }
 
-// observe records one answered request.
-func (m *metrics) observe(method, route string, status int, took time.Duration) {
+// Observe records one answered request.
+func (m *Metrics) Observe(method, route string, status int, took time.Duration) {
 	s := strconv.Itoa(status)
 	m.requests.WithLabelValues(method, route, s).Inc()
 	m.latency.WithLabelValues(method, route, s).Observe(took.Seconds())
 }
 
-func (a *App) metricsHandler(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
-	return nil
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
 }
 
 var (
@@ -82,7 +75,15 @@ var (
 )
 
 // poolCollector reads the pool's and the tenant slots' figures at scrape time.
-type poolCollector struct{ s *PGStore }
+type poolCollector struct {
+	pool  *pgxpool.Pool
+	slots interface{ Stats() map[string]any }
+}
+
+// PoolCollector exposes the pool's connections and the per-tenant slots.
+func PoolCollector(pool *pgxpool.Pool, slots interface{ Stats() map[string]any }) prometheus.Collector {
+	return poolCollector{pool: pool, slots: slots}
+}
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range poolDescs {
@@ -91,7 +92,7 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.s.pool.Stat()
+	st := c.pool.Stat()
 	gauge := func(name string, v float64) {
 		ch <- prometheus.MustNewConstMetric(poolDescs[name], prometheus.GaugeValue, v)
 	}
@@ -105,7 +106,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("acquires", float64(st.AcquireCount()))
 	counter("waits", float64(st.EmptyAcquireCount()))
 	counter("wait", st.AcquireDuration().Seconds())
-	slots := c.s.slots.Stats()
+	slots := c.slots.Stats()
 	inUse, _ := slots["in_use"].(int)
 	queued, _ := slots["queued"].(int)
 	busy, _ := slots["refused_total"].(uint64)
@@ -114,14 +115,14 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	counter("busy", float64(busy))
 }
 
-// countingStore counts the audit rows and events each successful write
+// CountingStore counts the audit rows and events each successful write
 // committed, for atl_rows_written_total; reads pass through.
-type countingStore struct {
+type CountingStore struct {
 	core.Store
 	rows *prometheus.CounterVec
 }
 
-func (s countingStore) wrote(audits, events int) {
+func (s CountingStore) wrote(audits, events int) {
 	if audits > 0 {
 		s.rows.WithLabelValues("audit_logs").Add(float64(audits))
 	}
@@ -131,7 +132,7 @@ func (s countingStore) wrote(audits, events int) {
 }
 
 // Stats passes GET /api/v1/stats through to the store underneath.
-func (s countingStore) Stats() map[string]any {
+func (s CountingStore) Stats() map[string]any {
 	if st, ok := s.Store.(interface{ Stats() map[string]any }); ok {
 		return st.Stats()
 	}
@@ -139,37 +140,37 @@ func (s countingStore) Stats() map[string]any {
 }
 
 // audited counts the one audit row a write appends when it succeeds.
-func audited(s countingStore, audit *core.AuditLog, err error) {
+func audited(s CountingStore, audit *core.AuditLog, err error) {
 	if err == nil && audit != nil {
 		s.wrote(1, 0)
 	}
 }
 
-func (s countingStore) IssueKey(ctx context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
+func (s CountingStore) IssueKey(ctx context.Context, p core.Principal, role, subject string, agents []string, audit *core.AuditLog) (core.APIKey, error) {
 	k, err := s.Store.IssueKey(ctx, p, role, subject, agents, audit)
 	audited(s, audit, err)
 	return k, err
 }
 
-func (s countingStore) RevokeKey(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
+func (s CountingStore) RevokeKey(ctx context.Context, p core.Principal, id string, audit *core.AuditLog) (core.APIKey, error) {
 	k, err := s.Store.RevokeKey(ctx, p, id, audit)
 	audited(s, audit, err)
 	return k, err
 }
 
-func (s countingStore) RotateKey(ctx context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
+func (s CountingStore) RotateKey(ctx context.Context, p core.Principal, id string, overlap time.Duration, audit *core.AuditLog) (core.KeyRotation, error) {
 	r, err := s.Store.RotateKey(ctx, p, id, overlap, audit)
 	audited(s, audit, err)
 	return r, err
 }
 
-func (s countingStore) InsertAudit(ctx context.Context, p core.Principal, audit *core.AuditLog) error {
+func (s CountingStore) InsertAudit(ctx context.Context, p core.Principal, audit *core.AuditLog) error {
 	err := s.Store.InsertAudit(ctx, p, audit)
 	audited(s, audit, err)
 	return err
 }
 
-func (s countingStore) InsertEvents(ctx context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
+func (s CountingStore) InsertEvents(ctx context.Context, p core.Principal, events []core.Event, audit *core.AuditLog) ([]core.Event, error) {
 	out, err := s.Store.InsertEvents(ctx, p, events, audit)
 	if err == nil {
 		s.wrote(0, len(out))
@@ -178,19 +179,19 @@ func (s countingStore) InsertEvents(ctx context.Context, p core.Principal, event
 	return out, err
 }
 
-func (s countingStore) PutPolicy(ctx context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) PutPolicy(ctx context.Context, p core.Principal, in core.PolicyInput, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PutPolicy(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) DeletePolicy(ctx context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) DeletePolicy(ctx context.Context, p core.Principal, tool string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.DeletePolicy(ctx, p, tool, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) PutTenantSettings(ctx context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) PutTenantSettings(ctx context.Context, p core.Principal, in core.TenantSettings, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PutTenantSettings(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
@@ -198,7 +199,7 @@ func (s countingStore) PutTenantSettings(ctx context.Context, p core.Principal, 
 
 // Execute writes one event, and the audit row too unless a live call is
 // still to be made (RecordOutcome writes it then); a replay writes nothing.
-func (s countingStore) Execute(ctx context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
+func (s CountingStore) Execute(ctx context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
 	res, err := s.Store.Execute(ctx, p, in)
 	if err == nil && !res.Replayed {
 		if res.Live != nil {
@@ -210,7 +211,7 @@ func (s countingStore) Execute(ctx context.Context, p core.Principal, in core.Ex
 	return res, err
 }
 
-func (s countingStore) RecordOutcome(ctx context.Context, p core.Principal, in core.OutcomeInput) (core.GateResult, error) {
+func (s CountingStore) RecordOutcome(ctx context.Context, p core.Principal, in core.OutcomeInput) (core.GateResult, error) {
 	res, err := s.Store.RecordOutcome(ctx, p, in)
 	if err == nil && !res.Replayed {
 		s.wrote(1, 1)
@@ -218,31 +219,31 @@ func (s countingStore) RecordOutcome(ctx context.Context, p core.Principal, in c
 	return res, err
 }
 
-func (s countingStore) DecideApproval(ctx context.Context, p core.Principal, id, decision string, reason *string, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) DecideApproval(ctx context.Context, p core.Principal, id, decision string, reason *string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.DecideApproval(ctx, p, id, decision, reason, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {
+func (s CountingStore) ExpireApprovals(ctx context.Context, p core.Principal, audit *core.AuditLog) (int, error) {
 	n, err := s.Store.ExpireApprovals(ctx, p, audit)
 	audited(s, audit, err)
 	return n, err
 }
 
-func (s countingStore) StartEvalRun(ctx context.Context, p core.Principal, in core.EvalRunInput, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) StartEvalRun(ctx context.Context, p core.Principal, in core.EvalRunInput, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.StartEvalRun(ctx, p, in, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) CompleteEvalRun(ctx context.Context, p core.Principal, id string, results json.RawMessage, status, errText string, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) CompleteEvalRun(ctx context.Context, p core.Principal, id string, results json.RawMessage, status, errText string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.CompleteEvalRun(ctx, p, id, results, status, errText, audit)
 	audited(s, audit, err)
 	return out, err
 }
 
-func (s countingStore) PinEvalBaseline(ctx context.Context, p core.Principal, suite, runID string, audit *core.AuditLog) (json.RawMessage, error) {
+func (s CountingStore) PinEvalBaseline(ctx context.Context, p core.Principal, suite, runID string, audit *core.AuditLog) (json.RawMessage, error) {
 	out, err := s.Store.PinEvalBaseline(ctx, p, suite, runID, audit)
 	audited(s, audit, err)
 	return out, err

@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/asi-labs/atl/internal/atlproc"
 )
 
 // chromiumPath is Debian's Chromium, which the browser tests drive.
@@ -17,7 +19,7 @@ const chromiumPath = "/usr/bin/chromium"
 // or Chromium it skips, unless ATL_REQUIRE_BROWSER=1 (set by .ci/run).
 func TestConsoleInBrowser(t *testing.T) {
 	missing := ""
-	if _, err := os.Stat(filepath.Join("e2e", "node_modules", "playwright-core")); err != nil {
+	if _, err := os.Stat(filepath.Join("..", "e2e", "node_modules", "playwright-core")); err != nil {
 		missing = "e2e/node_modules (run npm ci in e2e/)"
 	} else if _, err := os.Stat(chromiumPath); err != nil {
 		missing = chromiumPath + " (apt-get install chromium)"
@@ -31,11 +33,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Skipf("no %s: browser tests skipped", missing)
 	}
 	url := newDatabase(t)
-	atl := startATL(t, "DATABASE_URL="+url)
+	atl := atlproc.Start(t, "DATABASE_URL="+url)
 	// Screenshots go to e2e/screenshots (ignored by git); `make screenshots` points this at docs/screenshots for the README.
 	shots := os.Getenv("ATL_SCREENSHOT_DIR")
 	if shots == "" {
-		shots = filepath.Join("e2e", "screenshots")
+		shots = filepath.Join("..", "e2e", "screenshots")
 	}
 	shots, err := filepath.Abs(shots)
 	if err == nil {
@@ -47,13 +49,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "--test", "--test-reporter=spec")
-	cmd.Dir = "e2e"
-	cmd.Env = append(os.Environ(), "ATL_URL="+atl.base, "ATL_ADMIN_TOKEN="+testOperatorToken,
+	cmd.Dir = filepath.Join("..", "e2e")
+	cmd.Env = append(os.Environ(), "ATL_URL="+atl.Base, "ATL_ADMIN_TOKEN="+testOperatorToken,
 		"ATL_SCREENSHOT_DIR="+shots, "CHROMIUM="+chromiumPath)
 	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	t.Logf("node --test e2e/:\n%s", out)
 	if err != nil {
-		t.Fatalf("browser tests failed: %v\nservice log:\n%s", err, atl.output())
+		t.Fatalf("browser tests failed: %v\nservice log:\n%s", err, atl.Output())
 	}
 }

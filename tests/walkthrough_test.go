@@ -1,4 +1,4 @@
-package main
+package tests
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asi-labs/atl/internal/testdb"
 	"github.com/stretchr/testify/require"
 )
 
@@ -38,12 +39,13 @@ func TestWalkthrough(t *testing.T) {
 				}
 			}
 			if mode == "postgres" {
-				env = append(env, "DATABASE_URL="+adminURL())
+				env = append(env, "DATABASE_URL="+testdb.AdminURL())
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "bash", "scripts/walkthrough.sh")
 			cmd.Env = env
+			cmd.Dir = ".."
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
@@ -55,7 +57,7 @@ func TestWalkthrough(t *testing.T) {
 				require.Contains(t, out, "*Skipped: this run uses JSONL files")
 				return
 			}
-			page, err := os.ReadFile("docs/walkthrough.md")
+			page, err := os.ReadFile("../docs/walkthrough.md")
 			require.NoError(t, err)
 			require.Equal(t, commandLines(string(page)), commandLines(out),
 				"docs/walkthrough.md is stale: run make walkthrough")
