@@ -145,18 +145,21 @@ const groupTimeout = 30 * time.Second
 func (g *Committer) commit(batch []*Job, rows int) {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
+	// A batch is reported before its requests are answered, so whoever saw
+	// the answer also sees the batch in the metrics.
 	if len(batch) == 1 {
-		batch[0].done <- batch[0].Alone(ctx)
+		err := batch[0].Alone(ctx)
 		g.report(1, rows, false)
+		batch[0].done <- err
 		return
 	}
 	slices.SortStableFunc(batch, func(a, b *Job) int { return cmp.Compare(a.Tenant, b.Tenant) })
 	err := g.together(ctx, batch)
 	if err == nil {
+		g.report(len(batch), rows, false)
 		for _, j := range batch {
 			j.done <- nil
 		}
-		g.report(len(batch), rows, false)
 		return
 	}
 	var unknown *commitUnknownError
