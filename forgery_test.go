@@ -137,6 +137,10 @@ func TestForgeryRotationAndSettings(t *testing.T) {
 		require.Equal(t, http.StatusCreated, r.Status, r.Raw)
 		fake[subject] = r.Body["key"].(map[string]any)["api_key"].(string)
 	}
+	for _, overlap := range []any{-1, 86401, int64(9223372036854775)} {
+		requireError(t, env.do("POST", "/api/v1/keys/"+keyIDOf(t, env, admin, "alice")+"/rotate", admin,
+			map[string]any{"overlap_seconds": overlap}), http.StatusBadRequest, core.CodeValidation)
+	}
 	held := env.execute(agent, "bot", map[string]any{"tool": "pay", "args": map[string]any{"n": 1}})
 	id := held.str("approval_request_id")
 	for _, k := range fake {

@@ -760,10 +760,11 @@ func (a *App) rotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 			return err
 		}
 	}
-	overlap := time.Duration(req.OverlapSeconds) * time.Second
-	if req.OverlapSeconds < 0 || overlap > maxRotationOverlap {
+	// Checked before the conversion, which would overflow for huge values.
+	if req.OverlapSeconds < 0 || req.OverlapSeconds > int(maxRotationOverlap.Seconds()) {
 		return core.Validation("overlap_seconds must be between 0 and %d", int(maxRotationOverlap.Seconds()))
 	}
+	overlap := time.Duration(req.OverlapSeconds) * time.Second
 	out, err := a.store.RotateKey(r.Context(), p, strings.ToLower(id), overlap, newAudit(r, p, "ok", http.StatusCreated))
 	if err != nil {
 		return err

@@ -227,7 +227,7 @@ comment on function atl._change_append(text, text, text, jsonb, uuid, text) is
 
 -- What the chain keeps of a request's state, and of what was requested.
 create function atl._approval_state(r atl.approval_requests) returns jsonb
-language sql immutable
+language sql stable
 as $$
   select jsonb_build_object('request_id', r.id, 'status', r.status, 'approvals', r.approvals,
     'decided_at', r.decided_at, 'consumed_at', r.consumed_at)
@@ -236,7 +236,7 @@ comment on function atl._approval_state(atl.approval_requests) is
   'Private: an approval request''s mutable state (status, approvals, decided_at, consumed_at) as the chain records it.';
 
 create function atl._approval_terms(r atl.approval_requests) returns jsonb
-language sql immutable
+language sql stable
 as $$
   select jsonb_build_object('agent_id', r.agent_id, 'tool_name', r.tool_name, 'domain', r.domain, 'mode', r.mode,
     'trust_level', r.trust_level, 'required_approvals', r.required_approvals, 'requested_by', r.requested_by,
@@ -249,7 +249,7 @@ comment on function atl._approval_terms(atl.approval_requests) is
   'Private: what an approval request asked for (agent, tool, SHA-256 of the canonical payload, domain, mode, level, approvals) as the chain records it.';
 
 create function atl._key_state(k atl.api_keys) returns jsonb
-language sql immutable
+language sql stable
 as $$
   select jsonb_build_object('key_id', k.id, 'role', k.role, 'subject', k.subject, 'agents', to_jsonb(k.agents),
     'key_prefix', k.key_prefix, 'created_at', k.created_at, 'revoked_at', k.revoked_at,
