@@ -1,4 +1,5 @@
 # bench/lib.sh: shared by the benchmark scripts (sourced, not run).
+# shellcheck shell=bash
 
 # db_url BASE DB: BASE (a postgres:// URL) with its database name replaced by DB.
 db_url() {
@@ -70,8 +71,7 @@ pct() {
 # drop_db BASE DB: drops DB with (force), retrying for a while, since the
 # server may be restarting (another job's setup, say) when a run ends.
 drop_db() {
-  local i
-  for i in $(seq 15); do
+  for _ in $(seq 15); do
     psql "$1" -X -q -c "drop database if exists \"$2\" with (force)" >/dev/null 2>&1 && return 0
     sleep 2
   done
