@@ -78,6 +78,7 @@ db_created=0
 role_created=0
 failed=0
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   local status=$?
   set +e
