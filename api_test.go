@@ -523,3 +523,22 @@ func TestStatsShowLimits(t *testing.T) {
 	r = env.do("GET", "/api/v1/stats", testOperatorToken, nil)
 	require.Equal(t, map[string]any{"rate_limit_per_second": 5.0, "rate_burst": 40.0, "waiters_per_tenant": 2.0}, r.Body["limits"], r.Raw)
 }
+
+// TestAccessLogSample: every error is logged, and one success in
+// ATL_ACCESS_LOG_SAMPLE (1: all of them, 0: none).
+func TestAccessLogSample(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ sample, successes, logged int }{{1, 10, 10}, {0, 10, 0}, {4, 10, 2}, {100, 10, 0}} {
+		a := &App{logSample: c.sample}
+		n := 0
+		for range c.successes {
+			if a.logThis(http.StatusOK) {
+				n++
+			}
+		}
+		require.Equal(t, c.logged, n, "sample %d", c.sample)
+		for _, status := range []int{400, 404, 429, 500, 503} {
+			require.True(t, a.logThis(status), "sample %d: status %d is always logged", c.sample, status)
+		}
+	}
+}

@@ -78,7 +78,7 @@ func (e *testEnv) start() {
 	if log == nil {
 		log = testLogger()
 	}
-	app := &App{store: e.store, log: log, adminToken: testOperatorToken,
+	app := &App{store: e.store, log: log, adminToken: testOperatorToken, logSample: 1, // every request, as ATL_ACCESS_LOG_SAMPLE=1
 		origins: map[string]bool{"https://console.example": true}, version: "test",
 		live: e.live, liveClient: egress.NewClient(2*time.Second, e.allowPrivate)}
 	if pg, ok := e.store.(*PGStore); ok {

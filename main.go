@@ -64,7 +64,11 @@ type Config struct {
 	PprofAddr        string // loopback host:port for net/http/pprof; empty: off
 	Webhooks         webhook.Config
 	ConsoleTTL       time.Duration // how long a console session lasts
+	AccessLogSample  int           // one success in this many is logged (1: all, 0: none); errors always
 }
+
+// defaultAccessLogSample logs one successful request in 100 (and every error).
+const defaultAccessLogSample = 100
 
 func configFromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
@@ -120,7 +124,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", groupcommit.DefaultMaxRows); err != nil {
 		return c, err
 	}
-	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
+	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil { // default 0: half the pool
 		return c, err
 	}
 	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", approvalwait.DefaultPerTenant); err != nil {
@@ -128,6 +132,12 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.AuthCacheTTL, err = envDuration(getenv, "ATL_AUTH_CACHE_TTL", authcache.DefaultTTL); err != nil {
 		return c, err
+	}
+	c.AccessLogSample = defaultAccessLogSample
+	if v := getenv("ATL_ACCESS_LOG_SAMPLE"); v != "" {
+		if c.AccessLogSample, err = strconv.Atoi(v); err != nil || c.AccessLogSample < 0 {
+			return c, fmt.Errorf("ATL_ACCESS_LOG_SAMPLE must be a whole number (1: every request, 0: errors only), got %q", v)
+		}
 	}
 	if c.Migrate, err = envBool(getenv, "ATL_MIGRATE", true); err != nil {
 		return c, err
@@ -267,7 +277,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	app := &App{store: store, log: log, adminToken: cfg.AdminToken, origins: origins, live: cfg.LiveEnabled,
 		liveClient: egress.NewClient(cfg.LiveTimeout, cfg.AllowPrivate), limiter: limits.NewRateLimiter(cfg.RateLimit, cfg.RateBurst),
-		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL}
+		version: version(), started: time.Now(), consoleTTL: cfg.ConsoleTTL, logSample: cfg.AccessLogSample}
 	if pg, ok := store.(*PGStore); ok {
 		app.waits = approvalwait.New(pg.pool.Config().ConnConfig.Copy(), cfg.WaitersPerTenant, log)
 		defer app.waits.Close()

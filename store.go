@@ -295,14 +295,10 @@ func auditStmt(a *core.AuditLog) stmt {
 
 // write runs a tenant's statements (and its audit row, when given) through
 // group commit when it is on, else in a transaction of their own. build is
-// called for every attempt, so its answers start afresh. The tenant's slot is
-// held until the write is answered, grouped or not.
+// called for every attempt, so its answers start afresh. A write waiting in
+// the group-commit queue holds no tenant slot (the committer bounds what it
+// writes at once and queues per tenant); a write on its own holds one.
 func (s *PGStore) write(ctx context.Context, p core.Principal, rows int, audit *core.AuditLog, build func() []stmt) error {
-	release, err := s.slots.Acquire(ctx, p.TenantID)
-	if err != nil {
-		return err
-	}
-	defer release()
 	all := func() []stmt {
 		st := build()
 		if audit != nil {
@@ -321,16 +317,31 @@ func (s *PGStore) write(ctx context.Context, p core.Principal, rows int, audit *
 		})
 	}
 	if s.group == nil {
+		release, err := s.slots.Acquire(ctx, p.TenantID)
+		if err != nil {
+			return err
+		}
+		defer release()
 		return alone(ctx)
 	}
 	if audit != nil {
 		rows++
 	}
-	return s.group.Submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: rows, Alone: alone, Queue: func(b *pgx.Batch) {
-		for _, st := range all() {
-			st.queue(b)
-		}
-	}})
+	return s.submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: rows, Alone: alone,
+		Queue: func(b *pgx.Batch) {
+			for _, st := range all() {
+				st.queue(b)
+			}
+		}})
+}
+
+// submit hands a job to group commit; a tenant with too many writes queued is answered 429.
+func (s *PGStore) submit(ctx context.Context, j *groupcommit.Job) error {
+	err := s.group.Submit(ctx, j)
+	if errors.Is(err, groupcommit.ErrQueueFull) {
+		return limits.ErrTenantBusy()
+	}
+	return err
 }
 
 func (s *PGStore) InsertAudit(ctx context.Context, p core.Principal, audit *core.AuditLog) error {
@@ -511,14 +522,112 @@ const gateExecuteSQL = `select atl.gate_execute(p_agent_id => $1::text, p_tool =
 
 func (s *PGStore) Execute(ctx context.Context, p core.Principal, in core.ExecuteInput) (core.GateResult, error) {
 	var res core.GateResult
-	err := s.write(ctx, p, 2, nil, func() []stmt {
-		res = core.GateResult{}
-		return []stmt{{sql: gateExecuteSQL, args: []any{in.AgentID, in.Tool, rawText(in.Args), core.Nullable(in.Workflow),
-			core.Nullable(in.Stage), core.Nullable(in.TraceID), core.Nullable(in.Mode), core.Nullable(in.IdempotencyKey),
-			core.Nullable(in.ApprovalRequestID), core.Nullable(in.TrustLevel), core.Nullable(in.Domain), core.Nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())},
-			row: func(r pgx.Row) error { return r.Scan(&res) }}}
-	})
+	alone := func(ctx context.Context) error {
+		return s.tx(ctx, p, nil, func(tx pgx.Tx) error {
+			res = core.GateResult{}
+			return tx.QueryRow(ctx, gateExecuteSQL, in.AgentID, in.Tool, rawText(in.Args), core.Nullable(in.Workflow),
+				core.Nullable(in.Stage), core.Nullable(in.TraceID), core.Nullable(in.Mode), core.Nullable(in.IdempotencyKey),
+				core.Nullable(in.ApprovalRequestID), core.Nullable(in.TrustLevel), core.Nullable(in.Domain),
+				core.Nullable(in.ClaimedUserID), in.LiveEnabled, in.Route, int(time.Since(in.Started).Milliseconds())).Scan(&res)
+		})
+	}
+	if s.group == nil {
+		release, err := s.slots.Acquire(ctx, p.TenantID)
+		if err != nil {
+			return res, err
+		}
+		defer release()
+		return res, alone(ctx)
+	}
+	call := &gateCall{in: &in, keyHash: p.KeyHash, res: &res}
+	err := s.submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: 2, Set: gateBatch, Item: call,
+		Alone: alone})
 	return res, err
+}
+
+// gateExecuteBatchSQL decides the gate calls of one tenant in one statement.
+const gateExecuteBatchSQL = `select atl.gate_execute_batch($1::jsonb)`
+
+// gateCall is one execute in a gate batch: its input and where its answer goes.
+type gateCall struct {
+	in      *core.ExecuteInput
+	keyHash string
+	res     *core.GateResult
+}
+
+// gateCallJSON is one element of atl.gate_execute_batch's array.
+type gateCallJSON struct {
+	KeyHash           string          `json:"key_hash"`
+	AgentID           string          `json:"agent_id"`
+	Tool              string          `json:"tool"`
+	Args              json.RawMessage `json:"args,omitempty"`
+	Workflow          string          `json:"workflow,omitempty"`
+	Stage             string          `json:"stage,omitempty"`
+	TraceID           string          `json:"trace_id,omitempty"`
+	Mode              string          `json:"mode,omitempty"`
+	IdempotencyKey    string          `json:"idempotency_key,omitempty"`
+	ApprovalRequestID string          `json:"approval_request_id,omitempty"`
+	TrustLevel        string          `json:"trust_level,omitempty"`
+	Domain            string          `json:"domain,omitempty"`
+	UserID            string          `json:"user_id,omitempty"`
+	LiveEnabled       bool            `json:"live_enabled"`
+	Route             string          `json:"route"`
+	LatencyMS         int             `json:"latency_ms"`
+}
+
+// gateSet sends the executes of one tenant in a batch as one call of
+// atl.gate_execute_batch; each answer or error goes to its own request.
+type gateSet struct{}
+
+var gateBatch groupcommit.Set = gateSet{}
+
+func (gateSet) Queue(b *pgx.Batch, jobs []*groupcommit.Job) {
+	calls := make([]gateCallJSON, len(jobs))
+	for i, j := range jobs {
+		c := j.Item.(*gateCall)
+		in := c.in
+		calls[i] = gateCallJSON{KeyHash: c.keyHash, AgentID: in.AgentID, Tool: in.Tool, Args: in.Args,
+			Workflow: in.Workflow, Stage: in.Stage, TraceID: in.TraceID, Mode: in.Mode, IdempotencyKey: in.IdempotencyKey,
+			ApprovalRequestID: in.ApprovalRequestID, TrustLevel: in.TrustLevel, Domain: in.Domain,
+			UserID: in.ClaimedUserID, LiveEnabled: in.LiveEnabled, Route: in.Route,
+			LatencyMS: int(time.Since(in.Started).Milliseconds())}
+	}
+	doc, err := json.Marshal(calls)
+	b.Queue(gateExecuteBatchSQL, string(doc)).QueryRow(func(r pgx.Row) error {
+		if err != nil {
+			return err
+		}
+		var answers []json.RawMessage
+		if err := r.Scan(&answers); err != nil {
+			return err
+		}
+		if len(answers) != len(jobs) {
+			return fmt.Errorf("atl.gate_execute_batch answered %d calls of %d", len(answers), len(jobs))
+		}
+		for i, a := range answers {
+			var failed struct {
+				Error *struct {
+					SQLState string `json:"sqlstate"`
+					Message  string `json:"message"`
+					Hint     string `json:"hint"`
+					Detail   string `json:"detail"`
+				} `json:"error"`
+			}
+			if err := json.Unmarshal(a, &failed); err != nil {
+				return err
+			}
+			c := jobs[i].Item.(*gateCall)
+			*c.res = core.GateResult{}
+			if e := failed.Error; e != nil {
+				jobs[i].Fail(&pgconn.PgError{Severity: "ERROR", Code: e.SQLState, Message: e.Message, Hint: e.Hint, Detail: e.Detail})
+				continue
+			}
+			if err := json.Unmarshal(a, c.res); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 const recordOutcomeSQL = `select atl.gate_record_outcome($1::uuid, $2::boolean, $3::integer, $4::jsonb, $5::text,

@@ -93,8 +93,9 @@ func NewTenantSlots(max int, wait time.Duration) *TenantSlots {
 	return &TenantSlots{max: max, wait: wait, tenants: map[string]*tenantSem{}}
 }
 
-// errTenantBusy answers a request that waited too long for one of its tenant's slots.
-func errTenantBusy() *core.Error {
+// ErrTenantBusy answers a request that waited too long for one of its
+// tenant's slots, or found too many of its tenant's writes queued.
+func ErrTenantBusy() *core.Error {
 	return &core.Error{Status: http.StatusTooManyRequests, Code: "tenant_busy",
 		Message: "this tenant has too many requests in progress; retry later", RetryAfter: 1}
 }
@@ -137,7 +138,7 @@ func (l *TenantSlots) Acquire(ctx context.Context, tenant string) (release func(
 		l.mu.Lock()
 		l.busy++
 		l.mu.Unlock()
-		return nil, errTenantBusy()
+		return nil, ErrTenantBusy()
 	}
 }
 
