@@ -124,7 +124,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if c.GroupMaxRows, err = envPositive(getenv, "ATL_GROUP_COMMIT_MAX_ROWS", groupcommit.DefaultMaxRows); err != nil {
 		return c, err
 	}
-	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil { // default 0: half the pool
+	if c.GroupWorkers, err = envPositive(getenv, "ATL_GROUP_COMMIT_WORKERS", groupcommit.DefaultWorkers); err != nil {
 		return c, err
 	}
 	if c.WaitersPerTenant, err = envPositive(getenv, "ATL_WAITERS_PER_TENANT", approvalwait.DefaultPerTenant); err != nil {

@@ -12,9 +12,10 @@
 --   computes either from a row's JSON.
 -- * atl._trail_append seals a whole set of events and audit rows of the
 --   current tenant at once (the head read once, each row hashed in order) and
---   writes each table with one INSERT; the row trigger now runs only for rows
---   that arrive unsealed (WHEN seq IS NULL), and the statement trigger still
---   checks that each statement continues the head and moves it.
+--   writes each table with one INSERT and moves the head once; the row
+--   trigger runs only for rows that arrive unsealed (WHEN seq IS NULL) and
+--   moves the head itself, so no statement trigger copies every inserted row
+--   into a transition table any more.
 -- * atl.gate_execute_batch decides many calls in one call, each in its own
 --   subtransaction (a bad call fails only itself), and seals all their rows
 --   once. atl.gate_execute is the same code for one call.
@@ -37,8 +38,11 @@ comment on column atl.change_log.chain_v is
 -- where needed, NULL as nothing); created_at goes in as epoch microseconds
 -- because the text of a timestamptz depends on the session's TimeZone. Every
 -- column but prev_hash and row_hash is in the list (a test checks it).
+-- STABLE, not IMMUTABLE, only because record_out and convert_to are: a SQL
+-- function whose body is no more volatile than itself is inlined where it is
+-- called, which makes the hash of a row cost about what its expression does.
 create function atl._chain_leaf(r atl.audit_logs) returns bytea
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$
   select sha256(convert_to(row('audit_logs', r.tenant_id, r.id, r.trace_id, r.agent_id, r.route, r.mode, r.status,
     r.http_status, r.latency_ms, r.user_id, r.error,
@@ -49,7 +53,7 @@ comment on function atl._chain_leaf(atl.audit_logs) is
   'Private: SHA-256 of an audit row''s canonical record text (every column but the hashes; created_at in epoch microseconds).';
 
 create function atl._chain_leaf(r atl.agent_action_events) returns bytea
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$
   select sha256(convert_to(row('agent_action_events', r.tenant_id, r.id, r.domain, r.workflow_name, r.agent,
     r.trust_level, r.stage, r.tool_name, r.tool_args, r.tool_result, r.status, r.approval_request_id,
@@ -61,7 +65,7 @@ comment on function atl._chain_leaf(atl.agent_action_events) is
   'Private: SHA-256 of an event''s canonical record text (every column but the hashes; created_at in epoch microseconds).';
 
 create function atl._chain_leaf(r atl.change_log) returns bytea
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$
   select sha256(convert_to(row('change_log', r.tenant_id, r.id, r.entity, r.entity_id, r.action, r.actor_key_id,
     r.actor_subject, r.detail, (extract(epoch from r.created_at - timestamptz 'epoch') * 1000000)::bigint, r.seq,
@@ -104,22 +108,26 @@ declare
   v_seq bigint;
   v_hash bytea;
 begin
-  if coalesce(v_cached, '') = '' then
+  select h.seq, h.hash into v_seq, v_hash from atl.audit_chain_heads h where h.tenant_id = new.tenant_id for update;
+  if not found then
     insert into atl.audit_chain_heads (tenant_id) values (new.tenant_id) on conflict (tenant_id) do nothing;
     select h.seq, h.hash into v_seq, v_hash from atl.audit_chain_heads h where h.tenant_id = new.tenant_id for update;
-  else
-    v_seq := split_part(v_cached, ':', 1)::bigint;
-    v_hash := decode(split_part(v_cached, ':', 2), 'hex');
+  end if;
+  if coalesce(v_cached, '') <> '' and v_cached <> v_seq || ':' || encode(v_hash, 'hex') then
+    raise exception 'the audit chain of tenant % moved under this statement', new.tenant_id
+      using errcode = '40001', hint = 'chain_conflict';
   end if;
   new.seq := v_seq + 1;
   new.prev_hash := v_hash;
   new.chain_v := 2;
   new.row_hash := sha256(v_hash || atl._chain_leaf(new));
+  update atl.audit_chain_heads h set seq = new.seq, hash = new.row_hash, updated_at = now()
+  where h.tenant_id = new.tenant_id;
   perform set_config(v_key, new.seq || ':' || encode(new.row_hash, 'hex'), true);
   return new;
 end $$;
 comment on function atl._chain_append() is
-  'Private trigger (rows inserted without a seq): links the row into its tenant''s hash chain (chain_v 2); the head is locked on the transaction''s first row and carried in a transaction-local setting that the statement trigger checks.';
+  'Private trigger (rows inserted without a seq: the change log, a DBA''s insert): links the row into its tenant''s hash chain (chain_v 2) under the head''s row lock and moves the head; a transaction-local setting of the head that does not match it (forged or stale) fails with chain_conflict.';
 
 drop trigger _200_chain on atl.audit_logs;
 drop trigger _200_chain on atl.agent_action_events;
@@ -131,13 +139,20 @@ create trigger _200_chain before insert on atl.agent_action_events
 create trigger _200_chain before insert on atl.change_log
   for each row when (new.seq is null) execute function atl._chain_append();
 
+-- No statement trigger: each path moves the head itself. The trigger's
+-- transition table copied every inserted row (about a third of the cost of
+-- a sealed insert) only to check what the writer had just checked.
+drop trigger _900_chain_head on atl.audit_logs;
+drop trigger _900_chain_head on atl.agent_action_events;
+drop trigger _900_chain_head on atl.change_log;
+drop function atl._chain_advance();
+
 -- ---------------------------------------------------------------- sealing
 
 -- Seals events and then audit rows of the current tenant into its chain and
--- inserts them, one INSERT a table; returns them sealed. The head is read as
--- the row trigger reads it (locked, or from this transaction's setting), and
--- the statement trigger atl._chain_advance checks that the rows continue it,
--- so a stale or forged setting fails the statement instead of forking.
+-- inserts them, one INSERT a table; returns them sealed. The head is locked
+-- and compared with this transaction's setting (a stale or forged setting
+-- fails with chain_conflict instead of forking) and moved once.
 create function atl._trail_append(inout p_events atl.agent_action_events[], inout p_audits atl.audit_logs[])
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -156,15 +171,16 @@ begin
   if v_ne + v_na = 0 then
     return;
   end if;
-  if coalesce(v_cached, '') = '' then
+  -- The head, locked (again, if this transaction holds it already): a
+  -- setting that does not match it was forged or is stale.
+  select h.seq, h.hash into v_seq, v_hash from atl.audit_chain_heads h where h.tenant_id = v_tenant for update;
+  if not found then
+    insert into atl.audit_chain_heads (tenant_id) values (v_tenant) on conflict (tenant_id) do nothing;
     select h.seq, h.hash into v_seq, v_hash from atl.audit_chain_heads h where h.tenant_id = v_tenant for update;
-    if not found then
-      insert into atl.audit_chain_heads (tenant_id) values (v_tenant) on conflict (tenant_id) do nothing;
-      select h.seq, h.hash into v_seq, v_hash from atl.audit_chain_heads h where h.tenant_id = v_tenant for update;
-    end if;
-  else
-    v_seq := split_part(v_cached, ':', 1)::bigint;
-    v_hash := decode(split_part(v_cached, ':', 2), 'hex');
+  end if;
+  if coalesce(v_cached, '') <> '' and v_cached <> v_seq || ':' || encode(v_hash, 'hex') then
+    raise exception 'the audit chain of tenant % moved under this statement', v_tenant
+      using errcode = '40001', hint = 'chain_conflict';
   end if;
   for i in 1 .. v_ne loop
     e := p_events[i];
@@ -188,6 +204,7 @@ begin
     a.row_hash := v_hash;
     p_audits[i] := a;
   end loop;
+  update atl.audit_chain_heads h set seq = v_seq, hash = v_hash, updated_at = now() where h.tenant_id = v_tenant;
   perform set_config(v_key, v_seq || ':' || encode(v_hash, 'hex'), true);
   if v_ne > 0 then
     insert into atl.agent_action_events select * from unnest(p_events);
@@ -719,6 +736,14 @@ create trigger _200_chain before insert on atl.agent_action_events for each row 
 create trigger _200_chain before insert on atl.change_log for each row execute function atl._chain_append();
 
 {{ template "func/_chain_row_hash_013.sql" . }}
+{{ template "func/_chain_advance_010.sql" . }}
+revoke all on function atl._chain_advance() from public;
+create trigger _900_chain_head after insert on atl.audit_logs
+  referencing new table as new_rows for each statement execute function atl._chain_advance();
+create trigger _900_chain_head after insert on atl.agent_action_events
+  referencing new table as new_rows for each statement execute function atl._chain_advance();
+create trigger _900_chain_head after insert on atl.change_log
+  referencing new table as new_rows for each statement execute function atl._chain_advance();
 drop function atl._chain_leaf(atl.audit_logs);
 drop function atl._chain_leaf(atl.agent_action_events);
 drop function atl._chain_leaf(atl.change_log);

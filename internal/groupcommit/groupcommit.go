@@ -77,30 +77,29 @@ type Committer struct {
 
 // Defaults. A batch is what queued while earlier batches were written (no
 // added wait: measured here, any window cost more latency than it saved
-// commits), up to 2,000 rows. Batches run in parallel up to the workers (0:
-// half the pool's connections, at least 2), but at most PerTenant of one
-// tenant at once: batches of one tenant wait on each other's chain head, so
-// more of them would only hold connections; two let one batch decide while
-// the other commits. So one tenant's batches grow with its load, and many
-// tenants' batches run side by side.
+// commits), up to 2,000 rows. Three batches at once, at most two of one
+// tenant (and always one fewer than the workers, so a flooding tenant leaves
+// a worker for everyone else): batches of one tenant wait on each other's
+// chain head, so a third would only hold a connection, while two let one
+// batch decide while the other commits. So one tenant's batches grow with its
+// load, and other tenants' writes go in the next batch. Measured with 16
+// tenants and 16 clients: 8 workers made batches of one or two requests, each
+// its own commit, at 0.39 of the plain baseline; 2 workers 0.57.
 const (
 	DefaultWindow    time.Duration = 0
 	DefaultMaxRows                 = 2000
-	DefaultWorkers                 = 0
+	DefaultWorkers                 = 3
 	DefaultPerTenant               = 2
 	DefaultMaxQueued               = 4096
 )
 
 // New returns a committer writing as role; window > 0 holds a batch until it
 // has maxRows rows or the window passed (tests use it to decide what goes
-// together). workers bounds the batches in flight (0: half the pool, at least 2).
+// together). workers bounds the batches in flight.
 func New(pool *pgxpool.Pool, role string, window time.Duration, maxRows, workers int) *Committer {
-	if workers <= 0 {
-		workers = max(2, int(pool.Config().MaxConns)/2)
-	}
 	sizes := prometheus.ExponentialBuckets(1, 2, 12) // 1 … 2048
 	return &Committer{pool: pool, role: role, window: window, maxRows: max(1, maxRows),
-		maxWorkers: max(1, workers), perTenant: DefaultPerTenant, maxQueued: DefaultMaxQueued,
+		maxWorkers: max(1, workers), perTenant: max(1, min(DefaultPerTenant, workers-1)), maxQueued: DefaultMaxQueued,
 		queues: map[string][]*Job{}, inFlight: map[string]int{},
 		batchJobs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atl_group_commit_batch_requests",
 			Help: "Requests written together in one group-commit transaction.", Buckets: sizes}),

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/asi-labs/atl/internal/core"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+)
+
+// TestChainLeafCoversEveryColumn: a column left out of a table's leaf could
+// be rewritten without the chain telling, so every column of every chained
+// table but the hashes themselves is in its atl._chain_leaf.
+func TestChainLeafCoversEveryColumn(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	for _, table := range []string{"audit_logs", "agent_action_events", "change_log"} {
+		var body string
+		require.NoError(t, pool.QueryRow(ctx, `select prosrc from pg_proc
+			where proname = '_chain_leaf' and pronamespace = 'atl'::regnamespace
+			  and proargtypes[0] = ('atl.' || $1)::regtype`, table).Scan(&body))
+		rows, err := pool.Query(ctx, `select attname from pg_attribute
+			where attrelid = ('atl.' || $1)::regclass and attnum > 0 and not attisdropped`, table)
+		require.NoError(t, err)
+		cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		require.NotEmpty(t, cols)
+		for _, c := range cols {
+			if c == "prev_hash" || c == "row_hash" {
+				require.NotContains(t, body, "r."+c+",", "%s: the leaf must not hash the chain's own hashes", table)
+				continue
+			}
+			require.Regexp(t, `r\.`+c+`\b`, body, "%s.%s is in atl._chain_leaf", table, c)
+		}
+	}
+}
+
+// gateBatchSQL calls atl.gate_execute_batch as the runtime role with calls and
+// returns the answers.
+func gateBatchSQL(t *testing.T, pool *pgxpool.Pool, who string, calls []map[string]any) []map[string]any {
+	t.Helper()
+	doc, err := json.Marshal(calls)
+	require.NoError(t, err)
+	out, err := sqlAs(context.Background(), pool, who, "select atl.gate_execute_batch($1::jsonb)", string(doc))
+	require.NoError(t, err)
+	var answers []map[string]any
+	require.NoError(t, json.Unmarshal(out, &answers))
+	require.Len(t, answers, len(calls))
+	return answers
+}
+
+// TestGateExecuteBatch: many calls in one call, as the runtime role. Each is
+// decided as atl.gate_execute decides it and answered in order; a call that
+// fails (another agent, a bad tool name, a key hash that is no key of the
+// tenant) fails alone; every written row is in the chain.
+func TestGateExecuteBatch(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	sqlTenant(t, pool, "acme")
+	sqlTenant(t, pool, "beta")
+	_, err := sqlAs(ctx, pool, "acme/admin", "select to_jsonb(atl.policy_put('search', 'L0'))")
+	require.NoError(t, err)
+	_, err = sqlAs(ctx, pool, "acme/admin", "select to_jsonb(atl.policy_put('pay', 'L3'))")
+	require.NoError(t, err)
+	betaBot, _ := sqlKeys.Load(sqlKeyName(pool, "beta", "bot"))
+	before := count(t, pool, "select count(*) from atl.agent_action_events where tenant_id = 'acme'")
+
+	calls := []any{
+		map[string]any{"agent_id": "bot", "tool": "search", "args": map[string]any{"q": 1}, "idempotency_key": "k1"},
+		map[string]any{"agent_id": "mallory", "tool": "search"},
+		map[string]any{"agent_id": "bot", "tool": "bad tool"},
+		map[string]any{"agent_id": "bot", "tool": "pay", "args": map[string]any{"amount": 100}},
+		map[string]any{"agent_id": "bot", "tool": "search", "key_hash": core.KeyHash(betaBot.(string))},
+		map[string]any{"agent_id": "bot", "tool": "search", "args": map[string]any{"q": 1}, "idempotency_key": "k1"},
+		"not an object",
+	}
+	doc, err := json.Marshal(calls)
+	require.NoError(t, err)
+	out, err := sqlAs(ctx, pool, "acme/bot", "select atl.gate_execute_batch($1::jsonb)", string(doc))
+	require.NoError(t, err)
+	var got []map[string]any
+	require.NoError(t, json.Unmarshal(out, &got))
+	require.Len(t, got, len(calls))
+
+	hint := func(i int) string {
+		e, _ := got[i]["error"].(map[string]any)
+		require.NotNil(t, e, "call %d failed: %v", i, got[i])
+		h, _ := e["hint"].(string)
+		return h
+	}
+	require.EqualValues(t, 200, got[0]["http_status"], "%v", got[0])
+	require.Equal(t, "agent_mismatch", hint(1))
+	require.Equal(t, "validation_failed", hint(2))
+	require.EqualValues(t, 202, got[3]["http_status"], "the L3 call is held: %v", got[3])
+	require.Equal(t, "unauthorized", hint(4), "another tenant's key is no key here")
+	require.EqualValues(t, true, got[5]["replayed"], "the retry in the same batch is a replay: %v", got[5])
+	require.Equal(t, got[0]["body"], got[5]["body"])
+	require.Equal(t, "validation_failed", hint(6))
+
+	require.Equal(t, before+2, count(t, pool, "select count(*) from atl.agent_action_events where tenant_id = 'acme'"),
+		"one event for each decided call, none for the failed ones or the replay")
+	require.Equal(t, 0, count(t, pool, "select count(*) from atl.agent_action_events where tenant_id = 'beta'"))
+	require.Equal(t, 1, count(t, pool, "select count(*) from atl.approval_requests where tenant_id = 'acme'"))
+	v, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
+	require.NoError(t, err)
+	require.Contains(t, string(v), `"ok": true`)
+	var sealed int
+	require.NoError(t, pool.QueryRow(ctx, `select count(*) from atl.agent_action_events
+		where tenant_id = 'acme' and chain_v = 2 and seq is not null`).Scan(&sealed))
+	require.Equal(t, before+2, sealed, "the batch's rows are sealed (chain_v 2)")
+
+	// Not an array, or too many calls: refused as a whole.
+	for _, bad := range []string{`{}`, "[" + strings.Repeat(`{},`, 1000) + `{}]`} {
+		_, err := sqlAs(ctx, pool, "acme/bot", "select atl.gate_execute_batch($1::jsonb)", bad)
+		require.Error(t, err)
+		require.Equal(t, "validation_failed", hintOf(err))
+	}
+}
+
+// TestChainSealedRowsTamper: rows sealed by a batch are tamper-evident like
+// any other: flipping chain_v back to the old encoding, editing a jsonb
+// argument, or rewriting a row with its own hash recomputed each name the seq.
+func TestChainSealedRowsTamper(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, sql string
+		next      bool // the row itself verifies; its successor no longer links
+	}{
+		{"chain_v cleared", "update atl.agent_action_events set chain_v = null where seq = %d", false},
+		{"args edited", `update atl.agent_action_events set tool_args = '{"q": 2}' where seq = %d`, false},
+		{"rewritten with its hash", `update atl.agent_action_events e set tool_args = '{"q": 2}',
+			row_hash = atl._chain_row_hash('agent_action_events', to_jsonb(e) || '{"tool_args": {"q": 2}}', e.prev_hash)
+			where seq = %d`, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			pool, _ := newPool(t)
+			ctx := context.Background()
+			sqlTenant(t, pool, "acme")
+			_, err := sqlAs(ctx, pool, "acme/admin", "select to_jsonb(atl.policy_put('search', 'L0'))")
+			require.NoError(t, err)
+			calls := []map[string]any{}
+			for i := range 3 {
+				calls = append(calls, map[string]any{"agent_id": "bot", "tool": "search", "args": map[string]any{"q": i}})
+			}
+			for _, a := range gateBatchSQL(t, pool, "acme/bot", calls) {
+				require.EqualValues(t, 200, a["http_status"], "%v", a)
+			}
+			var seq int64
+			require.NoError(t, pool.QueryRow(ctx, `select seq from atl.agent_action_events
+				where tenant_id = 'acme' order by seq offset 1 limit 1`).Scan(&seq))
+			_, err = pool.Exec(ctx, "set session_replication_role = replica; "+fmt.Sprintf(c.sql, seq))
+			require.NoError(t, err)
+			want := seq
+			if c.next {
+				want++
+			}
+			out, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
+			require.NoError(t, err)
+			var v struct {
+				OK    bool  `json:"ok"`
+				First int64 `json:"first_broken_seq"`
+			}
+			require.NoError(t, json.Unmarshal(out, &v))
+			require.False(t, v.OK, "%s", out)
+			require.Equal(t, want, v.First, "%s", out)
+		})
+	}
+}
