@@ -174,3 +174,39 @@ func TestChainSealedRowsTamper(t *testing.T) {
 		})
 	}
 }
+
+// TestTrailIndexesJustified: every index on the trail serves something the
+// service runs: the primary key, the chain's (tenant_id, seq) (uniqueness and
+// audit_verify's order), or a list filter whose plan TestListPlans checks.
+// An index added without a reason fails here; one dropped fails here too.
+func TestTrailIndexesJustified(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	why := map[string]string{
+		"audit_logs_pkey":                                "primary key (tenant_id, id)",
+		"audit_logs_tenant_seq_idx":                      "the chain: one row a seq, audit_verify walks it in order",
+		"audit_logs_tenant_created_idx":                  "GET /api/v1/audit/logs, no filter, since/until, cursor",
+		"audit_logs_tenant_agent_created_idx":            "GET /api/v1/audit/logs?agent_id=",
+		"audit_logs_tenant_trace_created_idx":            "GET /api/v1/audit/logs?trace_id=",
+		"audit_logs_tenant_status_created_idx":           "GET /api/v1/audit/logs?status= (rare statuses)",
+		"audit_logs_tenant_mode_created_idx":             "GET /api/v1/audit/logs?mode=live",
+		"agent_action_events_pkey":                       "primary key (tenant_id, id); gate_record_outcome finds the event",
+		"agent_action_events_tenant_seq_idx":             "the chain: one row a seq, audit_verify walks it in order",
+		"agent_action_events_tenant_created_idx":         "GET /api/v1/events, no filter, since/until, cursor",
+		"agent_action_events_tenant_agent_created_idx":   "GET /api/v1/events?agent=",
+		"agent_action_events_tenant_trace_created_idx":   "GET /api/v1/events?trace_id=",
+		"agent_action_events_tenant_status_created_idx":  "GET /api/v1/events?status= (rare statuses)",
+		"agent_action_events_tenant_tool_created_idx":    "GET /api/v1/events?tool_name=",
+		"agent_action_events_tenant_request_created_idx": "GET /api/v1/events?approval_request_id=, and the request foreign key",
+	}
+	rows, err := pool.Query(context.Background(), `select indexname from pg_indexes
+		where schemaname = 'atl' and tablename in ('audit_logs', 'agent_action_events')`)
+	require.NoError(t, err)
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	want := make([]string, 0, len(why))
+	for name := range why {
+		want = append(want, name)
+	}
+	require.ElementsMatch(t, want, names, "each index on the trail and what it is for")
+}

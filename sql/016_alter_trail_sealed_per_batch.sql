@@ -679,6 +679,22 @@ alter table atl.agent_action_events validate constraint agent_action_events_trac
   validate constraint agent_action_events_domain_format, validate constraint agent_action_events_status_format,
   validate constraint agent_action_events_tool_name_format;
 
+-- ---------------------------------------------------------------- foreign keys
+
+-- The trail's rows name their tenant without a foreign key: every row is
+-- written by atl_gate's functions for the current tenant, which must have an
+-- active key (api_keys keeps its foreign key to tenants), and a tenant is
+-- never deleted (refused below, even for the owner, as the trail is). The
+-- key checked nothing the writer had not, and locked the tenant's row FOR KEY
+-- SHARE on every insert, which concurrent writers of one tenant turned into
+-- multixacts.
+alter table atl.audit_logs drop constraint audit_logs_tenant_fkey;
+alter table atl.agent_action_events drop constraint agent_action_events_tenant_fkey;
+create trigger _100_no_delete before delete on atl.tenants
+  for each row execute function atl._refuse_change();
+create trigger _100_no_truncate before truncate on atl.tenants
+  for each statement execute function atl._refuse_change();
+
 -- ---------------------------------------------------------------- privileges
 
 revoke all on function atl._chain_leaf(atl.audit_logs), atl._chain_leaf(atl.agent_action_events),
@@ -777,6 +793,12 @@ alter table atl.agent_action_events drop constraint agent_action_events_trace_id
   add constraint agent_action_events_status_format check (status ~ '^[a-z][a-z_]{0,31}$'),
   drop constraint agent_action_events_tool_name_format,
   add constraint agent_action_events_tool_name_format check (tool_name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$');
+
+drop trigger _100_no_truncate on atl.tenants;
+drop trigger _100_no_delete on atl.tenants;
+alter table atl.agent_action_events add constraint agent_action_events_tenant_fkey
+  foreign key (tenant_id) references atl.tenants (id);
+alter table atl.audit_logs add constraint audit_logs_tenant_fkey foreign key (tenant_id) references atl.tenants (id);
 
 alter table atl.change_log drop column chain_v;
 alter table atl.agent_action_events drop column chain_v;
