@@ -402,6 +402,24 @@ func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []c
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
 	var out []core.Event
+	if s.group != nil && audit != nil {
+		call := &eventCall{events: events, audit: audit, keyHash: p.KeyHash, out: &out}
+		err := s.submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: n + 1, Set: eventBatch,
+			Item: call, Alone: func(ctx context.Context) error {
+				return s.tx(ctx, p, nil, func(tx pgx.Tx) error {
+					rows, err := tx.Query(ctx, insertEventsSQL, domain, workflow, agent, level, stage, tool, args, result,
+						status, request, sandbox, trace, mode, latency, errText)
+					if err != nil {
+						return err
+					}
+					if out, err = pgx.CollectRows(rows, scanEvent); err != nil {
+						return err
+					}
+					return insertAudit(ctx, tx, audit)
+				})
+			}})
+		return out, err
+	}
 	err := s.write(ctx, p, n, audit, func() []stmt {
 		out = nil
 		return []stmt{{sql: insertEventsSQL, args: []any{domain, workflow, agent, level, stage, tool, args, result,
@@ -412,6 +430,136 @@ func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []c
 		}}}
 	})
 	return out, err
+}
+
+// eventInsertBatchSQL writes the event reports of one tenant in one statement.
+const eventInsertBatchSQL = `select atl.event_insert_batch($1::jsonb)`
+
+// eventCall is one POST /api/v1/events in an event batch.
+type eventCall struct {
+	events  []core.Event
+	audit   *core.AuditLog
+	keyHash string
+	out     *[]core.Event
+}
+
+// eventJSON is one event of atl.event_insert_batch: empty strings of the
+// fields with defaults are left out, as NULL is in atl.event_insert.
+type eventJSON struct {
+	Domain            string          `json:"domain,omitempty"`
+	WorkflowName      *string         `json:"workflow_name"`
+	Agent             string          `json:"agent"`
+	TrustLevel        string          `json:"trust_level,omitempty"`
+	Stage             string          `json:"stage,omitempty"`
+	ToolName          string          `json:"tool_name"`
+	ToolArgs          json.RawMessage `json:"tool_args,omitempty"`
+	ToolResult        json.RawMessage `json:"tool_result,omitempty"`
+	Status            string          `json:"status"`
+	ApprovalRequestID *string         `json:"approval_request_id"`
+	SandboxID         *string         `json:"sandbox_id"`
+	TraceID           string          `json:"trace_id"`
+	Mode              string          `json:"mode,omitempty"`
+	LatencyMS         *int            `json:"latency_ms"`
+	Error             *string         `json:"error"`
+}
+
+type eventRequestJSON struct {
+	KeyHash string      `json:"key_hash"`
+	Events  []eventJSON `json:"events"`
+	Audit   struct {
+		TraceID    string  `json:"trace_id"`
+		AgentID    *string `json:"agent_id"`
+		Route      string  `json:"route"`
+		Mode       string  `json:"mode"`
+		Status     string  `json:"status"`
+		HTTPStatus int     `json:"http_status"`
+		LatencyMS  int     `json:"latency_ms"`
+		UserID     *string `json:"user_id"`
+		Error      *string `json:"error"`
+	} `json:"audit"`
+}
+
+// eventSet sends the event reports of one tenant in a batch as one call of
+// atl.event_insert_batch; each answer or error goes to its own request.
+type eventSet struct{}
+
+var eventBatch groupcommit.Set = eventSet{}
+
+func (eventSet) Queue(b *pgx.Batch, jobs []*groupcommit.Job) {
+	reqs := make([]eventRequestJSON, len(jobs))
+	for i, j := range jobs {
+		c := j.Item.(*eventCall)
+		r := &reqs[i]
+		r.KeyHash = c.keyHash
+		r.Events = make([]eventJSON, len(c.events))
+		for k, e := range c.events {
+			args, result := e.ToolArgs, e.ToolResult
+			if rawText(args) == nil {
+				args = nil
+			}
+			if rawText(result) == nil {
+				result = nil
+			}
+			r.Events[k] = eventJSON{Domain: e.Domain, WorkflowName: e.WorkflowName, Agent: e.Agent, TrustLevel: e.TrustLevel,
+				Stage: e.Stage, ToolName: e.ToolName, ToolArgs: args, ToolResult: result, Status: e.Status,
+				ApprovalRequestID: e.ApprovalRequestID, SandboxID: e.SandboxID, TraceID: e.TraceID, Mode: e.Mode,
+				LatencyMS: e.LatencyMS, Error: e.Error}
+		}
+		a := c.audit
+		a.LatencyMS = int(time.Since(a.Started).Milliseconds())
+		r.Audit.TraceID, r.Audit.AgentID, r.Audit.Route, r.Audit.Mode, r.Audit.Status = a.TraceID, a.AgentID, a.Route, a.Mode, a.Status
+		r.Audit.HTTPStatus, r.Audit.LatencyMS, r.Audit.UserID, r.Audit.Error = a.HTTPStatus, a.LatencyMS, a.ClaimedUserID, a.Error
+	}
+	doc, err := json.Marshal(reqs)
+	b.Queue(eventInsertBatchSQL, string(doc)).QueryRow(func(row pgx.Row) error {
+		if err != nil {
+			return err
+		}
+		var answers []json.RawMessage
+		if err := row.Scan(&answers); err != nil {
+			return err
+		}
+		if len(answers) != len(jobs) {
+			return fmt.Errorf("atl.event_insert_batch answered %d requests of %d", len(answers), len(jobs))
+		}
+		for i, raw := range answers {
+			var ans struct {
+				Error  *batchError  `json:"error"`
+				Events []core.Event `json:"events"`
+				Audit  struct {
+					ID        string    `json:"id"`
+					CreatedAt time.Time `json:"created_at"`
+				} `json:"audit"`
+			}
+			if err := json.Unmarshal(raw, &ans); err != nil {
+				return err
+			}
+			if ans.Error != nil {
+				jobs[i].Fail(ans.Error.pgError())
+				continue
+			}
+			c := jobs[i].Item.(*eventCall)
+			for k := range ans.Events {
+				ans.Events[k].CreatedAt = ans.Events[k].CreatedAt.Local() // as pgx scans a timestamptz
+			}
+			*c.out = ans.Events
+			c.audit.ID, c.audit.CreatedAt = ans.Audit.ID, ans.Audit.CreatedAt.Local()
+		}
+		return nil
+	})
+}
+
+// batchError is one request's error in a set-based call's answer.
+type batchError struct {
+	SQLState string `json:"sqlstate"`
+	Message  string `json:"message"`
+	Hint     string `json:"hint"`
+	Detail   string `json:"detail"`
+}
+
+// pgError is the error as the request would have met it in a call of its own.
+func (e *batchError) pgError() *pgconn.PgError {
+	return &pgconn.PgError{Severity: "ERROR", Code: e.SQLState, Message: e.Message, Hint: e.Hint, Detail: e.Detail}
 }
 
 const queryEventsSQL = `select ` + eventColumns + ` from atl.event_query($1::text, $2::text, $3::text, $4::text,
@@ -606,20 +754,15 @@ func (gateSet) Queue(b *pgx.Batch, jobs []*groupcommit.Job) {
 		}
 		for i, a := range answers {
 			var failed struct {
-				Error *struct {
-					SQLState string `json:"sqlstate"`
-					Message  string `json:"message"`
-					Hint     string `json:"hint"`
-					Detail   string `json:"detail"`
-				} `json:"error"`
+				Error *batchError `json:"error"`
 			}
 			if err := json.Unmarshal(a, &failed); err != nil {
 				return err
 			}
 			c := jobs[i].Item.(*gateCall)
 			*c.res = core.GateResult{}
-			if e := failed.Error; e != nil {
-				jobs[i].Fail(&pgconn.PgError{Severity: "ERROR", Code: e.SQLState, Message: e.Message, Hint: e.Hint, Detail: e.Detail})
+			if failed.Error != nil {
+				jobs[i].Fail(failed.Error.pgError())
 				continue
 			}
 			if err := json.Unmarshal(a, c.res); err != nil {

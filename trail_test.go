@@ -210,3 +210,50 @@ func TestTrailIndexesJustified(t *testing.T) {
 	}
 	require.ElementsMatch(t, want, names, "each index on the trail and what it is for")
 }
+
+// TestEventInsertBatch: many event reports in one call, as the runtime role:
+// each request is checked alone (another agent, a missing audit object), the
+// good ones are answered with their rows and audit row, and all is chained.
+func TestEventInsertBatch(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	sqlTenant(t, pool, "acme")
+	audit := map[string]any{"trace_id": "t", "route": "POST /api/v1/events", "mode": "dry_run", "status": "ok", "http_status": 201}
+	ev := func(agent string) map[string]any {
+		return map[string]any{"agent": agent, "tool_name": "search", "status": "ok", "trace_id": "t", "tool_args": map[string]any{"q": 1.50}}
+	}
+	doc, err := json.Marshal([]any{
+		map[string]any{"events": []any{ev("bot"), ev("bot")}, "audit": audit},
+		map[string]any{"events": []any{ev("bot"), ev("mallory")}, "audit": audit},
+		map[string]any{"events": []any{ev("bot")}},
+		map[string]any{"events": []any{ev("bot")}, "audit": audit},
+	})
+	require.NoError(t, err)
+	out, err := sqlAs(ctx, pool, "acme/bot", "select atl.event_insert_batch($1::jsonb)", string(doc))
+	require.NoError(t, err)
+	var got []struct {
+		Error *struct {
+			Hint string `json:"hint"`
+		} `json:"error"`
+		Events []map[string]any `json:"events"`
+		Audit  *struct {
+			ID string `json:"id"`
+		} `json:"audit"`
+	}
+	require.NoError(t, json.Unmarshal(out, &got))
+	require.Len(t, got, 4)
+	require.Nil(t, got[0].Error)
+	require.Len(t, got[0].Events, 2)
+	require.Equal(t, "agent", got[0].Events[0]["source"])
+	require.Equal(t, map[string]any{"q": 1.50}, got[0].Events[0]["tool_args"])
+	require.NotEmpty(t, got[0].Audit.ID)
+	require.Equal(t, "agent_mismatch", got[1].Error.Hint, "the whole request fails, not just its bad event")
+	require.Equal(t, "validation_failed", got[2].Error.Hint)
+	require.Len(t, got[3].Events, 1)
+	require.Equal(t, 3, count(t, pool, "select count(*) from atl.agent_action_events where tenant_id = 'acme'"))
+	require.Equal(t, 2, count(t, pool, "select count(*) from atl.audit_logs where tenant_id = 'acme' and route = 'POST /api/v1/events'"))
+	v, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
+	require.NoError(t, err)
+	require.Contains(t, string(v), `"ok": true`)
+}

@@ -19,6 +19,8 @@
 -- * atl.gate_execute_batch decides many calls in one call, each in its own
 --   subtransaction (a bad call fails only itself), and seals all their rows
 --   once. atl.gate_execute is the same code for one call.
+-- * atl.event_insert_batch does the same for event reports and their audit
+--   rows; atl.event_insert shares its checks (atl._event_rows).
 -- * CHECKs on the trail use a plain pattern and char_length instead of
 --   bounded repeats such as {1,128}, which PostgreSQL's regex engine expands.
 
@@ -268,28 +270,26 @@ end $$;
 comment on function atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text) is
   'Appends one audit row for the current tenant, attributed to the key in app.key_hash (actor_key_id, actor_subject; user_id for human keys); p_user_id is kept only as the untrusted claimed_user_id.';
 
-drop function atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]);
--- Appends a batch of events an agent reports: source agent, attributed to the
--- acting key; an agent key reports only as itself or its listed agents.
-create function atl.event_insert(
-  p_domain text[], p_workflow_name text[], p_agent text[], p_trust_level text[], p_stage text[],
+-- An agent's reported events from parallel arrays, checked (each agent is
+-- the key's subject or one of its agents; each domain one the tenant
+-- accepts) and built with their defaults, not yet sealed or written.
+create function atl._event_rows(
+  p_actor atl.api_keys, p_domain text[], p_workflow_name text[], p_agent text[], p_trust_level text[], p_stage text[],
   p_tool_name text[], p_tool_args jsonb[], p_tool_result jsonb[], p_status text[],
   p_approval_request_id uuid[], p_sandbox_id text[], p_trace_id text[], p_mode text[],
   p_latency_ms integer[], p_error text[])
-returns setof atl.agent_action_events
-language plpgsql volatile security definer
+returns atl.agent_action_events[]
+language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_tenant text := atl._require_tenant();
-  v_actor atl.api_keys := atl._require_actor(array['agent']);
   v_allowed text[];
   v_bad text;
   v_events atl.agent_action_events[];
-  v_audits atl.audit_logs[];
 begin
   select a into v_bad from unnest(p_agent) a
-  where a is distinct from v_actor.subject and not (a = any (coalesce(v_actor.agents, '{}'))) limit 1;
+  where a is distinct from p_actor.subject and not (a = any (coalesce(p_actor.agents, '{}'))) limit 1;
   if found then
     raise exception 'this key may not act as agent %', v_bad using errcode = 'AT403', hint = 'agent_mismatch';
   end if;
@@ -307,18 +307,134 @@ begin
   select array_agg(row(v_tenant, gen_random_uuid(), coalesce(u.domain, 'default'), u.workflow_name, u.agent,
            coalesce(u.trust_level, 'L0'), coalesce(u.stage, 'execute'), u.tool_name, u.tool_args, u.tool_result,
            u.status, u.approval_request_id, u.sandbox_id, u.trace_id, coalesce(u.mode, 'dry_run'), u.latency_ms,
-           left(u.error, 2000), clock_timestamp(), null, null, null, 'agent', v_actor.id, null)::atl.agent_action_events
+           left(u.error, 2000), clock_timestamp(), null, null, null, 'agent', p_actor.id, null)::atl.agent_action_events
          order by u.n)
   into v_events
   from unnest(p_domain, p_workflow_name, p_agent, p_trust_level, p_stage, p_tool_name, p_tool_args, p_tool_result,
               p_status, p_approval_request_id, p_sandbox_id, p_trace_id, p_mode, p_latency_ms, p_error)
        with ordinality as u(domain, workflow_name, agent, trust_level, stage, tool_name, tool_args, tool_result,
                             status, approval_request_id, sandbox_id, trace_id, mode, latency_ms, error, n);
+  return v_events;
+end $$;
+comment on function atl._event_rows(atl.api_keys, text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]) is
+  'Private: checks an agent key''s reported events (agent_mismatch, domain_not_allowed) and builds them (source agent, defaults applied), not yet sealed or written.';
+
+drop function atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]);
+-- Appends a batch of events an agent reports: source agent, attributed to the
+-- acting key; an agent key reports only as itself or its listed agents.
+create function atl.event_insert(
+  p_domain text[], p_workflow_name text[], p_agent text[], p_trust_level text[], p_stage text[],
+  p_tool_name text[], p_tool_args jsonb[], p_tool_result jsonb[], p_status text[],
+  p_approval_request_id uuid[], p_sandbox_id text[], p_trace_id text[], p_mode text[],
+  p_latency_ms integer[], p_error text[])
+returns setof atl.agent_action_events
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_events atl.agent_action_events[] := atl._event_rows(atl._require_actor(array['agent']), p_domain, p_workflow_name,
+    p_agent, p_trust_level, p_stage, p_tool_name, p_tool_args, p_tool_result, p_status, p_approval_request_id,
+    p_sandbox_id, p_trace_id, p_mode, p_latency_ms, p_error);
+begin
   select t.p_events into v_events from atl._trail_append(v_events, null) t;
   return query select * from unnest(v_events);
 end $$;
 comment on function atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]) is
   'Appends a batch of events an agent key reports (source agent, actor_key_id) from parallel arrays, sealed into the chain and written with one INSERT; each agent must be the key''s subject or one of its agents (AT403 agent_mismatch).';
+
+-- Many requests' events and audit rows of the current tenant in one call:
+-- each request checked and built in a subtransaction of its own (one that
+-- fails, fails alone), then every row sealed and written at once.
+create function atl.event_insert_batch(p_requests jsonb) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_key text := current_setting('app.key_hash', true);
+  r jsonb;
+  v_actor atl.api_keys;
+  v_mine atl.agent_action_events[];
+  v_audit atl.audit_logs;
+  v_events atl.agent_action_events[] := '{}';
+  v_audits atl.audit_logs[] := '{}';
+  v_counts integer[] := '{}';
+  v_out jsonb[] := '{}';
+  v_answers jsonb := '[]';
+  v_at integer := 0;
+  v_state text;
+  v_message text;
+  v_hint text;
+  v_detail text;
+  a_domain text[]; a_workflow text[]; a_agent text[]; a_level text[]; a_stage text[]; a_tool text[];
+  a_args jsonb[]; a_result jsonb[]; a_status text[]; a_request uuid[]; a_sandbox text[]; a_trace text[];
+  a_mode text[]; a_latency integer[]; a_error text[];
+begin
+  perform atl._require_tenant();
+  if jsonb_typeof(p_requests) is distinct from 'array' or jsonb_array_length(p_requests) > 1000 then
+    raise exception 'p_requests must be a JSON array of at most 1000 requests' using errcode = 'AT400', hint = 'validation_failed';
+  end if;
+  for r in select x.value from jsonb_array_elements(p_requests) with ordinality as x(value, n) order by x.n loop
+    begin
+      if jsonb_typeof(r -> 'events') is distinct from 'array' or jsonb_typeof(r -> 'audit') is distinct from 'object' then
+        raise exception 'each request needs an events array and an audit object' using errcode = 'AT400', hint = 'validation_failed';
+      end if;
+      perform set_config('app.key_hash', coalesce(r ->> 'key_hash', v_key, ''), true);
+      v_actor := atl._require_actor(array['agent']);
+      select array_agg(x.domain order by x.n), array_agg(x.workflow_name order by x.n), array_agg(x.agent order by x.n),
+             array_agg(x.trust_level order by x.n), array_agg(x.stage order by x.n), array_agg(x.tool_name order by x.n),
+             array_agg(x.tool_args order by x.n), array_agg(x.tool_result order by x.n), array_agg(x.status order by x.n),
+             array_agg(x.approval_request_id order by x.n), array_agg(x.sandbox_id order by x.n),
+             array_agg(x.trace_id order by x.n), array_agg(x.mode order by x.n), array_agg(x.latency_ms order by x.n),
+             array_agg(x.error order by x.n)
+      into a_domain, a_workflow, a_agent, a_level, a_stage, a_tool, a_args, a_result, a_status, a_request, a_sandbox,
+           a_trace, a_mode, a_latency, a_error
+      from rows from (jsonb_to_recordset(r -> 'events') as (domain text, workflow_name text, agent text,
+             trust_level text, stage text, tool_name text, tool_args jsonb, tool_result jsonb, status text,
+             approval_request_id uuid, sandbox_id text, trace_id text, mode text, latency_ms integer, error text))
+           with ordinality as x(domain, workflow_name, agent, trust_level, stage, tool_name, tool_args, tool_result,
+             status, approval_request_id, sandbox_id, trace_id, mode, latency_ms, error, n);
+      v_mine := coalesce(atl._event_rows(v_actor, a_domain, a_workflow, a_agent, a_level, a_stage, a_tool, a_args,
+        a_result, a_status, a_request, a_sandbox, a_trace, a_mode, a_latency, a_error), '{}');
+      v_audit := atl._audit_row(v_actor, r -> 'audit' ->> 'trace_id', r -> 'audit' ->> 'agent_id',
+        r -> 'audit' ->> 'route', r -> 'audit' ->> 'mode', r -> 'audit' ->> 'status',
+        (r -> 'audit' ->> 'http_status')::integer, (r -> 'audit' ->> 'latency_ms')::integer,
+        r -> 'audit' ->> 'user_id', r -> 'audit' ->> 'error');
+      v_events := v_events || v_mine;
+      v_audits := v_audits || v_audit;
+      v_counts := v_counts || cardinality(v_mine);
+      v_out := v_out || null::jsonb;
+    exception when others then
+      get stacked diagnostics v_state = returned_sqlstate, v_message = message_text, v_hint = pg_exception_hint,
+                              v_detail = pg_exception_detail;
+      v_counts := v_counts || null::integer;
+      v_out := v_out || jsonb_build_object('error', jsonb_strip_nulls(jsonb_build_object('sqlstate', v_state,
+        'message', v_message, 'hint', nullif(v_hint, ''), 'detail', nullif(v_detail, ''))));
+    end;
+  end loop;
+  perform set_config('app.key_hash', coalesce(v_key, ''), true);
+  select t.p_events, t.p_audits into v_events, v_audits from atl._trail_append(v_events, v_audits) t;
+  -- Each request's answer: its sealed events and its audit row's id and time.
+  declare
+    v_e integer := 0;
+    v_a integer := 0;
+  begin
+    for i in 1 .. coalesce(cardinality(v_out), 0) loop
+      if v_counts[i] is null then
+        v_answers := v_answers || jsonb_build_array(v_out[i]);
+      else
+        v_a := v_a + 1;
+        v_answers := v_answers || jsonb_build_array(jsonb_build_object(
+          'events', coalesce((select jsonb_agg(to_jsonb(v_events[j]) order by j)
+                              from generate_series(v_e + 1, v_e + v_counts[i]) j), '[]'),
+          'audit', jsonb_build_object('id', v_audits[v_a].id, 'created_at', v_audits[v_a].created_at)));
+        v_e := v_e + v_counts[i];
+      end if;
+    end loop;
+  end;
+  return v_answers;
+end $$;
+comment on function atl.event_insert_batch(jsonb) is
+  'Many event reports of the current tenant at once: p_requests is a JSON array (at most 1000) of {"key_hash" (the reporting agent key''s hex SHA-256; default app.key_hash), "events": [objects with atl.event_insert''s fields without p_], "audit": {trace_id, agent_id, route, mode, status, http_status, latency_ms, user_id, error}}. Each request is checked alone (an error fails only it: {"error": {...}}); all rows are sealed and written together. Returns per request {"events": [the rows written], "audit": {"id", "created_at"}}.';
 
 -- ---------------------------------------------------------------- the gate
 
@@ -705,7 +821,9 @@ revoke all on function atl._chain_leaf(atl.audit_logs), atl._chain_leaf(atl.agen
   atl._gate_rows(text, atl.api_keys, integer, jsonb, text, text, text, text, text, text, text, jsonb, uuid, text, text, text, text, text, text, integer, text, boolean),
   atl._gate_decide(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer),
   atl.gate_execute(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer),
-  atl.gate_execute_batch(jsonb)
+  atl.gate_execute_batch(jsonb),
+  atl._event_rows(atl.api_keys, text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]),
+  atl.event_insert_batch(jsonb)
   from public;
 grant execute on function atl._chain_leaf(atl.audit_logs), atl._chain_leaf(atl.agent_action_events),
   atl._chain_leaf(atl.change_log)
@@ -714,18 +832,20 @@ grant execute on function atl._trail_append(atl.agent_action_events[], atl.audit
   atl._audit_row(atl.api_keys, text, text, text, text, text, integer, integer, text, text),
   atl._gate_rows(text, atl.api_keys, integer, jsonb, text, text, text, text, text, text, text, jsonb, uuid, text, text, text, text, text, text, integer, text, boolean),
   atl._gate_decide(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer),
-  atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text)
+  atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text),
+  atl._event_rows(atl.api_keys, text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[])
   to atl_gate;
 grant execute on function atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text),
   atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]),
   atl.gate_execute(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer),
-  atl.gate_execute_batch(jsonb)
+  atl.gate_execute_batch(jsonb), atl.event_insert_batch(jsonb)
   to {{ .app_role }};
 grant create on schema atl to atl_gate;
 alter function atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text) owner to atl_gate;
 alter function atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]) owner to atl_gate;
 alter function atl.gate_execute(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer) owner to atl_gate;
 alter function atl.gate_execute_batch(jsonb) owner to atl_gate;
+alter function atl.event_insert_batch(jsonb) owner to atl_gate;
 revoke create on schema atl from atl_gate;
 
 ---- create above / drop below ----
@@ -734,11 +854,13 @@ revoke create on schema atl from atl_gate;
 -- Rows chained since keep chain_v 2 and would no longer verify; run the down
 -- migration only on a database whose trail can be thrown away.
 
+drop function atl.event_insert_batch(jsonb);
 drop function atl.gate_execute_batch(jsonb);
 drop function atl.gate_execute(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer);
 drop function atl._gate_decide(text, text, jsonb, text, text, text, text, text, uuid, text, text, text, boolean, text, integer);
 drop function atl._gate_rows(text, atl.api_keys, integer, jsonb, text, text, text, text, text, text, text, jsonb, uuid, text, text, text, text, text, text, integer, text, boolean);
 drop function atl.event_insert(text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]);
+drop function atl._event_rows(atl.api_keys, text[], text[], text[], text[], text[], text[], jsonb[], jsonb[], text[], uuid[], text[], text[], text[], integer[], text[]);
 drop function atl.audit_log_insert(text, text, text, text, text, integer, integer, text, text);
 drop function atl._audit_row(atl.api_keys, text, text, text, text, text, integer, integer, text, text);
 drop function atl._trail_append(atl.agent_action_events[], atl.audit_logs[]);
