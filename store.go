@@ -402,7 +402,7 @@ func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []c
 		latency[i], errText[i] = e.LatencyMS, e.Error
 	}
 	var out []core.Event
-	if s.group != nil && audit != nil {
+	if s.group != nil && audit != nil && n <= eventSetMax {
 		call := &eventCall{events: events, audit: audit, keyHash: p.KeyHash, out: &out}
 		err := s.submit(ctx, &groupcommit.Job{Tenant: p.TenantID, KeyHash: p.KeyHash, Rows: n + 1, Set: eventBatch,
 			Item: call, Alone: func(ctx context.Context) error {
@@ -431,6 +431,12 @@ func (s *PGStore) InsertEvents(ctx context.Context, p core.Principal, events []c
 	})
 	return out, err
 }
+
+// eventSetMax is the most events a request may have to join a set-based
+// call: a large report is one statement already, and its parallel arrays
+// cost less than the JSON document (measured: 1,000-event reports went from
+// 21,000 to 12,000 rows/s through the document).
+const eventSetMax = 16
 
 // eventInsertBatchSQL writes the event reports of one tenant in one statement.
 const eventInsertBatchSQL = `select atl.event_insert_batch($1::jsonb)`
