@@ -257,3 +257,17 @@ func TestEventInsertBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(v), `"ok": true`)
 }
+
+// TestTenantsAreNeverDeleted: the trail names its tenant without a foreign
+// key, so no one, not even the owner, deletes or truncates a tenant.
+func TestTenantsAreNeverDeleted(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	sqlTenant(t, pool, "acme")
+	for _, stmt := range []string{"delete from atl.tenants where id = 'acme'", "truncate atl.tenants cascade"} {
+		_, err := pool.Exec(context.Background(), stmt)
+		require.Error(t, err, stmt)
+		require.Equal(t, "append_only", hintOf(err), stmt)
+	}
+	require.Equal(t, 1, count(t, pool, "select count(*) from atl.tenants where id = 'acme'"))
+}
