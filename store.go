@@ -107,16 +107,19 @@ func (s *PGStore) inTenant(ctx context.Context, p core.Principal, audit *core.Au
 	return s.tx(ctx, p, audit, fn)
 }
 
-// tx is inTenant without the tenant's slot: the caller holds it.
+// tx is inTenant without the tenant's slot: the caller holds it. BEGIN and
+// the settings go in one round trip (one simple-protocol message of two
+// statements), so a transaction costs the caller's statements and COMMIT.
 func (s *PGStore) tx(ctx context.Context, p core.Principal, audit *core.AuditLog, fn func(tx pgx.Tx) error) error {
-	tx, err := s.pool.Begin(ctx)
+	begin, err := beginTenantSQL(runtimeRole, p.TenantID, p.KeyHash)
+	if err != nil {
+		return err
+	}
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: begin})
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	if _, err := tx.Exec(ctx, setTenantSQL, runtimeRole, p.TenantID, p.KeyHash); err != nil {
-		return err
-	}
 	if err := fn(tx); err != nil {
 		return err
 	}
@@ -126,6 +129,24 @@ func (s *PGStore) tx(ctx context.Context, p core.Principal, audit *core.AuditLog
 		}
 	}
 	return tx.Commit(ctx)
+}
+
+// beginTenantSQL is setTenantSQL with its values as literals, after BEGIN:
+// pgx sends a transaction's begin query alone, without parameters.
+func beginTenantSQL(role, tenant, keyHash string) (string, error) {
+	for _, v := range []string{role, tenant, keyHash} {
+		if strings.ContainsRune(v, 0) {
+			return "", errors.New("a transaction setting holds a NUL")
+		}
+	}
+	return "begin; select set_config('role', " + sqlLiteral(role) + ", true), set_config('app.tenant_id', " +
+		sqlLiteral(tenant) + ", true), set_config('app.key_hash', " + sqlLiteral(keyHash) + ", true)", nil
+}
+
+// sqlLiteral quotes s (without NUL) as an escape string literal (E'…'),
+// whose meaning does not depend on standard_conforming_strings.
+func sqlLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }
 
 const createTenantSQL = `select id, name, default_trust_level, created_at, api_key_id::text, api_key
@@ -626,11 +647,25 @@ func connectPool(ctx context.Context, url string, statementTimeout time.Duration
 
 // jsonCall runs one SQL function returning jsonb in a tenant transaction.
 func (s *PGStore) jsonCall(ctx context.Context, p core.Principal, audit *core.AuditLog, sql string, args ...any) (json.RawMessage, error) {
+	release, err := s.slots.Acquire(ctx, p.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	// One round trip: the settings, the call and the audit row pipelined
+	// with one Sync, which PostgreSQL runs as one implicit transaction (an
+	// error anywhere rolls back all of it).
 	var out json.RawMessage
-	err := s.inTenant(ctx, p, audit, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, sql, args...).Scan(&out)
-	})
-	return out, err
+	b := &pgx.Batch{}
+	b.Queue(setTenantSQL, runtimeRole, p.TenantID, p.KeyHash)
+	b.Queue(sql, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&out) })
+	if audit != nil {
+		auditStmt(audit).queue(b)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 const putPolicySQL = `select atl.policy_put($1::text, $2::text, $3::boolean, $4::integer, $5::integer, $6::text)`

@@ -271,3 +271,25 @@ func TestTenantsAreNeverDeleted(t *testing.T) {
 	}
 	require.Equal(t, 1, count(t, pool, "select count(*) from atl.tenants where id = 'acme'"))
 }
+
+// TestBeginTenantSQLQuotes: the settings of a transaction's begin query are
+// literals; whatever a value holds, PostgreSQL reads back exactly that value
+// and runs nothing else.
+func TestBeginTenantSQLQuotes(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	for _, v := range []string{"acme", "it's", `back\slash`, `\'; select pg_sleep(10); --`, "E'x'", "tab\tnew\nline", "ünïcødé"} {
+		begin, err := beginTenantSQL("atl_app", v, v)
+		require.NoError(t, err)
+		tx, err := pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: begin})
+		require.NoError(t, err, v)
+		var role, tenant, hash string
+		require.NoError(t, tx.QueryRow(ctx, `select current_user::text, current_setting('app.tenant_id'),
+			current_setting('app.key_hash')`).Scan(&role, &tenant, &hash))
+		require.Equal(t, [3]string{"atl_app", v, v}, [3]string{role, tenant, hash})
+		require.NoError(t, tx.Rollback(ctx))
+	}
+	_, err := beginTenantSQL("atl_app", "a\x00b", "")
+	require.Error(t, err, "a NUL is refused, not cut")
+}
