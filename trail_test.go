@@ -293,3 +293,24 @@ func TestBeginTenantSQLQuotes(t *testing.T) {
 	_, err := beginTenantSQL("atl_app", "a\x00b", "")
 	require.Error(t, err, "a NUL is refused, not cut")
 }
+
+// TestChainJSONNull: JSON null and SQL NULL read back alike through JSON, so
+// an event's args and result are stored as SQL NULL: a report with a JSON
+// null verifies, and a superuser cannot swap one for the other unseen.
+func TestChainJSONNull(t *testing.T) {
+	t.Parallel()
+	pool, _ := newPool(t)
+	ctx := context.Background()
+	sqlTenant(t, pool, "acme")
+	out, err := sqlAs(ctx, pool, "acme/bot", `select to_jsonb(e.tool_result is null) from atl.event_insert(array['default'],
+		array[null], array['bot'], array[null], array[null], array['x'], array['null'::jsonb], array['null'::jsonb], array['ok'],
+		array[null::uuid], array[null], array['t'], array[null], array[0], array[null]) e`)
+	require.NoError(t, err)
+	require.JSONEq(t, "true", string(out), "JSON null is stored as SQL NULL")
+	v, err := sqlAs(ctx, pool, "acme", "select to_jsonb(v) from atl.audit_verify() v")
+	require.NoError(t, err)
+	require.Contains(t, string(v), `"ok": true`)
+	_, err = pool.Exec(ctx, "set session_replication_role = replica; update atl.agent_action_events set tool_result = 'null' where tenant_id = 'acme'")
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "agent_action_events_json_not_null")
+}

@@ -189,6 +189,10 @@ begin
     v_seq := v_seq + 1;
     e.tenant_id := v_tenant;
     e.seq := v_seq;
+    -- JSON null is kept as SQL NULL: the two have different record texts,
+    -- but audit_verify reads rows back through JSON, where they are one.
+    e.tool_args := nullif(e.tool_args, 'null'::jsonb);
+    e.tool_result := nullif(e.tool_result, 'null'::jsonb);
     e.prev_hash := v_hash;
     e.chain_v := 2;
     v_hash := sha256(v_hash || atl._chain_leaf(e));
@@ -343,8 +347,9 @@ comment on function atl.event_insert(text[], text[], text[], text[], text[], tex
   'Appends a batch of events an agent key reports (source agent, actor_key_id) from parallel arrays, sealed into the chain and written with one INSERT; each agent must be the key''s subject or one of its agents (AT403 agent_mismatch).';
 
 -- Many requests' events and audit rows of the current tenant in one call:
--- each request checked and built in a subtransaction of its own (one that
--- fails, fails alone), then every row sealed and written at once.
+-- each request checked and built in a subtransaction of its own (one the
+-- checks refuse fails alone), then every row sealed and written at once (a
+-- row that breaks a table constraint then fails the whole call).
 create function atl.event_insert_batch(p_requests jsonb) returns jsonb
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -434,7 +439,7 @@ begin
   return v_answers;
 end $$;
 comment on function atl.event_insert_batch(jsonb) is
-  'Many event reports of the current tenant at once: p_requests is a JSON array (at most 1000) of {"key_hash" (the reporting agent key''s hex SHA-256; default app.key_hash), "events": [objects with atl.event_insert''s fields without p_], "audit": {trace_id, agent_id, route, mode, status, http_status, latency_ms, user_id, error}}. Each request is checked alone (an error fails only it: {"error": {...}}); all rows are sealed and written together. Returns per request {"events": [the rows written], "audit": {"id", "created_at"}}.';
+  'Many event reports of the current tenant at once: p_requests is a JSON array (at most 1000) of {"key_hash" (the reporting agent key''s hex SHA-256; default app.key_hash), "events": [objects with atl.event_insert''s fields without p_], "audit": {trace_id, agent_id, route, mode, status, http_status, latency_ms, user_id, error}}. Each request is checked alone (a refusal fails only it: {"error": {...}}); all rows are sealed and written together, so a row that breaks a table constraint fails the whole call. Returns per request {"events": [the rows written], "audit": {"id", "created_at"}}.';
 
 -- ---------------------------------------------------------------- the gate
 
@@ -723,9 +728,12 @@ comment on function atl.gate_execute(text, text, jsonb, text, text, text, text, 
   'The gate, as the acting agent key (as itself or one of its agents, else AT403 agent_mismatch): decides one tool call (L0-L2 pass, L3/L4 held, or run once on an approval bound to this agent, tool, args, domain and mode while the policy asks no more: approval_stale), records its event (source gate) and audit row, honours idempotency keys. Returns {"http_status", "body"[, "live"]}; live.args is the canonical text to forward.';
 
 -- Many gate calls of the current tenant in one call: each decided as
--- atl.gate_execute decides it, in a subtransaction of its own, so a call that
--- fails (agent_mismatch, validation, a missing approval) fails alone; then
--- every event and audit row of the batch is sealed and written at once.
+-- atl.gate_execute decides it, in a subtransaction of its own, so a call the
+-- gate refuses (agent_mismatch, validation, a missing approval) fails alone;
+-- then every event and audit row of the batch is sealed and written at once.
+-- A row that breaks a table's constraint only then (a trace_id of the wrong
+-- form, an over-long workflow: the service checks these before) fails the
+-- whole call, as it would fail atl.gate_execute.
 create function atl.gate_execute_batch(p_calls jsonb) returns jsonb
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -776,9 +784,16 @@ begin
   return to_jsonb(v_out);
 end $$;
 comment on function atl.gate_execute_batch(jsonb) is
-  'Many gate calls of the current tenant at once: p_calls is a JSON array (at most 1000) of objects with atl.gate_execute''s parameters without p_ (agent_id, tool, args, workflow, stage, trace_id, mode, idempotency_key, approval_request_id, trust_level, domain, user_id, live_enabled, route, latency_ms) and optionally key_hash (the acting key''s hex SHA-256; default app.key_hash). Each call is decided alone (an error fails only that call and is returned as {"error": {"sqlstate", "message", "hint", "detail"}}); all rows are sealed and written together. Returns the answers in order.';
+  'Many gate calls of the current tenant at once: p_calls is a JSON array (at most 1000) of objects with atl.gate_execute''s parameters without p_ (agent_id, tool, args, workflow, stage, trace_id, mode, idempotency_key, approval_request_id, trust_level, domain, user_id, live_enabled, route, latency_ms) and optionally key_hash (the acting key''s hex SHA-256; default app.key_hash). Each call is decided alone (a refusal fails only that call and is returned as {"error": {"sqlstate", "message", "hint", "detail"}}); all rows are sealed and written together, so a row that breaks a table constraint fails the whole call. Returns the answers in order.';
 
 -- ---------------------------------------------------------------- cheaper CHECKs
+
+-- An event's args and result are SQL NULL, never JSON null (see
+-- atl._trail_append): a superuser cannot turn one into the other unseen.
+-- NOT VALID: rows written before may hold JSON null and verify as they did.
+alter table atl.agent_action_events
+  add constraint agent_action_events_json_not_null check (
+    (tool_args is null or jsonb_typeof(tool_args) <> 'null') and (tool_result is null or jsonb_typeof(tool_result) <> 'null')) not valid;
 
 alter table atl.audit_logs drop constraint audit_logs_trace_id_format,
   add constraint audit_logs_trace_id_format check (trace_id ~ '^[A-Za-z0-9._:-]+$' and char_length(trace_id) <= 128) not valid;
@@ -798,10 +813,11 @@ alter table atl.agent_action_events validate constraint agent_action_events_trac
 -- ---------------------------------------------------------------- foreign keys
 
 -- The trail's rows name their tenant without a foreign key: every row is
--- written by atl_gate's functions for the current tenant, which must have an
--- active key (api_keys keeps its foreign key to tenants), and a tenant is
--- never deleted (refused below, even for the owner, as the trail is). The
--- key checked nothing the writer had not, and locked the tenant's row FOR KEY
+-- written by atl_gate's functions for the current tenant and sealed into
+-- that tenant's chain, whose head keeps its foreign key to tenants (so no
+-- row is written for a tenant that does not exist), and a tenant is never
+-- deleted (refused below, even for the owner, as the trail is). The key
+-- checked nothing the head's does not, and locked the tenant's row FOR KEY
 -- SHARE on every insert, which concurrent writers of one tenant turned into
 -- multixacts.
 alter table atl.audit_logs drop constraint audit_logs_tenant_fkey;
@@ -916,6 +932,7 @@ alter table atl.agent_action_events drop constraint agent_action_events_trace_id
   drop constraint agent_action_events_tool_name_format,
   add constraint agent_action_events_tool_name_format check (tool_name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$');
 
+alter table atl.agent_action_events drop constraint agent_action_events_json_not_null;
 drop trigger _100_no_truncate on atl.tenants;
 drop trigger _100_no_delete on atl.tenants;
 alter table atl.agent_action_events add constraint agent_action_events_tenant_fkey
