@@ -386,68 +386,171 @@ const maxNumberText = 64
 // and numbers whose text is over maxNumberText characters or whose exponent
 // is over 64. It returns nil for malformed JSON, which the decoder reports.
 func checkJSON(body []byte) *core.Error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
+	// One pass over the bytes with an explicit stack: the decoder's token
+	// stream allocated for every token, more than half of decoding a
+	// 1,000-event report. Strings are unescaped only for keys that hold a
+	// backslash, by encoding/json itself, so keys compare as Go reads them.
 	type frame struct {
 		object bool
-		keys   map[string]struct{} // lower case
+		keys   []string            // lower case, while few
+		set    map[string]struct{} // lower case, once many
 		under  string              // the key (or []) this value sits under in its parent
 		last   string              // the last key read in this object
-		expect bool                // an object's next string token is a key
 	}
-	var stack []*frame
+	var stack []frame
 	path := func(key string) string {
-		parts := []string{}
-		for i, f := range stack {
-			if i > 0 {
-				parts = append(parts, f.under)
-			}
+		parts := make([]string, 0, len(stack))
+		for i := 1; i < len(stack); i++ {
+			parts = append(parts, stack[i].under)
 		}
 		return strings.Join(append(parts, key), ".")
 	}
+	i, n := 0, len(body)
+	space := func() {
+		for i < n && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r') {
+			i++
+		}
+	}
+	// str returns the index after the string starting at i, or -1.
+	str := func(i int) int {
+		for j := i + 1; j < n; j++ {
+			switch c := body[j]; {
+			case c == '\\':
+				j++
+			case c == '"':
+				return j + 1
+			case c < 0x20:
+				return -1
+			}
+		}
+		return -1
+	}
+	// key reads an object's key and its colon; ok is false for malformed JSON.
+	key := func() (ok bool, e *core.Error) {
+		space()
+		if i >= n || body[i] != '"' {
+			return false, nil
+		}
+		end := str(i)
+		if end < 0 {
+			return false, nil
+		}
+		raw := body[i:end]
+		var k string
+		if bytes.IndexByte(raw, '\\') < 0 {
+			k = string(raw[1 : len(raw)-1])
+		} else if json.Unmarshal(raw, &k) != nil {
+			return false, nil
+		}
+		i = end
+		top := &stack[len(stack)-1]
+		folded := strings.ToLower(k)
+		seen := false
+		if top.set != nil {
+			_, seen = top.set[folded]
+		} else {
+			seen = slices.Contains(top.keys, folded)
+		}
+		if seen {
+			return false, core.NewError(http.StatusBadRequest, core.CodeDuplicateKey,
+				"the key %s appears twice in one object (letter case aside); send each key once", path(k))
+		}
+		if top.set != nil {
+			top.set[folded] = struct{}{}
+		} else if top.keys = append(top.keys, folded); len(top.keys) > 16 {
+			top.set = make(map[string]struct{}, 2*len(top.keys))
+			for _, f := range top.keys {
+				top.set[f] = struct{}{}
+			}
+			top.keys = nil
+		}
+		top.last = k
+		space()
+		if i >= n || body[i] != ':' {
+			return false, nil
+		}
+		i++
+		return true, nil
+	}
 	for {
-		tok, err := dec.Token()
-		if err != nil {
+		// A value.
+		space()
+		if i >= n {
 			return nil
 		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if d, ok := tok.(json.Delim); ok && (d == '{' || d == '[') {
+		switch c := body[i]; {
+		case c == '{' || c == '[':
 			under := "[]"
-			if top != nil && top.object {
-				under = top.last
+			if len(stack) > 0 && stack[len(stack)-1].object {
+				under = stack[len(stack)-1].last
 			}
-			stack = append(stack, &frame{object: d == '{', keys: map[string]struct{}{}, under: under, expect: d == '{'})
+			stack = append(stack, frame{object: c == '{', under: under})
+			i++
+			space()
+			if i < n && (c == '{' && body[i] == '}' || c == '[' && body[i] == ']') {
+				stack = stack[:len(stack)-1]
+				i++
+				break
+			}
+			if c == '{' {
+				if ok, e := key(); !ok {
+					return e
+				}
+			}
 			continue
-		}
-		if k, ok := tok.(string); ok && top != nil && top.object && top.expect {
-			folded := strings.ToLower(k)
-			if _, seen := top.keys[folded]; seen {
-				return core.NewError(http.StatusBadRequest, core.CodeDuplicateKey,
-					"the key %s appears twice in one object (letter case aside); send each key once", path(k))
+		case c == '"':
+			if i = str(i); i < 0 {
+				return nil
 			}
-			top.keys[folded] = struct{}{}
-			top.last, top.expect = k, false
-			continue
-		}
-		if n, ok := tok.(json.Number); ok && !smallNumber(string(n)) {
-			where := "[]"
-			if top != nil && top.object {
-				where = top.last
+		case c == '-' || c >= '0' && c <= '9':
+			j := i + 1
+			for j < n && (body[j] >= '0' && body[j] <= '9' || body[j] == '.' || body[j] == 'e' || body[j] == 'E' ||
+				body[j] == '+' || body[j] == '-') {
+				j++
 			}
-			return core.Validation("%s: a number of at most %d characters and an exponent of at most 64", path(where), maxNumberText)
-		}
-		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
-			stack = stack[:len(stack)-1]
-		}
-		if len(stack) == 0 {
+			if !smallNumber(string(body[i:j])) {
+				where := "[]"
+				if len(stack) > 0 && stack[len(stack)-1].object {
+					where = stack[len(stack)-1].last
+				}
+				return core.Validation("%s: a number of at most %d characters and an exponent of at most 64", path(where), maxNumberText)
+			}
+			i = j
+		case bytes.HasPrefix(body[i:], []byte("true")):
+			i += 4
+		case bytes.HasPrefix(body[i:], []byte("false")):
+			i += 5
+		case bytes.HasPrefix(body[i:], []byte("null")):
+			i += 4
+		default:
 			return nil
 		}
-		// A value ended: its object's next string is a key again.
-		if p := stack[len(stack)-1]; p.object {
-			p.expect = true
+		// After a value: a comma and the next one, or the end of containers.
+	next:
+		for {
+			if len(stack) == 0 {
+				return nil
+			}
+			space()
+			if i >= n {
+				return nil
+			}
+			top := &stack[len(stack)-1]
+			switch {
+			case body[i] == ',':
+				i++
+				if top.object {
+					if ok, e := key(); !ok {
+						return e
+					}
+				}
+				break next
+			case top.object && body[i] == '}' || !top.object && body[i] == ']':
+				stack = stack[:len(stack)-1]
+				i++
+			default:
+				return nil
+			}
 		}
 	}
 }
