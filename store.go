@@ -377,12 +377,9 @@ from atl.audit_log_query($1::text, $2::text, $3::text, $4::text, $5::timestamptz
 func (s *PGStore) QueryAudit(ctx context.Context, p core.Principal, f core.AuditFilter) ([]core.AuditLog, error) {
 	var out []core.AuditLog
 	bTime, bID := cursorArgs(f.Before)
-	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryAuditSQL, core.Nullable(f.AgentID), core.Nullable(f.TraceID), core.Nullable(f.Status),
-			core.Nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit)
-		if err != nil {
-			return err
-		}
+	err := s.query(ctx, p, queryAuditSQL, []any{core.Nullable(f.AgentID), core.Nullable(f.TraceID), core.Nullable(f.Status),
+		core.Nullable(f.Mode), f.Since, f.Until, bTime, bID, f.Limit}, func(rows pgx.Rows) error {
+		var err error
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (core.AuditLog, error) {
 			var a core.AuditLog
 			err := row.Scan(&a.TenantID, &a.ID, &a.TraceID, &a.AgentID, &a.Route, &a.Mode, &a.Status,
@@ -595,15 +592,13 @@ const queryEventsSQL = `select ` + eventColumns + ` from atl.event_query($1::tex
 func (s *PGStore) QueryEvents(ctx context.Context, p core.Principal, f core.EventFilter) ([]core.Event, error) {
 	var out []core.Event
 	bTime, bID := cursorArgs(f.Before)
-	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, queryEventsSQL, core.Nullable(f.Agent), core.Nullable(f.TraceID), core.Nullable(f.Status),
-			core.Nullable(f.ToolName), core.Nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit)
-		if err != nil {
+	err := s.query(ctx, p, queryEventsSQL, []any{core.Nullable(f.Agent), core.Nullable(f.TraceID), core.Nullable(f.Status),
+		core.Nullable(f.ToolName), core.Nullable(f.ApprovalRequestID), f.Since, f.Until, bTime, bID, f.Limit},
+		func(rows pgx.Rows) error {
+			var err error
+			out, err = pgx.CollectRows(rows, scanEvent)
 			return err
-		}
-		out, err = pgx.CollectRows(rows, scanEvent)
-		return err
-	})
+		})
 	return out, err
 }
 
@@ -666,6 +661,20 @@ func (s *PGStore) jsonCall(ctx context.Context, p core.Principal, audit *core.Au
 		return nil, err
 	}
 	return out, nil
+}
+
+// query runs one read of the tenant's in one round trip, as jsonCall does;
+// read gets its rows.
+func (s *PGStore) query(ctx context.Context, p core.Principal, sql string, args []any, read func(pgx.Rows) error) error {
+	release, err := s.slots.Acquire(ctx, p.TenantID)
+	if err != nil {
+		return err
+	}
+	defer release()
+	b := &pgx.Batch{}
+	b.Queue(setTenantSQL, runtimeRole, p.TenantID, p.KeyHash)
+	b.Queue(sql, args...).Query(read)
+	return s.pool.SendBatch(ctx, b).Close()
 }
 
 const putPolicySQL = `select atl.policy_put($1::text, $2::text, $3::boolean, $4::integer, $5::integer, $6::text)`
@@ -831,11 +840,8 @@ const listApprovalsSQL = `select atl.approval_list($1::text, $2::timestamptz, $3
 func (s *PGStore) ListApprovals(ctx context.Context, p core.Principal, status string, before *core.Cursor, limit int) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	bTime, bID := cursorArgs(before)
-	err := s.inTenant(ctx, p, nil, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listApprovalsSQL, core.Nullable(status), bTime, bID, limit)
-		if err != nil {
-			return err
-		}
+	err := s.query(ctx, p, listApprovalsSQL, []any{core.Nullable(status), bTime, bID, limit}, func(rows pgx.Rows) error {
+		var err error
 		out, err = pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
 		return err
 	})
